@@ -1,0 +1,253 @@
+"""The ``mailgate`` command. Exit codes (documented in the README):
+
+0 success; 1 invalid configuration; 2 usage error (bad arguments, malformed queue ID);
+3 no such message; 4 the message is busy (claimed by a worker) or the action does not apply
+in its state; 5 another ``mailgate run`` already uses this spool.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+from mailgate import config as configmod
+from mailgate import envelope as envmod
+from mailgate import log as logmod
+from mailgate.spool import RETURNS, STATES, Entry, InvalidQueueID, NotFound, Spool
+
+EXIT_OK, EXIT_CONFIG, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_BUSY = 0, 1, 2, 3, 4
+UNCLAIMED = ("incoming", "ready", "deferred", "hold", "corrupt")
+
+
+class CommandError(Exception):
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mailgate", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument(
+            "-c",
+            "--config",
+            type=Path,
+            default=None,
+            help="configuration file (default: etc/mailgate.conf)",
+        )
+        return p
+
+    command("run", "run the gateway in the foreground (supervisor and workers)")
+    command("check-config", "validate the configuration; print FILE:LINE: message per error")
+    worker = command("worker", "run one worker process (started by 'mailgate run')")
+    worker.add_argument("role", choices=("receiver", "scanner", "sender"))
+    worker.add_argument("--snapshot", type=Path, default=None)
+
+    queue = command("queue", "inspect and manage the queue")
+    qsub = queue.add_subparsers(dest="action", required=True, metavar="ACTION")
+    lst = qsub.add_parser("list", help="list queued messages, oldest first")
+    lst.add_argument(
+        "--state", choices=STATES[1:], action="append", help="only this state (repeatable)"
+    )
+    lst.add_argument("--json", action="store_true", help="print a JSON array")
+    show = qsub.add_parser("show", help="show one message's envelope and header")
+    show.add_argument("id")
+    show.add_argument("--json", action="store_true")
+    req = qsub.add_parser("requeue", help="deliver now: deferred → ready (corrupt → incoming)")
+    group = req.add_mutually_exclusive_group(required=True)
+    group.add_argument("id", nargs="?")
+    group.add_argument("--deferred", action="store_true", help="every deferred message")
+    for name, help_text in (
+        ("delete", "delete a message that no worker holds"),
+        ("hold", "take a message out of circulation (to hold/)"),
+        ("release", "put a held message back in circulation"),
+    ):
+        qsub.add_parser(name, help=help_text).add_argument("id")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "worker":
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    try:
+        config = configmod.load(args.config, text_from=getattr(args, "snapshot", None))
+    except configmod.ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_CONFIG
+    if args.command == "check-config":
+        print(f"{config.path}: OK")
+        return EXIT_OK
+    logmod.setup(getattr(args, "role", None) or args.command, config.log_level)
+    if args.command == "run":
+        from mailgate import supervisor
+
+        return supervisor.run(config)
+    if args.command == "worker":
+        return _worker(args.role, config, args.snapshot)
+    try:
+        return _queue(args, Spool(config.spool_path))
+    except CommandError as exc:
+        print(f"mailgate: {exc}", file=sys.stderr)
+        return exc.code
+
+
+def _worker(role: str, config: configmod.Config, snapshot: Path | None) -> int:
+    if role == "receiver":
+        from mailgate import receiver
+
+        return receiver.run(config, snapshot)
+    if role == "scanner":
+        from mailgate.scanner import Scanner
+
+        return Scanner(config, snapshot).run()
+    from mailgate.sender import Sender
+
+    return Sender(config, snapshot).run()
+
+
+# ---------------------------------------------------------------- queue
+
+
+def _find(spool: Spool, queue_id: str, states: tuple[str, ...] = STATES[1:]) -> Entry:
+    try:
+        return spool.find(queue_id, states)
+    except InvalidQueueID as exc:
+        raise CommandError(str(exc), EXIT_USAGE) from None
+    except NotFound:
+        where = "the queue" if states == STATES[1:] else "/".join(states)
+        raise CommandError(f"no message {queue_id} in {where}", EXIT_NOT_FOUND) from None
+
+
+def _summary(entry: Entry) -> dict:
+    try:
+        env = entry.read_envelope()
+    except (OSError, ValueError):
+        env = {}
+    return {
+        "id": entry.id,
+        "state": entry.state,
+        "owner": entry.owner,
+        "size": env.get("size"),
+        "sender": env.get("mail_from"),
+        "recipients": [r["address"] for r in env.get("recipients", [])],
+        "pending": [
+            r["address"] for r in env.get("recipients", []) if r["status"] == envmod.PENDING
+        ],
+        "received_at": env.get("received_at"),
+        "attempts": env.get("attempts"),
+        "next_attempt": env.get("next_attempt"),
+        "last_error": env.get("last_error"),
+        "reason": entry.read_reason(),
+    }
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = max(0, time.time() - seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
+def _queue(args: argparse.Namespace, spool: Spool) -> int:
+    if not spool.state_dir("incoming").is_dir():
+        raise CommandError(
+            f"no spool at {spool.root} (has 'mailgate run' been started?)", EXIT_NOT_FOUND
+        )
+    action = args.action
+    if action == "list":
+        rows = [_summary(e) for state in (args.state or STATES[1:]) for e in spool.entries(state)]
+        if args.json:
+            print(json.dumps(rows, indent=1))
+            return EXIT_OK
+        for row in rows:
+            rcpts = row["recipients"]
+            more = f" (+{len(rcpts) - 1})" if len(rcpts) > 1 else ""
+            print(
+                f"{row['id']}  {row['state']:<8} {row['size'] or 0:>9}  "
+                f"{_age(row['received_at']):>4}  <{row['sender']}> -> "
+                f"{'<' + rcpts[0] + '>' if rcpts else '-'}{more}"
+                + (
+                    f"  [{row['last_error'] or row['reason']}]"
+                    if row["last_error"] or row["reason"]
+                    else ""
+                )
+            )
+        print(f"{len(rows)} message(s)", file=sys.stderr)
+        return EXIT_OK
+    if action == "show":
+        entry = _find(spool, args.id)
+        envelope = entry.read_envelope()
+        if args.json:
+            print(
+                json.dumps(
+                    {"state": entry.state, "reason": entry.read_reason(), "envelope": envelope},
+                    indent=1,
+                )
+            )
+            return EXIT_OK
+        print(f"id: {entry.id}\nstate: {entry.state}\nfrom: <{envelope['mail_from']}>")
+        for rcpt in envelope["recipients"]:
+            print(f"to: <{rcpt['address']}> {rcpt['status']} {rcpt.get('reply') or ''}".rstrip())
+        if entry.read_reason():
+            print(f"reason: {entry.read_reason().strip()}")
+        print()
+        head = entry.read_message().split(b"\r\n\r\n", 1)[0]
+        print(head.decode("utf-8", "replace").replace("\r\n", "\n"))
+        return EXIT_OK
+    if action == "requeue" and args.deferred:
+        moved = spool.promote_due(now=float("inf"))
+        print(f"{len(moved)} message(s) requeued")
+        return EXIT_OK
+    entry = _find(spool, args.id)
+    if entry.state in RETURNS:
+        raise CommandError(
+            f"{entry.id} is being processed by pid {entry.owner}; try again", EXIT_BUSY
+        )
+    try:
+        return _act(spool, action, entry)
+    except FileNotFoundError:
+        raise CommandError(
+            f"{entry.id} was taken by a worker meanwhile; try again", EXIT_BUSY
+        ) from None
+
+
+def _act(spool: Spool, action: str, entry: Entry) -> int:
+    if action == "delete":
+        spool.remove(entry)
+        print(f"{entry.id}: deleted from {entry.state}")
+        return EXIT_OK
+    if action == "hold":
+        if entry.state not in ("incoming", "ready", "deferred"):
+            raise CommandError(
+                f"{entry.id} is in {entry.state}; only queued mail can be held", EXIT_BUSY
+            )
+        spool.move(entry.id, (entry.state,), "hold")
+        print(f"{entry.id}: held")
+        return EXIT_OK
+    if action == "release" and entry.state != "hold":
+        raise CommandError(f"{entry.id} is in {entry.state}, not held", EXIT_BUSY)
+    if entry.state in ("incoming", "ready"):
+        print(f"{entry.id}: already queued in {entry.state}")
+        return EXIT_OK
+    envelope = entry.read_envelope()
+    target = "ready" if envelope.get("scanned") else "incoming"
+    if entry.state == "corrupt":
+        envelope["crashes"] = 0
+        target = "incoming"
+        (entry.path / "reason.txt").unlink(missing_ok=True)
+    envmod.record(envelope, target, action)
+    spool.release(entry, target, envelope)
+    print(f"{entry.id}: {entry.state} -> {target}")
+    return EXIT_OK

@@ -1,0 +1,574 @@
+"""Configuration: an INI file read with its line numbers, checked against one schema.
+
+Why not configparser: errors must name ``FILE:LINE``, keys such as ``ForwardRoute`` and
+``ListenOn`` may be repeated, and a value like ``100% clean`` must stay as written.
+
+Invariants:
+- Every option has a documented default in ``OPTIONS``; a file that sets only the network,
+  route and spool options yields a complete, working ``Config``.
+- Defaults go through the same parsers as file values, so a default can never be invalid.
+- Relative paths are resolved against the directory of the configuration file, never against
+  the current working directory; shipped data is found relative to the package.
+- ``load`` either returns a fully valid ``Config`` or raises ``ConfigError`` listing every
+  problem it found; a running process keeps its old ``Config`` when a reload fails.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import re
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+SHIPPED_ETC = PACKAGE_DIR.parent / "etc"
+DEFAULT_CONFIG = Path("etc/mailgate.conf")
+
+
+class ConfigError(Exception):
+    """One or more problems in a configuration file, each as ``FILE:LINE: message``."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class BadValue(ValueError):
+    """A value that does not parse; its text becomes the message after ``FILE:LINE:``."""
+
+
+@dataclass(frozen=True)
+class NextHop:
+    """Where to connect. ``mx`` is true when ``host`` is a domain whose MX records decide."""
+
+    host: str
+    port: int | None
+    mx: bool
+
+    def __str__(self) -> str:
+        if self.mx:
+            return self.host if self.port is None else f"{self.host}:{self.port}"
+        host = self.host if ":" not in self.host else f"IPv6:{self.host}"
+        return f"[{host}]" if self.port is None else f"[{host}]:{self.port}"
+
+
+@dataclass(frozen=True)
+class Route:
+    """``ForwardRoute=MASK NEXTHOP[, NEXTHOP...]``: the first route whose mask matches wins."""
+
+    mask: str
+    hops: tuple[NextHop, ...]
+
+    def matches(self, address: str) -> bool:
+        address = address.lower()
+        if "@" in self.mask:
+            return fnmatch.fnmatchcase(address, self.mask)
+        return fnmatch.fnmatchcase(address.rpartition("@")[2], self.mask)
+
+
+# ---------------------------------------------------------------- value parsers
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_MASK_RE = re.compile(r"^[A-Za-z0-9.*?_+=!#$%&'/^`{|}~@-]+$")
+_HOST_RE = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_-]{1,63})*\.?$"
+)
+
+
+def parse_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise BadValue(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise BadValue(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def parse_size(text: str) -> int:
+    m = re.fullmatch(r"(\d+)\s*([bkmgt]?)b?", text.strip().lower())
+    if not m:
+        raise BadValue(f"expected a size such as 512K, 25M or 1G, got {text!r}")
+    return int(m.group(1)) * _SIZE_UNITS[m.group(2)]
+
+
+def parse_duration(text: str) -> float:
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhdw]?)", text.strip().lower())
+    if not m:
+        raise BadValue(f"expected a duration such as 30s, 5m, 4h or 5d, got {text!r}")
+    return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+
+
+def parse_bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("yes", "true", "on", "1"):
+        return True
+    if low in ("no", "false", "off", "0"):
+        return False
+    raise BadValue(f"expected yes or no, got {text!r}")
+
+
+def split_list(text: str) -> list[str]:
+    return [item.strip() for item in re.split(r"[,\s]+", text) if item.strip()]
+
+
+def parse_port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise BadValue(f"port must be 1-65535, got {text!r}")
+    return int(text)
+
+
+def parse_hostport(text: str, default_port: int | None = None) -> tuple[str, int | None]:
+    """``host``, ``host:port``, ``[host]:port``, ``[host:port]``, ``[::1]:25`` or ``[::1]``."""
+    text = text.strip()
+    m = re.fullmatch(r"\[([^\]]+)\](?::(\S+))?", text)
+    if m:
+        host, port = m.group(1), m.group(2)
+        if port is None and host.count(":") == 1:
+            host, port = host.split(":")
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    else:
+        host, port = text, None
+    if host.lower().startswith("ipv6:"):
+        host = host[5:]
+    if not host:
+        raise BadValue(f"missing host in {text!r}")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not _HOST_RE.match(host):
+            raise BadValue(f"invalid host name {host!r}") from None
+    return host, parse_port(port) if port is not None else default_port
+
+
+def parse_listen(text: str) -> list[tuple[str, int]]:
+    result = []
+    for item in split_list(text):
+        host, port = parse_hostport(item)
+        if port is None:
+            raise BadValue(f"ListenOn needs host:port, got {item!r}")
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            if host != "localhost":
+                raise BadValue(f"ListenOn needs an IP address, got {host!r}") from None
+        result.append((host, port))
+    return result
+
+
+def parse_masks(text: str) -> list[str]:
+    masks = []
+    for item in split_list(text):
+        if not _MASK_RE.match(item):
+            raise BadValue(f"invalid address or domain mask {item!r}")
+        if item.count("@") > 1:
+            raise BadValue(f"invalid mask {item!r}: more than one '@'")
+        masks.append(item.lower())
+    return masks
+
+
+def parse_networks(text: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    nets = []
+    for item in split_list(text):
+        try:
+            nets.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise BadValue(f"invalid network {item!r} (expected an address or CIDR)") from None
+    return nets
+
+
+def parse_nexthop(text: str) -> NextHop:
+    text = text.strip()
+    if not text:
+        raise BadValue("missing next hop")
+    if text.startswith("["):
+        host, port = parse_hostport(text)
+        return NextHop(host, port, mx=False)
+    host, port = parse_hostport(text)
+    return NextHop(host, port, mx=True)
+
+
+def parse_route(text: str) -> Route:
+    parts = text.split(None, 1)
+    if len(parts) != 2:
+        raise BadValue(f"route needs 'MASK NEXTHOP', got {text!r}")
+    mask = parse_masks(parts[0])
+    if len(mask) != 1:
+        raise BadValue(f"invalid route mask {parts[0]!r}")
+    hops = tuple(parse_nexthop(h) for h in parts[1].split(","))
+    return Route(mask[0], hops)
+
+
+def parse_routes(text: str) -> list[Route]:
+    return [parse_route(line) for line in text.splitlines() if line.strip()]
+
+
+def parse_durations(text: str) -> list[float]:
+    values = [parse_duration(item) for item in split_list(text)]
+    if not values:
+        raise BadValue("expected at least one interval")
+    return values
+
+
+def parse_nameservers(text: str) -> list[tuple[str, int]]:
+    result = []
+    for item in split_list(text):
+        host, port = parse_hostport(item, 53)
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise BadValue(f"a name server must be an IP address, got {host!r}") from None
+        result.append((host, port))
+    return result
+
+
+def parse_level(text: str) -> str:
+    low = text.strip().lower()
+    if low not in ("debug", "info", "warning", "error"):
+        raise BadValue(f"log level must be debug, info, warning or error, got {text!r}")
+    return low
+
+
+def parse_text(text: str) -> str:
+    return text.strip()
+
+
+def parse_path(text: str) -> str:
+    return text.strip()
+
+
+# ---------------------------------------------------------------- the schema
+
+
+@dataclass(frozen=True)
+class Option:
+    section: str
+    key: str
+    attr: str
+    parse: Callable[[str], Any]
+    default: str
+    repeatable: bool = False
+    doc: str = ""
+
+
+_NET, _FWD, _PATH, _LIM, _RETRY, _LOG = (
+    "smtpgw.network",
+    "smtpgw.forward",
+    "smtpgw.path",
+    "smtpgw.limits",
+    "smtpgw.retry",
+    "smtpgw.log",
+)
+_TABLE = [
+    Option(
+        _NET,
+        "ListenOn",
+        "listen",
+        parse_listen,
+        "127.0.0.1:2525",
+        True,
+        "addresses the receiver listens on",
+    ),
+    Option(
+        _NET,
+        "ProtectedDomains",
+        "protected_domains",
+        parse_masks,
+        "",
+        True,
+        "domains (masks) anyone may send to",
+    ),
+    Option(
+        _NET,
+        "TrustedNetworks",
+        "trusted_networks",
+        parse_networks,
+        "127.0.0.0/8, ::1/128",
+        True,
+        "clients that may relay to any domain",
+    ),
+    Option(_NET, "Hostname", "hostname", parse_text, "", doc="name in banner and Received"),
+    Option(
+        _NET,
+        "TLSCertificate",
+        "tls_certificate",
+        parse_path,
+        "",
+        doc="PEM certificate: enables STARTTLS",
+    ),
+    Option(_NET, "TLSKey", "tls_key", parse_path, "", doc="PEM key for TLSCertificate"),
+    Option(
+        _NET,
+        "SessionTimeout",
+        "session_timeout",
+        parse_duration,
+        "300s",
+        doc="idle time before a session is closed",
+    ),
+    Option(
+        _FWD,
+        "ForwardRoute",
+        "routes",
+        parse_routes,
+        "",
+        True,
+        "MASK NEXTHOP routes, first match wins",
+    ),
+    Option(
+        _FWD,
+        "DeliveryPort",
+        "delivery_port",
+        parse_port,
+        "25",
+        doc="port for MX and A/AAAA deliveries",
+    ),
+    Option(
+        _FWD,
+        "Nameservers",
+        "nameservers",
+        parse_nameservers,
+        "",
+        doc="DNS servers ip[:port]; empty: the system resolver",
+    ),
+    Option(_FWD, "ConnectTimeout", "connect_timeout", parse_duration, "30s"),
+    Option(_FWD, "CommandTimeout", "command_timeout", parse_duration, "300s"),
+    Option(
+        _FWD,
+        "ConnectionCacheTime",
+        "connection_cache_time",
+        parse_duration,
+        "10s",
+        doc="how long an idle next-hop connection is kept open",
+    ),
+    Option(
+        _PATH,
+        "SpoolDir",
+        "spool_dir",
+        parse_path,
+        "../spool",
+        doc="spool root, relative to this file's directory",
+    ),
+    Option(_LIM, "MaxMessageSize", "max_message_size", parse_size, "25M"),
+    Option(_LIM, "MaxRecipients", "max_recipients", parse_int, "1000"),
+    Option(
+        _LIM,
+        "MaxQueueSize",
+        "max_queue_size",
+        parse_int,
+        "10000",
+        doc="messages waiting in incoming/ before 452 4.3.1",
+    ),
+    Option(
+        _LIM,
+        "MinFreeDisk",
+        "min_free_disk",
+        parse_size,
+        "100M",
+        doc="free space under the spool before 452 4.3.1",
+    ),
+    Option(_LIM, "Scanners", "scanners", parse_int, "2"),
+    Option(_LIM, "Senders", "senders", parse_int, "2"),
+    Option(
+        _LIM,
+        "MaxAttempts",
+        "max_attempts",
+        parse_int,
+        "3",
+        doc="worker deaths on one message before it goes to corrupt/",
+    ),
+    Option(
+        _RETRY, "RetryIntervals", "retry_intervals", parse_durations, "1m, 5m, 15m, 30m, 1h, 2h, 4h"
+    ),
+    Option(_RETRY, "MaxQueueLifetime", "max_queue_lifetime", parse_duration, "5d"),
+    Option(_RETRY, "DelayWarningAfter", "delay_warning_after", parse_duration, "4h"),
+    Option(_LOG, "Level", "log_level", parse_level, "info"),
+]
+OPTIONS = {(o.section.lower(), o.key.lower()): o for o in _TABLE}
+SECTIONS = {o.section for o in _TABLE}
+
+
+@dataclass
+class Config:
+    """A complete, validated configuration. Attributes are named after ``Option.attr``."""
+
+    path: Path
+    text: str
+    listen: list[tuple[str, int]] = field(default_factory=list)
+    protected_domains: list[str] = field(default_factory=list)
+    trusted_networks: list = field(default_factory=list)
+    hostname: str = ""
+    tls_certificate: str = ""
+    tls_key: str = ""
+    session_timeout: float = 300.0
+    routes: list[Route] = field(default_factory=list)
+    delivery_port: int = 25
+    nameservers: list[tuple[str, int]] = field(default_factory=list)
+    connect_timeout: float = 30.0
+    command_timeout: float = 300.0
+    connection_cache_time: float = 10.0
+    spool_dir: str = ""
+    max_message_size: int = 0
+    max_recipients: int = 0
+    max_queue_size: int = 0
+    min_free_disk: int = 0
+    scanners: int = 0
+    senders: int = 0
+    max_attempts: int = 3
+    retry_intervals: list[float] = field(default_factory=list)
+    max_queue_lifetime: float = 0.0
+    delay_warning_after: float = 0.0
+    log_level: str = "info"
+
+    @property
+    def spool_path(self) -> Path:
+        return (self.path.parent / self.spool_dir).resolve()
+
+    def resolve(self, name: str) -> Path:
+        """A path option, resolved against the configuration file's directory."""
+        return (self.path.parent / name).resolve()
+
+    def is_protected(self, domain: str) -> bool:
+        domain = domain.lower().rstrip(".")
+        return any(fnmatch.fnmatchcase(domain, mask) for mask in self.protected_domains)
+
+    def is_trusted(self, ip: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        if addr.version == 6 and addr.ipv4_mapped:
+            addr = addr.ipv4_mapped
+        return any(addr in net for net in self.trusted_networks)
+
+    def route_for(self, address: str) -> Route | None:
+        return next((r for r in self.routes if r.matches(address)), None)
+
+
+# ---------------------------------------------------------------- reading
+
+
+def _strip_comment(line: str) -> str:
+    m = re.search(r"\s[;#]", line)
+    return line[: m.start()] if m else line
+
+
+def _read_ini(
+    text: str, problem: Callable[[int, str], None]
+) -> dict[Option, list[tuple[int, str]]]:
+    """Every known option set in ``text`` with its (line, value) occurrences."""
+    values: dict[Option, list[tuple[int, str]]] = {}
+    section: str | None = None
+    section_known = True
+    last: Option | None = None
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = _strip_comment(raw).rstrip()
+        if not line.strip() or line.lstrip()[0] in ";#":
+            continue
+        if raw[0] in " \t" and last is not None:
+            values[last].append((lineno, line.strip()))
+            continue
+        last = None
+        stripped = line.strip()
+        if stripped.startswith("["):
+            name = stripped[1:-1].strip()
+            section, section_known = name.lower(), True
+            if not stripped.endswith("]"):
+                problem(lineno, f"malformed section header {stripped!r}")
+                section_known = False
+            elif section not in {s.lower() for s in SECTIONS}:
+                problem(lineno, f"unknown section [{name}] (known: {', '.join(sorted(SECTIONS))})")
+                section_known = False
+            continue
+        if "=" not in stripped:
+            problem(lineno, f"expected 'Key=value', got {stripped!r}")
+            continue
+        key, _, value = stripped.partition("=")
+        key = key.strip()
+        if section is None:
+            problem(lineno, f"key {key!r} before any [section]")
+            continue
+        if not section_known:
+            continue
+        opt = OPTIONS.get((section, key.lower()))
+        if opt is None:
+            problem(lineno, f"unknown key {key!r} in [{section}]")
+            continue
+        if opt in values and not opt.repeatable:
+            problem(lineno, f"{opt.key} is set twice (first on line {values[opt][0][0]})")
+            continue
+        values.setdefault(opt, []).append((lineno, value.strip()))
+        last = opt
+    return values
+
+
+def parse(text: str, path: Path) -> Config:
+    """Parse and validate ``text`` as read from ``path``; raise ConfigError with every problem."""
+    problems: list[str] = []
+
+    def problem(lineno: int, message: str) -> None:
+        problems.append(f"{path}:{lineno}: {message}")
+
+    values = _read_ini(text, problem)
+    config = Config(path=path.resolve(), text=text)
+    for opt in OPTIONS.values():
+        entries = values.get(opt) or [(0, opt.default)]
+        parsed: Any = [] if opt.repeatable else None
+        for lineno, value in entries:
+            try:
+                item = opt.parse(value)
+            except BadValue as exc:
+                if lineno == 0:  # pragma: no cover - a shipped default that does not parse
+                    raise AssertionError(f"bad default for {opt.key}: {exc}") from exc
+                problem(lineno, f"{opt.key}: {exc}")
+                continue
+            parsed = parsed + item if opt.repeatable else item
+        if parsed is not None:
+            setattr(config, opt.attr, parsed)
+
+    def line_of(key: str) -> int:
+        opt = next(o for o in _TABLE if o.key == key)
+        return values[opt][0][0] if opt in values else 0
+
+    if not config.listen:
+        problem(line_of("ListenOn"), "ListenOn: at least one address needed")
+    if bool(config.tls_certificate) != bool(config.tls_key):
+        problem(
+            line_of("TLSCertificate") or line_of("TLSKey"), "TLSCertificate and TLSKey go together"
+        )
+    for key, name in (("TLSCertificate", config.tls_certificate), ("TLSKey", config.tls_key)):
+        if name and not config.resolve(name).is_file():
+            problem(line_of(key), f"{key}: no such file {name!r}")
+    if config.max_attempts < 1:
+        problem(line_of("MaxAttempts"), "MaxAttempts must be at least 1")
+    if not config.hostname:
+        config.hostname = socket.getfqdn()
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def default_path() -> Path:
+    """``etc/mailgate.conf`` of the current directory if there is one, else the shipped one."""
+    return DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else SHIPPED_ETC / "mailgate.conf"
+
+
+def load(path: Path | str | None = None, text_from: Path | None = None) -> Config:
+    """Read a configuration file.
+
+    ``text_from`` reads the text from another file (the supervisor's validated snapshot) while
+    relative paths and error messages still refer to ``path``.
+    """
+    path = Path(path) if path is not None else default_path()
+    try:
+        text = (text_from or path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}:0: cannot read: {exc.strerror}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}:0: not UTF-8 text ({exc.reason})"]) from None
+    return parse(text, path)

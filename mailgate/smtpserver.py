@@ -1,0 +1,194 @@
+"""aiosmtpd's SMTP server with what a relay needs and aiosmtpd lacks.
+
+- DSN (RFC 3461): aiosmtpd refuses every MAIL/RCPT parameter it does not know and upper-cases
+  the rest. ``RET``/``ENVID`` and ``NOTIFY``/``ORCPT`` are taken off the command line here,
+  validated and kept exactly as sent (ENVID and ORCPT are case-sensitive xtext), then the rest
+  of the command goes to aiosmtpd as usual. The handler finds them in ``session.dsn_mail`` and
+  ``session.dsn_rcpt``.
+- Enhanced status codes (RFC 2034, RFC 3463): every 2xx/4xx/5xx reply but the greeting and the
+  EHLO/HELO lines carries one; aiosmtpd's own replies get the code that fits their basic code.
+- A stopping server answers 421 to the next command instead of starting a new transaction.
+"""
+
+from __future__ import annotations
+
+import re
+
+from aiosmtpd.smtp import SMTP
+
+_ENHANCED_RE = re.compile(r"^[245]\d\d[ -][245]\.\d{1,3}\.\d{1,3}\b")
+_DEFAULT_ENHANCED = {
+    "221": "2.0.0",
+    "250": "2.0.0",
+    "251": "2.1.5",
+    "252": "2.0.0",
+    "421": "4.3.2",
+    "450": "4.2.0",
+    "451": "4.3.0",
+    "452": "4.3.1",
+    "454": "4.7.0",
+    "500": "5.5.2",
+    "501": "5.5.4",
+    "502": "5.5.1",
+    "503": "5.5.1",
+    "504": "5.5.4",
+    "521": "5.3.2",
+    "530": "5.7.0",
+    "535": "5.7.8",
+    "550": "5.7.1",
+    "552": "5.3.4",
+    "553": "5.1.3",
+    "554": "5.3.0",
+    "555": "5.5.4",
+}
+_XTEXT_RE = re.compile(r"^(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})+$")
+_NOTIFY_WORDS = {"SUCCESS", "FAILURE", "DELAY"}
+
+
+class ParameterError(ValueError):
+    """A DSN parameter that breaks RFC 3461; its text is the SMTP reply."""
+
+
+def xtext_decode(text: str) -> str:
+    return re.sub(r"\+([0-9A-F]{2})", lambda m: chr(int(m.group(1), 16)), text)
+
+
+def xtext_encode(text: str) -> str:
+    return "".join(
+        c if 0x21 <= ord(c) <= 0x7E and c not in "+=" else f"+{ord(c):02X}" for c in text
+    )
+
+
+def _split_params(arg: str) -> tuple[str, list[str]]:
+    """``FROM:<a@b> SIZE=10 RET=HDRS`` → (``FROM:<a@b>``, [``SIZE=10``, ``RET=HDRS``])."""
+    end = arg.rfind(">")
+    if end >= 0:
+        return arg[: end + 1], arg[end + 1 :].split()
+    words = arg.split()
+    if len(words) > 1 and words[0].endswith(":"):
+        return " ".join(words[:2]), words[2:]
+    return (words[0] if words else arg), words[1:]
+
+
+def _take(arg: str, names: set[str]) -> tuple[str, dict[str, str]]:
+    path, params = _split_params(arg)
+    taken: dict[str, str] = {}
+    rest = []
+    for param in params:
+        key, sep, value = param.partition("=")
+        if key.upper() not in names:
+            rest.append(param)
+            continue
+        if key.upper() in taken:
+            raise ParameterError(f"501 5.5.4 Duplicate {key.upper()} parameter")
+        if not sep or not value:
+            raise ParameterError(f"501 5.5.4 {key.upper()} needs a value")
+        taken[key.upper()] = value
+    return " ".join([path, *rest]), taken
+
+
+def parse_mail_dsn(arg: str) -> tuple[str, dict[str, str]]:
+    rest, params = _take(arg, {"RET", "ENVID"})
+    if "RET" in params:
+        params["RET"] = params["RET"].upper()
+        if params["RET"] not in ("FULL", "HDRS"):
+            raise ParameterError("501 5.5.4 RET must be FULL or HDRS")
+    if "ENVID" in params and (len(params["ENVID"]) > 100 or not _XTEXT_RE.match(params["ENVID"])):
+        raise ParameterError("501 5.5.4 ENVID must be xtext of at most 100 characters")
+    return rest, params
+
+
+def parse_rcpt_dsn(arg: str) -> tuple[str, dict[str, str]]:
+    rest, params = _take(arg, {"NOTIFY", "ORCPT"})
+    if "NOTIFY" in params:
+        words = params["NOTIFY"].upper().split(",")
+        if words != ["NEVER"] and (
+            not set(words) <= _NOTIFY_WORDS or len(set(words)) != len(words)
+        ):
+            raise ParameterError(
+                "501 5.5.4 NOTIFY must be NEVER or a list of SUCCESS, FAILURE, DELAY"
+            )
+        params["NOTIFY"] = ",".join(words)
+    if "ORCPT" in params:
+        addr_type, sep, value = params["ORCPT"].partition(";")
+        if (
+            not sep
+            or not re.fullmatch(r"[A-Za-z0-9-]+", addr_type)
+            or not _XTEXT_RE.match(value)
+            or len(params["ORCPT"]) > 500
+        ):
+            raise ParameterError("501 5.5.4 ORCPT must be addr-type;xtext")
+    return rest, params
+
+
+class GatewaySMTP(SMTP):
+    """One SMTP session. Everything else about the protocol is aiosmtpd's."""
+
+    stopping = False  # set on the class by the receiver when it shuts down
+
+    def __init__(self, handler, **kwargs):
+        super().__init__(handler, **kwargs)
+        self._plain_replies = False
+
+    async def push(self, status):
+        if isinstance(status, str) and not self._plain_replies:
+            status = with_enhanced_code(status)
+        return await super().push(status)
+
+    async def smtp_EHLO(self, hostname: str):
+        self._plain_replies = True
+        try:
+            await super().smtp_EHLO(hostname)
+        finally:
+            self._plain_replies = False
+
+    async def smtp_HELO(self, hostname: str):
+        self._plain_replies = True
+        try:
+            await super().smtp_HELO(hostname)
+        finally:
+            self._plain_replies = False
+
+    async def _refuse_if_stopping(self) -> bool:
+        if not GatewaySMTP.stopping:
+            return False
+        await self.push("421 4.3.2 Service shutting down, try again later")
+        if self.transport is not None:
+            self.transport.close()
+        return True
+
+    async def smtp_MAIL(self, arg: str | None):
+        if await self._refuse_if_stopping():
+            return
+        if arg is None or self.session is None:
+            return await super().smtp_MAIL(arg)
+        try:
+            rest, params = parse_mail_dsn(arg)
+        except ParameterError as exc:
+            return await self.push(str(exc))
+        if params and not self.session.extended_smtp:
+            return await self.push("555 5.5.4 DSN parameters need EHLO")
+        self.session.dsn_mail = params
+        return await super().smtp_MAIL(rest)
+
+    async def smtp_RCPT(self, arg: str | None):
+        if arg is None or self.session is None:
+            return await super().smtp_RCPT(arg)
+        try:
+            rest, params = parse_rcpt_dsn(arg)
+        except ParameterError as exc:
+            return await self.push(str(exc))
+        if params and not self.session.extended_smtp:
+            return await self.push("555 5.5.4 DSN parameters need EHLO")
+        self.session.dsn_rcpt = params
+        return await super().smtp_RCPT(rest)
+
+
+def with_enhanced_code(status: str) -> str:
+    """Insert the enhanced status code that fits a reply lacking one (first line only)."""
+    code = status[:3]
+    if not code.isdigit() or code[0] not in "245" or code == "220" or _ENHANCED_RE.match(status):
+        return status
+    enhanced = _DEFAULT_ENHANCED.get(code, f"{code[0]}.0.0")
+    sep = status[3:4] or " "
+    return f"{code}{sep}{enhanced} {status[4:]}".rstrip()

@@ -1,0 +1,354 @@
+"""The spool: every path and every rename of a queued message lives here.
+
+A message is one directory, named by its queue ID, holding ``message.eml`` (the bytes received,
+after our Received: header) and ``envelope.json`` (sender, recipients with their DSN parameters
+and delivery status, client, times, attempts, history). Its state is the directory it sits in:
+
+    tmp/ ─► incoming/ ─► scanning/ID@PID ─► ready/ ─► sending/ID@PID ─► (delivered: removed)
+                             │                            ├─► deferred/ (mtime = next attempt)
+                             └─► corrupt/ (reason.txt)    └─► bounced (DSN queued, removed)
+    hold/ takes a message out of circulation until an administrator releases it.
+
+Invariants:
+- A state change is one ``rename(2)`` of the message directory; the destination directory is
+  fsync'd before the change is reported as done. Nothing but this module builds spool paths.
+- ``enqueue`` returns only when the message, its envelope and its name are on disk, so the
+  receiver may answer 250 afterwards.
+- A claim is a rename into ``scanning/`` or ``sending/`` whose new name ends in ``@PID`` of the
+  claimer. A rename that fails with ENOENT means another worker was first; that is not an error.
+- A claim whose owner died goes back to its queue with ``crashes`` raised; after ``MaxAttempts``
+  crashes it goes to ``corrupt/`` with ``reason.txt``, so a poison message cannot loop.
+- Queue IDs are checked against ``ID_RE`` before they become part of a path.
+- ``deferred/`` entries carry their next attempt time as the directory's mtime (as Postfix
+  does), so finding the due ones needs one ``scandir`` and no file reads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import re
+import secrets
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+QUEUES = ("incoming", "ready", "deferred", "hold", "corrupt")
+CLAIMS = {"incoming": "scanning", "ready": "sending"}
+RETURNS = {claimed: queue for queue, claimed in CLAIMS.items()}
+STATES = ("tmp", "incoming", "scanning", "ready", "sending", "deferred", "hold", "corrupt")
+MESSAGE = "message.eml"
+ENVELOPE = "envelope.json"
+REASON = "reason.txt"
+
+_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+ID_RE = re.compile(r"^[0-9A-HJKMNP-TV-Z]{21}$")
+_CLAIM_RE = re.compile(r"^([0-9A-HJKMNP-TV-Z]{21})@(\d+)$")
+
+
+class InvalidQueueID(ValueError):
+    """A string that is not a queue ID (and so must never reach the file system)."""
+
+
+class NotFound(LookupError):
+    """No message with that ID in the states looked at."""
+
+
+def _b32(number: int, width: int) -> str:
+    chars = []
+    for _ in range(width):
+        number, digit = divmod(number, 32)
+        chars.append(_ALPHABET[digit])
+    return "".join(reversed(chars))
+
+
+def new_queue_id() -> str:
+    """21 characters: microseconds since the epoch (11) then 50 random bits (10).
+
+    Sorting IDs sorts by arrival time; the random part makes them unique across processes
+    and hosts sharing a spool without any coordination.
+    """
+    return _b32(time.time_ns() // 1000, 11) + _b32(secrets.randbits(50), 10)
+
+
+def check_id(queue_id: str) -> str:
+    if not isinstance(queue_id, str) or not ID_RE.match(queue_id):
+        raise InvalidQueueID(f"invalid queue ID {queue_id!r}")
+    return queue_id
+
+
+def id_time(queue_id: str) -> float:
+    """The arrival time encoded in a queue ID, in seconds since the epoch."""
+    number = 0
+    for char in queue_id[:11]:
+        number = number * 32 + _ALPHABET.index(char)
+    return number / 1e6
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """Create ``path`` (it must not exist), write ``data`` and fsync it; mode 0600."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A message directory in one state. ``name`` is the ID, or ``ID@PID`` while claimed."""
+
+    state: str
+    name: str
+    path: Path
+
+    @property
+    def id(self) -> str:
+        return self.name.partition("@")[0]
+
+    @property
+    def message_path(self) -> Path:
+        return self.path / MESSAGE
+
+    @property
+    def owner(self) -> int | None:
+        m = _CLAIM_RE.match(self.name)
+        return int(m.group(2)) if m else None
+
+    def read_message(self) -> bytes:
+        return self.message_path.read_bytes()
+
+    def read_envelope(self) -> dict:
+        with open(self.path / ENVELOPE, "rb") as f:
+            return json.load(f)
+
+    def read_reason(self) -> str | None:
+        try:
+            return (self.path / REASON).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+
+
+class Spool:
+    """One spool root. Safe for any number of processes to use at once."""
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root)
+        self.pid = os.getpid()
+
+    # ------------------------------------------------------------ layout
+
+    def create(self) -> None:
+        for state in STATES:
+            (self.root / state).mkdir(parents=True, exist_ok=True, mode=0o700)
+        (self.root / "run").mkdir(exist_ok=True, mode=0o700)
+
+    def state_dir(self, state: str) -> Path:
+        if state not in STATES:
+            raise ValueError(f"unknown spool state {state!r}")
+        return self.root / state
+
+    def run_path(self, name: str) -> Path:
+        """A file of the supervisor's in ``run/`` (lock, worker table, config snapshot)."""
+        if "/" in name or name.startswith("."):
+            raise ValueError(f"bad run file name {name!r}")
+        return self.root / "run" / name
+
+    def entry(self, state: str, name: str) -> Entry:
+        if not (ID_RE.match(name) or (_CLAIM_RE.match(name) and state in ("tmp", *RETURNS))):
+            raise InvalidQueueID(f"invalid queue ID {name!r}")
+        return Entry(state, name, self.state_dir(state) / name)
+
+    def names(self, state: str) -> list[str]:
+        """Entry names in ``state``, oldest first (queue IDs sort by time). One scandir."""
+        pattern = _CLAIM_RE if state in RETURNS else ID_RE
+        with os.scandir(self.state_dir(state)) as it:
+            return sorted(e.name for e in it if pattern.match(e.name))
+
+    def entries(self, state: str) -> Iterator[Entry]:
+        for name in self.names(state):
+            yield Entry(state, name, self.state_dir(state) / name)
+
+    def count(self, state: str) -> int:
+        with os.scandir(self.state_dir(state)) as it:
+            return sum(1 for _ in it)
+
+    def find(self, queue_id: str, states: tuple[str, ...] = STATES[1:]) -> Entry:
+        """The entry of ``queue_id`` in any of ``states`` (claims included)."""
+        check_id(queue_id)
+        for state in states:
+            if state in RETURNS:
+                for name in self.names(state):
+                    if name.startswith(queue_id + "@"):
+                        return Entry(state, name, self.state_dir(state) / name)
+            elif (self.state_dir(state) / queue_id).is_dir():
+                return Entry(state, queue_id, self.state_dir(state) / queue_id)
+        raise NotFound(queue_id)
+
+    # ------------------------------------------------------------ writing
+
+    def enqueue(self, message: bytes, envelope: dict, state: str = "incoming") -> Entry:
+        """Store a new message durably in ``state``; the envelope's ``id`` names it."""
+        queue_id = check_id(envelope["id"])
+        work = self.state_dir("tmp") / f"{queue_id}@{self.pid}"
+        work.mkdir(mode=0o700)
+        write_file(work / MESSAGE, message)
+        write_file(work / ENVELOPE, _dump(envelope))
+        fsync_dir(work)
+        target = self.state_dir(state) / queue_id
+        os.rename(work, target)
+        fsync_dir(target.parent)
+        return Entry(state, queue_id, target)
+
+    def write_envelope(self, entry: Entry, envelope: dict) -> None:
+        """Replace the envelope atomically (write beside, fsync, rename, fsync the entry)."""
+        new = entry.path / (ENVELOPE + ".new")
+        with contextlib.suppress(FileNotFoundError):
+            new.unlink()
+        write_file(new, _dump(envelope))
+        os.rename(new, entry.path / ENVELOPE)
+        fsync_dir(entry.path)
+
+    def replace_message(self, entry: Entry, message: bytes) -> None:
+        """Replace message.eml atomically (used when a filter rewrites the message)."""
+        new = entry.path / (MESSAGE + ".new")
+        with contextlib.suppress(FileNotFoundError):
+            new.unlink()
+        write_file(new, message)
+        os.rename(new, entry.message_path)
+        fsync_dir(entry.path)
+
+    # ------------------------------------------------------------ moving
+
+    def _move(self, entry: Entry, state: str, name: str | None = None) -> Entry:
+        target = self.state_dir(state) / (name or entry.id)
+        if target.exists():
+            raise FileExistsError(errno.EEXIST, "already in the spool", str(target))
+        os.rename(entry.path, target)
+        fsync_dir(target.parent)
+        return Entry(state, target.name, target)
+
+    def claim(self, state: str, queue_id: str) -> Entry | None:
+        """Take ``queue_id`` from queue ``state`` for this process; None if another was first."""
+        source = self.state_dir(state) / queue_id
+        target = self.state_dir(CLAIMS[state]) / f"{queue_id}@{self.pid}"
+        try:
+            os.rename(source, target)
+        except FileNotFoundError:
+            return None
+        return Entry(CLAIMS[state], target.name, target)
+
+    def release(self, entry: Entry, state: str, envelope: dict | None = None) -> Entry:
+        """Hand a claimed (or held) entry on to ``state``, saving its envelope first."""
+        if envelope is not None:
+            self.write_envelope(entry, envelope)
+        return self._move(entry, state)
+
+    def defer(self, entry: Entry, envelope: dict, next_attempt: float) -> Entry:
+        """Park in ``deferred/`` until ``next_attempt`` (kept as the directory's mtime)."""
+        self.write_envelope(entry, envelope)
+        os.utime(entry.path, (next_attempt, next_attempt))
+        return self._move(entry, "deferred")
+
+    def mark_corrupt(self, entry: Entry, reason: str) -> Entry:
+        write_file_replacing(entry.path / REASON, reason.encode("utf-8") + b"\n")
+        return self._move(entry, "corrupt")
+
+    def remove(self, entry: Entry) -> None:
+        """Forget a message: one rename out of its state (durable), then delete the files."""
+        grave = self.state_dir("tmp") / f"{entry.id}.removed.{self.pid}"
+        os.rename(entry.path, grave)
+        fsync_dir(entry.path.parent)
+        shutil.rmtree(grave, ignore_errors=True)
+
+    def move(self, queue_id: str, from_states: tuple[str, ...], to_state: str) -> Entry:
+        """Administrator's move of an unclaimed message, e.g. hold or requeue."""
+        entry = self.find(queue_id, from_states)
+        return self._move(entry, to_state)
+
+    def promote_due(self, now: float | None = None) -> list[str]:
+        """Move every deferred entry whose next attempt has come into ``ready/``."""
+        now = time.time() if now is None else now
+        moved = []
+        with os.scandir(self.state_dir("deferred")) as it:
+            due = sorted(e.name for e in it if ID_RE.match(e.name) and e.stat().st_mtime <= now)
+        for name in due:
+            try:
+                os.rename(self.state_dir("deferred") / name, self.state_dir("ready") / name)
+            except FileNotFoundError:
+                continue
+            moved.append(name)
+        if moved:
+            fsync_dir(self.state_dir("ready"))
+        return moved
+
+    # ------------------------------------------------------------ recovery
+
+    def recover(self, max_attempts: int, pid: int | None = None) -> list[tuple[str, str]]:
+        """Return the claims of ``pid`` (every claim when None) to their queues.
+
+        Call only when that owner is known to be dead: at supervisor start, or after reaping.
+        Each recovered message has its ``crashes`` count raised; at ``max_attempts`` it goes to
+        ``corrupt/`` instead. Returns (queue ID, new state) pairs.
+        """
+        moved = []
+        for claimed, queue in RETURNS.items():
+            for entry in list(self.entries(claimed)):
+                if pid is not None and entry.owner != pid:
+                    continue
+                moved.append((entry.id, self.return_claim(entry, queue, max_attempts)))
+        self.clean_tmp(pid)
+        return moved
+
+    def return_claim(self, entry: Entry, queue: str, max_attempts: int) -> str:
+        """Put a claim whose processing died back in ``queue``, or in corrupt/ at the limit."""
+        try:
+            envelope = entry.read_envelope()
+        except (OSError, ValueError) as exc:
+            self.mark_corrupt(entry, f"unreadable envelope: {exc}")
+            return "corrupt"
+        envelope["crashes"] = envelope.get("crashes", 0) + 1
+        if envelope["crashes"] >= max_attempts:
+            self.write_envelope(entry, envelope)
+            self.mark_corrupt(
+                entry,
+                f"its processing killed the {CLAIMS[queue]} worker "
+                f"{envelope['crashes']} times (MaxAttempts={max_attempts})",
+            )
+            return "corrupt"
+        self.release(entry, queue, envelope)
+        return queue
+
+    def clean_tmp(self, pid: int | None = None) -> None:
+        """Remove unfinished writes (of ``pid``, or all when None): never acknowledged."""
+        with os.scandir(self.state_dir("tmp")) as it:
+            names = [e.name for e in it]
+        for name in names:
+            owner = name.rpartition("@")[2] if "@" in name else name.rpartition(".")[2]
+            if pid is None or owner == str(pid):
+                shutil.rmtree(self.state_dir("tmp") / name, ignore_errors=True)
+
+
+def write_file_replacing(path: Path, data: bytes) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    write_file(path, data)
+
+
+def _dump(envelope: dict) -> bytes:
+    return json.dumps(envelope, indent=1, sort_keys=True).encode("utf-8") + b"\n"

@@ -1,0 +1,257 @@
+"""Supervisor (``mailgate run``): starts, watches and restarts the workers; handles signals.
+
+One receiver, ``Scanners`` scanners and ``Senders`` senders, each its own process running
+``mailgate worker ROLE``. The supervisor never touches a message itself except to recover the
+claims of a worker it has just reaped (and all claims at start, when no worker runs).
+
+Invariants:
+- One supervisor per spool (a file lock in ``run/``).
+- Workers read the configuration from ``run/mailgate.conf``, a snapshot the supervisor writes
+  only after the configuration validated, so a bad edit never reaches a restarting worker.
+- A worker that dies is restarted after a back-off that doubles with each quick death
+  (1 s up to 30 s) and resets once it has run for a minute.
+- ``run/workers.json`` lists the live workers (role, slot, pid), for administrators and tests.
+
+Signals: SIGHUP re-reads the configuration (kept when invalid), SIGTERM/SIGINT stop gracefully
+and exit 0, SIGUSR1 logs queue depths and asks every worker to log its counters.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import filelock
+
+from mailgate import config as configmod
+from mailgate import log as logmod
+from mailgate.spool import STATES, Spool, write_file_replacing
+
+SIGNALS = (signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+STOP_TIMEOUT = 40.0
+BACKOFF_MIN, BACKOFF_MAX, STABLE_AFTER = 1.0, 30.0, 60.0
+EXIT_ALREADY_RUNNING = 5
+
+
+@dataclass
+class Slot:
+    role: str
+    index: int
+    process: subprocess.Popen | None = None
+    started: float = 0.0
+    backoff: float = 0.0
+    restart_at: float = 0.0
+    restarts: int = 0
+    retired: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.role}-{self.index}"
+
+
+class Supervisor:
+    def __init__(self, config: configmod.Config):
+        self.config = config
+        self.spool = Spool(config.spool_path)
+        self.log = logmod.get()
+        self.slots: list[Slot] = []
+        self.stopping = False
+
+    # ------------------------------------------------------------ processes
+
+    def _snapshot(self) -> None:
+        write_file_replacing(
+            self.spool.run_path("mailgate.conf.new"), self.config.text.encode("utf-8")
+        )
+        os.replace(self.spool.run_path("mailgate.conf.new"), self.spool.run_path("mailgate.conf"))
+
+    def _start(self, slot: Slot) -> None:
+        command = [
+            sys.executable,
+            "-m",
+            "mailgate",
+            "worker",
+            slot.role,
+            "-c",
+            str(self.config.path),
+            "--snapshot",
+            str(self.spool.run_path("mailgate.conf")),
+        ]
+        slot.process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+        slot.started = time.monotonic()
+        self.log.info("worker_spawned", worker=slot.name, child=slot.process.pid)
+
+    def _wanted(self) -> dict[str, int]:
+        return {"receiver": 1, "scanner": self.config.scanners, "sender": self.config.senders}
+
+    def _fit_slots(self) -> None:
+        """Start slots the configuration asks for; retire (SIGTERM) those it no longer does."""
+        for role, count in self._wanted().items():
+            have = [s for s in self.slots if s.role == role and not s.retired]
+            for slot in have[count:]:
+                slot.retired = True
+                if slot.process is not None:
+                    slot.process.send_signal(signal.SIGTERM)
+            for index in range(len(have), count):
+                slot = Slot(role, index)
+                self.slots.append(slot)
+                self._start(slot)
+        self._write_table()
+
+    def _write_table(self) -> None:
+        table = {
+            "supervisor": os.getpid(),
+            "workers": [
+                {"role": s.role, "slot": s.index, "pid": s.process.pid, "restarts": s.restarts}
+                for s in self.slots
+                if s.process is not None and s.process.returncode is None
+            ],
+        }
+        path = self.spool.run_path("workers.json")
+        write_file_replacing(path.with_suffix(".new"), json.dumps(table).encode())
+        os.replace(path.with_suffix(".new"), path)
+
+    def _reap(self) -> None:
+        now = time.monotonic()
+        changed = False
+        for slot in list(self.slots):
+            proc = slot.process
+            if proc is None or proc.poll() is None:
+                continue
+            changed = True
+            slot.process = None
+            moved = self.spool.recover(self.config.max_attempts, proc.pid)
+            for queue_id, state in moved:
+                self.log.warning("claim_recovered", qid=queue_id, to=state, child=proc.pid)
+            expected = self.stopping or slot.retired
+            (self.log.info if expected else self.log.error)(
+                "worker_exited", worker=slot.name, child=proc.pid, code=proc.returncode
+            )
+            if expected:
+                if slot.retired:
+                    self.slots.remove(slot)
+                continue
+            lived = now - slot.started
+            slot.backoff = (
+                BACKOFF_MIN
+                if lived >= STABLE_AFTER or not slot.backoff
+                else min(slot.backoff * 2, BACKOFF_MAX)
+            )
+            slot.restart_at = now + (0.0 if lived >= STABLE_AFTER else slot.backoff)
+            slot.restarts += 1
+        for slot in self.slots:
+            if slot.process is None and not self.stopping and slot.restart_at <= now:
+                self._start(slot)
+                changed = True
+        if changed:
+            self._write_table()
+
+    def _signal_all(self, signum: int) -> None:
+        for slot in self.slots:
+            if slot.process is not None and slot.process.returncode is None:
+                slot.process.send_signal(signum)
+
+    # ------------------------------------------------------------ signals
+
+    def reload(self) -> None:
+        try:
+            config = configmod.load(self.config.path)
+        except configmod.ConfigError as exc:
+            self.log.error(
+                "config_reload_failed",
+                problems=exc.problems,
+                note="keeping the running configuration",
+            )
+            return
+        if config.spool_path != self.config.spool_path:
+            self.log.error(
+                "config_reload_failed",
+                problems=["SpoolDir changes need a restart"],
+                note="keeping the running configuration",
+            )
+            return
+        network_changed = (config.listen, config.tls_certificate, config.tls_key) != (
+            self.config.listen,
+            self.config.tls_certificate,
+            self.config.tls_key,
+        )
+        self.config = config
+        self._snapshot()
+        self._signal_all(signal.SIGHUP)
+        if network_changed:
+            for slot in self.slots:
+                if slot.role == "receiver" and slot.process is not None:
+                    slot.process.send_signal(signal.SIGTERM)
+                    slot.backoff, slot.started = 0.0, time.monotonic() - STABLE_AFTER
+        self._fit_slots()
+        self.log.info("config_reloaded", receiver_restarted=network_changed)
+
+    def statistics(self) -> None:
+        depths = {state: self.spool.count(state) for state in STATES}
+        restarts = {s.name: s.restarts for s in self.slots}
+        self.log.info("statistics", queues=depths, restarts=restarts)
+        self._signal_all(signal.SIGUSR1)
+
+    def stop(self) -> int:
+        self.stopping = True
+        self.log.info("stopping")
+        self._signal_all(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        for slot in self.slots:
+            if slot.process is None:
+                continue
+            try:
+                slot.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.log.error("worker_killed", worker=slot.name, child=slot.process.pid)
+                slot.process.kill()
+                slot.process.wait()
+        self._reap()
+        self.spool.run_path("workers.json").unlink(missing_ok=True)
+        self.log.info("stopped")
+        return 0
+
+    # ------------------------------------------------------------ main loop
+
+    def run(self) -> int:
+        self.spool.create()
+        lock = filelock.FileLock(str(self.spool.run_path("supervisor.lock")))
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            self.log.error("already_running", spool=str(self.spool.root))
+            return EXIT_ALREADY_RUNNING
+        try:
+            signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+            for queue_id, state in self.spool.recover(self.config.max_attempts):
+                self.log.warning("claim_recovered", qid=queue_id, to=state, child="previous run")
+            self._snapshot()
+            self.log.info(
+                "supervisor_started",
+                spool=str(self.spool.root),
+                listen=[f"{h}:{p}" for h, p in self.config.listen],
+            )
+            self._fit_slots()
+            while True:
+                pending = [s.restart_at for s in self.slots if s.process is None]
+                timeout = max(0.05, min([1.0, *(t - time.monotonic() for t in pending)]))
+                info = signal.sigtimedwait(SIGNALS, timeout)
+                signum = info.si_signo if info else None
+                if signum in (signal.SIGTERM, signal.SIGINT):
+                    return self.stop()
+                if signum == signal.SIGHUP:
+                    self.reload()
+                elif signum == signal.SIGUSR1:
+                    self.statistics()
+                self._reap()
+        finally:
+            lock.release()
+
+
+def run(config: configmod.Config) -> int:
+    return Supervisor(config).run()

@@ -1,0 +1,151 @@
+"""What the scanner and the sender share: claim from one queue, process, hand on, repeat.
+
+A worker is one process with one job. It learns of new work from inotify (watchdog) and,
+should an event be missed, from a periodic re-listing of its queue. Signals:
+SIGTERM/SIGINT finish the message in hand and exit 0 (no claim is left behind);
+SIGHUP re-reads the configuration, keeping the old one if the new one is invalid;
+SIGUSR1 logs this worker's counters.
+
+Invariant: every message this worker claims ends the ``process`` call handed on (released,
+deferred, removed, corrupt) or, if ``process`` raised, returned to its queue with ``crashes``
+raised exactly as if the worker had died, so a message that always fails ends in corrupt/.
+"""
+
+from __future__ import annotations
+
+import collections
+import signal
+import threading
+import time
+from pathlib import Path
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from mailgate import config as configmod
+from mailgate import log as logmod
+from mailgate.spool import RETURNS, Entry, Spool
+
+RESCAN_INTERVAL = 5.0
+
+
+class _Wake(FileSystemEventHandler):
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        self.event.set()
+
+
+class Worker:
+    role = "worker"
+    source = "incoming"
+
+    def __init__(self, config: configmod.Config, snapshot: Path | None = None):
+        self.config = config
+        self.snapshot = snapshot
+        self.spool = Spool(config.spool_path)
+        self.log = logmod.get()
+        self.wake = threading.Event()
+        self.stopping = False
+        self.reload_wanted = False
+        self.stats_wanted = False
+        self.counters: collections.Counter[str] = collections.Counter()
+
+    # ------------------------------------------------------------ hooks
+
+    def process(self, entry: Entry) -> None:
+        raise NotImplementedError
+
+    def housekeeping(self) -> float:
+        """Periodic work between passes; returns the longest time to sleep before the next."""
+        return RESCAN_INTERVAL
+
+    def reconfigure(self, config: configmod.Config) -> None:
+        self.config = config
+
+    def close(self) -> None:
+        """Release resources when the worker stops."""
+
+    # ------------------------------------------------------------ loop
+
+    def _signal(self, signum, _frame) -> None:
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            self.stopping = True
+        elif signum == signal.SIGHUP:
+            self.reload_wanted = True
+        elif signum == signal.SIGUSR1:
+            self.stats_wanted = True
+        self.wake.set()
+
+    def run(self) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+            signal.signal(sig, self._signal)
+        observer = Observer()
+        observer.schedule(_Wake(self.wake), str(self.spool.state_dir(self.source)))
+        observer.start()
+        self.log.info("worker_started", queue=self.source)
+        try:
+            while not self.stopping:
+                self.wake.clear()
+                self._between_passes()
+                worked = self.run_pass()
+                if not worked and not self.stopping:
+                    self.wake.wait(self.housekeeping())
+        finally:
+            observer.stop()
+            self.close()
+            self.log.info("worker_stopped", **self.counters)
+        return 0
+
+    def _between_passes(self) -> None:
+        if self.reload_wanted:
+            self.reload_wanted = False
+            self.reload()
+        if self.stats_wanted:
+            self.stats_wanted = False
+            self.log.info("statistics", **self.counters)
+
+    def reload(self) -> None:
+        try:
+            config = configmod.load(self.config.path, text_from=self.snapshot)
+        except configmod.ConfigError as exc:
+            self.log.error("config_reload_failed", problems=exc.problems)
+            return
+        self.reconfigure(config)
+        self.log.info("config_reloaded")
+
+    def run_pass(self) -> bool:
+        """Claim and process every message listed now, oldest first. True if any was ours."""
+        worked = False
+        for queue_id in self.spool.names(self.source):
+            if self.stopping:
+                break
+            entry = self.spool.claim(self.source, queue_id)
+            if entry is None:
+                continue
+            worked = True
+            started = time.monotonic()
+            try:
+                self.process(entry)
+            except Exception as exc:
+                self.log.exception("processing_failed", qid=entry.id, error=repr(exc))
+                self.counters["failed"] += 1
+                self.give_back(entry)
+            else:
+                self.counters["processed"] += 1
+                self.log.debug(
+                    "processed", qid=entry.id, ms=round((time.monotonic() - started) * 1000, 1)
+                )
+            if self.reload_wanted or self.stats_wanted:
+                self._between_passes()
+        return worked
+
+    def give_back(self, entry: Entry) -> None:
+        """Return a claim after an unexpected error, counted like a crash."""
+        try:
+            state = self.spool.return_claim(entry, RETURNS[entry.state], self.config.max_attempts)
+        except OSError as exc:
+            self.log.error("give_back_failed", qid=entry.id, error=repr(exc))
+            return
+        self.log.warning("returned", qid=entry.id, to=state)
