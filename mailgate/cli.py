@@ -207,7 +207,7 @@ def _queue(args: argparse.Namespace, spool: Spool) -> int:
         print(head.decode("utf-8", "replace").replace("\r\n", "\n"))
         return EXIT_OK
     if action == "requeue" and args.deferred:
-        moved = spool.promote_due(now=float("inf"))
+        moved, _ = spool.promote_due(now=float("inf"))
         print(f"{len(moved)} message(s) requeued")
         return EXIT_OK
     entry = _find(spool, args.id)

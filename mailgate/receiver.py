@@ -90,7 +90,7 @@ class Receiver:
             self.log.warning("backpressure", client=session.peer[0], reason=reason)
             return "452 4.3.1 Insufficient system storage, try again later"
         dsn = getattr(session, "dsn_mail", {})
-        envelope.mail_from = address
+        envelope.mail_from = address  # "<>" for the null sender: aiosmtpd wants it truthy
         envelope.mail_options.extend(mail_options)
         envelope.dsn = dsn
         envelope.dsn_rcpts = []

@@ -28,7 +28,7 @@ from mailgate import envelope as envmod
 from mailgate.config import Config
 from mailgate.routing import RouteError, Router, Target
 from mailgate.spool import Entry, new_queue_id
-from mailgate.worker import Worker
+from mailgate.worker import RESCAN_INTERVAL, Worker
 
 
 class Connections:
@@ -100,10 +100,14 @@ class Sender(Worker):
         self.connections = Connections(config)
 
     def housekeeping(self) -> float:
-        for queue_id in self.spool.promote_due():
+        moved, next_due = self.spool.promote_due()
+        for queue_id in moved:
             self.log.info("requeued", qid=queue_id, reason="retry due")
         self.connections.expire()
-        return min(5.0, self.config.connection_cache_time)
+        wait = min(RESCAN_INTERVAL, self.config.connection_cache_time)
+        if next_due is not None:
+            wait = min(wait, max(0.05, next_due - time.time()))
+        return wait
 
     def close(self) -> None:
         self.connections.expire(force=True)

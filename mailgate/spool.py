@@ -281,13 +281,20 @@ class Spool:
         entry = self.find(queue_id, from_states)
         return self._move(entry, to_state)
 
-    def promote_due(self, now: float | None = None) -> list[str]:
-        """Move every deferred entry whose next attempt has come into ``ready/``."""
+    def promote_due(self, now: float | None = None) -> tuple[list[str], float | None]:
+        """Move every deferred entry whose next attempt has come into ``ready/``.
+
+        Returns the IDs moved and the earliest next attempt among those left (None if none).
+        """
         now = time.time() if now is None else now
-        moved = []
+        due, later = [], []
         with os.scandir(self.state_dir("deferred")) as it:
-            due = sorted(e.name for e in it if ID_RE.match(e.name) and e.stat().st_mtime <= now)
-        for name in due:
+            for e in it:
+                if ID_RE.match(e.name):
+                    mtime = e.stat().st_mtime
+                    (due if mtime <= now else later).append((e.name, mtime))
+        moved = []
+        for name, _mtime in sorted(due):
             try:
                 os.rename(self.state_dir("deferred") / name, self.state_dir("ready") / name)
             except FileNotFoundError:
@@ -295,7 +302,7 @@ class Spool:
             moved.append(name)
         if moved:
             fsync_dir(self.state_dir("ready"))
-        return moved
+        return moved, min((m for _n, m in later), default=None)
 
     # ------------------------------------------------------------ recovery
 
