@@ -509,10 +509,10 @@ def _read_ini(
 
 def parse(text: str, path: Path) -> Config:
     """Parse and validate ``text`` as read from ``path``; raise ConfigError with every problem."""
-    problems: list[str] = []
+    problems: list[tuple[int, str]] = []
 
     def problem(lineno: int, message: str) -> None:
-        problems.append(f"{path}:{lineno}: {message}")
+        problems.append((lineno, message))
 
     values = _read_ini(text, problem)
     config = Config(path=path.resolve(), text=text)
@@ -549,7 +549,8 @@ def parse(text: str, path: Path) -> Config:
     if not config.hostname:
         config.hostname = socket.getfqdn()
     if problems:
-        raise ConfigError(problems)
+        problems.sort(key=lambda p: p[0])
+        raise ConfigError([f"{path}:{lineno}: {message}" for lineno, message in problems])
     return config
 
 

@@ -12,6 +12,7 @@ import random
 from dataclasses import dataclass
 
 import dns.exception
+import dns.nameserver
 import dns.resolver
 
 from mailgate.config import Config, NextHop
@@ -38,8 +39,8 @@ class Router:
         self.config = config
         if config.nameservers:
             self.resolver = dns.resolver.Resolver(configure=False)
-            self.resolver.nameservers = [ip for ip, _port in config.nameservers]
-            self.resolver.nameserver_ports = {ip: port for ip, port in config.nameservers}
+            self.resolver.nameservers = [dns.nameserver.Do53Nameserver(ip, port)
+                                         for ip, port in config.nameservers]
         else:
             self.resolver = dns.resolver.Resolver()
         self.resolver.cache = dns.resolver.Cache()

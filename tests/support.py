@@ -217,7 +217,7 @@ class Gateway:
     def wait_ready(self, timeout: float = 30.0) -> None:
         def ready():
             assert self.process.poll() is None, f"mailgate run exited:\n{self.log()}"
-            if not self.pids("receiver") or "worker_started" not in self.log():
+            if not self.pids("receiver") or "event='listening'" not in self.log():
                 return False
             with contextlib.suppress(OSError), socket.create_connection(
                     ("127.0.0.1", self.port), timeout=1) as s:
@@ -287,5 +287,5 @@ def dnsmasq(port: int, records: list[str]) -> subprocess.Popen:
                              "--conf-file=/dev/null", f"--port={port}",
                              "--listen-address=127.0.0.1", "--bind-interfaces",
                              "--user=root", "--pid-file=", *records],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return proc
