@@ -39,8 +39,9 @@ class Router:
         self.config = config
         if config.nameservers:
             self.resolver = dns.resolver.Resolver(configure=False)
-            self.resolver.nameservers = [dns.nameserver.Do53Nameserver(ip, port)
-                                         for ip, port in config.nameservers]
+            self.resolver.nameservers = [
+                dns.nameserver.Do53Nameserver(ip, port) for ip, port in config.nameservers
+            ]
         else:
             self.resolver = dns.resolver.Resolver()
         self.resolver.cache = dns.resolver.Cache()

@@ -49,16 +49,23 @@ def wait_for(predicate: Callable[[], object], timeout: float = 20.0, what: str =
         delay = min(delay * 1.5, 0.2)
 
 
-def make_message(msgid: str, size: int = 0, subject: str = "test", to: str = "user@company.com",
-                 sender: str = "sender@example.org") -> bytes:
+def make_message(
+    msgid: str,
+    size: int = 0,
+    subject: str = "test",
+    to: str = "user@company.com",
+    sender: str = "sender@example.org",
+) -> bytes:
     """An RFC 5322 message with CRLF line ends (smtplib does not fix bare LF for bytes)."""
     body = "Hello from the tests.\r\n"
     if size > len(body):
         line = "x" * 76 + "\r\n"
         body += line * ((size - len(body)) // len(line))
-    return (f"From: <{sender}>\r\nTo: <{to}>\r\nSubject: {subject}\r\n"
-            f"Message-ID: <{msgid}>\r\nDate: Sun, 29 Nov 2026 10:00:00 +0000\r\n\r\n"
-            f"{body}").encode()
+    return (
+        f"From: <{sender}>\r\nTo: <{to}>\r\nSubject: {subject}\r\n"
+        f"Message-ID: <{msgid}>\r\nDate: Sun, 29 Nov 2026 10:00:00 +0000\r\n\r\n"
+        f"{body}"
+    ).encode()
 
 
 @dataclass
@@ -108,9 +115,15 @@ class _SinkHandler:
         if reply and not reply.startswith("2"):
             return reply
         mail_from = "" if envelope.mail_from == "<>" else envelope.mail_from
-        self.sink.record(Received(mail_from, list(envelope.rcpt_tos),
-                                  envelope.original_content, envelope.dsn_mail,
-                                  envelope.dsn_rcpts))
+        self.sink.record(
+            Received(
+                mail_from,
+                list(envelope.rcpt_tos),
+                envelope.original_content,
+                envelope.dsn_mail,
+                envelope.dsn_rcpts,
+            )
+        )
         return "250 2.0.0 Ok: delivered"
 
 
@@ -174,12 +187,16 @@ class Gateway:
 
     def write_config(self, extra: str = "") -> None:
         sections = {
-            "smtpgw.network": [f"ListenOn=127.0.0.1:{self.port}",
-                               "ProtectedDomains=company.com, *.company.com",
-                               "TrustedNetworks=127.0.0.1/32"],
-            "smtpgw.forward": [f"ForwardRoute=*@company.com [127.0.0.1:{self.sink_port}]",
-                               f"ForwardRoute=*@*.company.com [127.0.0.1:{self.sink_port}]",
-                               f"ForwardRoute=*@example.org [127.0.0.1:{self.sink_port}]"],
+            "smtpgw.network": [
+                f"ListenOn=127.0.0.1:{self.port}",
+                "ProtectedDomains=company.com, *.company.com",
+                "TrustedNetworks=127.0.0.1/32",
+            ],
+            "smtpgw.forward": [
+                f"ForwardRoute=*@company.com [127.0.0.1:{self.sink_port}]",
+                f"ForwardRoute=*@*.company.com [127.0.0.1:{self.sink_port}]",
+                f"ForwardRoute=*@example.org [127.0.0.1:{self.sink_port}]",
+            ],
             "smtpgw.path": ["SpoolDir=spool"],
         }
         current = None
@@ -191,16 +208,21 @@ class Gateway:
             elif line:
                 assert current, "extra config must start with a [section]"
                 sections[current].append(line)
-        text = "".join(f"[{name}]\n" + "".join(f"{x}\n" for x in lines) + "\n"
-                       for name, lines in sections.items())
+        text = "".join(
+            f"[{name}]\n" + "".join(f"{x}\n" for x in lines) + "\n"
+            for name, lines in sections.items()
+        )
         self.conf.write_text(text)
 
     def start(self, wait: bool = True) -> Gateway:
-        log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "mailgate", "run", "-c", str(self.conf)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd="/")
-        log.close()
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "mailgate", "run", "-c", str(self.conf)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd="/",
+            )
         if wait:
             self.wait_ready()
         return self
@@ -219,10 +241,13 @@ class Gateway:
             assert self.process.poll() is None, f"mailgate run exited:\n{self.log()}"
             if not self.pids("receiver") or "event='listening'" not in self.log():
                 return False
-            with contextlib.suppress(OSError), socket.create_connection(
-                    ("127.0.0.1", self.port), timeout=1) as s:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=1) as s,
+            ):
                 return s.recv(100).startswith(b"220")
             return False
+
         wait_for(ready, timeout, "the gateway to accept connections")
 
     def log(self) -> str:
@@ -240,14 +265,20 @@ class Gateway:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-            raise AssertionError(f"mailgate run did not stop on SIGTERM:\n{self.log()[-3000:]}")
+            raise AssertionError(
+                f"mailgate run did not stop on SIGTERM:\n{self.log()[-3000:]}"
+            ) from None
 
     def cli(self, *args: str, check: bool | None = None) -> subprocess.CompletedProcess:
-        result = subprocess.run([sys.executable, "-m", "mailgate", *args, "-c", str(self.conf)]
-                                if args[0] != "queue" else
-                                [sys.executable, "-m", "mailgate", "queue", "-c", str(self.conf),
-                                 *args[1:]],
-                                capture_output=True, text=True, timeout=60, cwd="/")
+        result = subprocess.run(
+            [sys.executable, "-m", "mailgate", *args, "-c", str(self.conf)]
+            if args[0] != "queue"
+            else [sys.executable, "-m", "mailgate", "queue", "-c", str(self.conf), *args[1:]],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd="/",
+        )
         if check:
             assert result.returncode == 0, result.stderr
         return result
@@ -260,13 +291,20 @@ class Gateway:
         path = self.spool / state
         return sorted(os.listdir(path)) if path.is_dir() else []
 
-    def send(self, message: bytes, to: list[str] | str = "user@company.com",
-             sender: str = "sender@example.org", source: str | None = None,
-             mail_options: tuple = (), rcpt_options: tuple = ()) -> str:
+    def send(
+        self,
+        message: bytes,
+        to: list[str] | str = "user@company.com",
+        sender: str = "sender@example.org",
+        source: str | None = None,
+        mail_options: tuple = (),
+        rcpt_options: tuple = (),
+    ) -> str:
         """Send over real SMTP; return the queue ID from the 250 reply."""
         to = [to] if isinstance(to, str) else to
-        with smtplib.SMTP("127.0.0.1", self.port, timeout=30,
-                          source_address=(source, 0) if source else None) as smtp:
+        with smtplib.SMTP(
+            "127.0.0.1", self.port, timeout=30, source_address=(source, 0) if source else None
+        ) as smtp:
             smtp.ehlo("client.example.org")
             code, reply = smtp.mail(sender, list(mail_options))
             assert code == 250, (code, reply)
@@ -283,9 +321,21 @@ class Gateway:
 def dnsmasq(port: int, records: list[str]) -> subprocess.Popen:
     """A real DNS server on 127.0.0.1:port answering only the given dnsmasq records."""
     binary = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
-    proc = subprocess.Popen([binary, "--keep-in-foreground", "--no-resolv", "--no-hosts",
-                             "--conf-file=/dev/null", f"--port={port}",
-                             "--listen-address=127.0.0.1", "--bind-interfaces",
-                             "--user=root", "--pid-file=", *records],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--keep-in-foreground",
+            "--no-resolv",
+            "--no-hosts",
+            "--conf-file=/dev/null",
+            f"--port={port}",
+            "--listen-address=127.0.0.1",
+            "--bind-interfaces",
+            "--user=root",
+            "--pid-file=",
+            *records,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     return proc

@@ -20,9 +20,12 @@ def dsn_sink():
 def test_dsn_parameters_are_stored_and_passed_on(make_gateway, dsn_sink):
     route = f"[smtpgw.forward]\nForwardRoute=*@dsn.example [127.0.0.1:{dsn_sink.port_number}]\n"
     gw = make_gateway(route + "[smtpgw.limits]\nSenders=0").start()
-    qid = gw.send(make_message("dsnparams@test"), to="Rcpt@dsn.example",
-                  mail_options=("RET=HDRS", "ENVID=Env+2BId-42"),
-                  rcpt_options=("NOTIFY=SUCCESS,DELAY", "ORCPT=rfc822;Orig+2BRcpt@Dsn.Example"))
+    qid = gw.send(
+        make_message("dsnparams@test"),
+        to="Rcpt@dsn.example",
+        mail_options=("RET=HDRS", "ENVID=Env+2BId-42"),
+        rcpt_options=("NOTIFY=SUCCESS,DELAY", "ORCPT=rfc822;Orig+2BRcpt@Dsn.Example"),
+    )
     wait_for(lambda: gw.entries("ready"), what="the message in ready/")
     envelope = json.loads((gw.spool / "ready" / qid / "envelope.json").read_text())
     assert envelope["ret"] == "HDRS"
@@ -38,8 +41,9 @@ def test_dsn_parameters_are_stored_and_passed_on(make_gateway, dsn_sink):
 
 def test_notify_never_suppresses_the_bounce(gateway, sink):
     sink.rcpt_replies["gone@company.com"] = ["550 5.1.1 gone"]
-    qid = gateway.send(make_message("never@test"), to="gone@company.com",
-                       rcpt_options=("NOTIFY=NEVER",))
+    qid = gateway.send(
+        make_message("never@test"), to="gone@company.com", rcpt_options=("NOTIFY=NEVER",)
+    )
     wait_for(lambda: f"event='done' qid='{qid}'" in gateway.log(), what="the failure")
     assert "dsn_queued" not in gateway.log()
     assert sink.received == []
@@ -47,9 +51,12 @@ def test_notify_never_suppresses_the_bounce(gateway, sink):
 
 def test_ret_full_returns_the_whole_message_with_envid(gateway, sink):
     sink.rcpt_replies["gone@company.com"] = ["550 5.1.1 gone"]
-    gateway.send(make_message("full@test", size=3000), to="gone@company.com",
-                 mail_options=("RET=FULL", "ENVID=abc123"),
-                 rcpt_options=("NOTIFY=FAILURE", "ORCPT=rfc822;gone@company.com"))
+    gateway.send(
+        make_message("full@test", size=3000),
+        to="gone@company.com",
+        mail_options=("RET=FULL", "ENVID=abc123"),
+        rcpt_options=("NOTIFY=FAILURE", "ORCPT=rfc822;gone@company.com"),
+    )
     report = sink.wait_count(1)[0].message
     status, returned = report.get_payload()[1], report.get_payload()[2]
     text = status.as_string()
@@ -62,8 +69,12 @@ def test_ret_full_returns_the_whole_message_with_envid(gateway, sink):
 
 
 def test_success_notification_when_next_hop_lacks_dsn(gateway, sink):
-    gateway.send(make_message("success@test"), to="happy@company.com",
-                 sender="author@example.org", rcpt_options=("NOTIFY=SUCCESS",))
+    gateway.send(
+        make_message("success@test"),
+        to="happy@company.com",
+        sender="author@example.org",
+        rcpt_options=("NOTIFY=SUCCESS",),
+    )
     original, report = sink.wait_count(2)
     assert original.message_id == "<success@test>"
     assert report.mail_from == "" and report.rcpt_tos == ["author@example.org"]
@@ -72,10 +83,15 @@ def test_success_notification_when_next_hop_lacks_dsn(gateway, sink):
 
 def test_delay_warning_then_expiry_bounce(make_gateway, sink):
     sink.rcpt_replies["late@company.com"] = ["451 4.2.0 mailbox busy"] * 50
-    gw = make_gateway("[smtpgw.retry]\nRetryIntervals=1s\nDelayWarningAfter=0s\n"
-                      "MaxQueueLifetime=3s").start()
-    gw.send(make_message("late@test"), to="late@company.com", sender="author@example.org",
-            rcpt_options=("NOTIFY=DELAY,FAILURE",))
+    gw = make_gateway(
+        "[smtpgw.retry]\nRetryIntervals=1s\nDelayWarningAfter=0s\nMaxQueueLifetime=3s"
+    ).start()
+    gw.send(
+        make_message("late@test"),
+        to="late@company.com",
+        sender="author@example.org",
+        rcpt_options=("NOTIFY=DELAY,FAILURE",),
+    )
     warning, bounce = sink.wait_count(2)
     assert "Action: delayed" in warning.message.get_payload()[1].as_string()
     assert "Will-Retry-Until:" in warning.message.get_payload()[1].as_string()

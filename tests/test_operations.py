@@ -69,7 +69,8 @@ def test_queue_cli_hold_release_delete_requeue(make_gateway, sink):
     qid = gw.send(make_message("cli@test"))
     rows = gw.queue()
     assert [(r["id"], r["state"], r["sender"], r["recipients"]) for r in rows] == [
-        (qid, "incoming", "sender@example.org", ["user@company.com"])]
+        (qid, "incoming", "sender@example.org", ["user@company.com"])
+    ]
     text = gw.cli("queue", "list", check=True).stdout
     assert qid in text and "incoming" in text
 
@@ -106,12 +107,18 @@ def test_claimed_message_is_busy_for_the_cli(make_gateway):
 
 def test_check_config_reports_file_and_line(tmp_path):
     conf = tmp_path / "bad.conf"
-    conf.write_text("[smtpgw.network]\nListenOn=127.0.0.1:2525\nBogusKey=1\n"
-                    "[smtpgw.nosuch]\nX=1\n[smtpgw.forward]\nForwardRoute=*@x.com\n"
-                    "ForwardRoute=*@y.com [127.0.0.1:99999]\n[smtpgw.limits]\nScanners=two\n"
-                    "MaxMessageSize=big\n[smtpgw.retry]\nMaxQueueLifetime=5 fortnights\n")
-    result = subprocess.run([sys.executable, "-m", "mailgate", "check-config", "-c", str(conf)],
-                            capture_output=True, text=True, cwd=tmp_path)
+    conf.write_text(
+        "[smtpgw.network]\nListenOn=127.0.0.1:2525\nBogusKey=1\n"
+        "[smtpgw.nosuch]\nX=1\n[smtpgw.forward]\nForwardRoute=*@x.com\n"
+        "ForwardRoute=*@y.com [127.0.0.1:99999]\n[smtpgw.limits]\nScanners=two\n"
+        "MaxMessageSize=big\n[smtpgw.retry]\nMaxQueueLifetime=5 fortnights\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "mailgate", "check-config", "-c", str(conf)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert result.returncode == 1
     lines = result.stderr.splitlines()
     assert [line.split(":")[1] for line in lines] == ["3", "4", "7", "8", "10", "11", "13"]
@@ -125,12 +132,18 @@ def test_minimal_config_works_from_any_directory(tmp_path, sink):
     from support import Gateway, free_port
 
     gw = Gateway(tmp_path / "min", free_port(), sink.port_number)
-    gw.conf.write_text(f"[smtpgw.network]\nListenOn=127.0.0.1:{gw.port}\n"
-                       "ProtectedDomains=company.com\nTrustedNetworks=127.0.0.1\n"
-                       f"[smtpgw.forward]\nForwardRoute=* [127.0.0.1:{sink.port_number}]\n"
-                       "[smtpgw.path]\nSpoolDir=spool\n")
-    ok = subprocess.run([sys.executable, "-m", "mailgate", "check-config", "-c", str(gw.conf)],
-                        capture_output=True, text=True, cwd="/")
+    gw.conf.write_text(
+        f"[smtpgw.network]\nListenOn=127.0.0.1:{gw.port}\n"
+        "ProtectedDomains=company.com\nTrustedNetworks=127.0.0.1\n"
+        f"[smtpgw.forward]\nForwardRoute=* [127.0.0.1:{sink.port_number}]\n"
+        "[smtpgw.path]\nSpoolDir=spool\n"
+    )
+    ok = subprocess.run(
+        [sys.executable, "-m", "mailgate", "check-config", "-c", str(gw.conf)],
+        capture_output=True,
+        text=True,
+        cwd="/",
+    )
     assert ok.returncode == 0, ok.stderr
     try:
         gw.start()  # cwd is / : nothing may depend on the working directory

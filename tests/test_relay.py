@@ -37,15 +37,27 @@ def test_every_reply_has_an_enhanced_status_code(gateway):
 
         ehlo = cmd(b"EHLO client.example.org")
         keywords = {line[4:].split()[0].upper() for line in ehlo[1:]}
-        assert {b"PIPELINING", b"SIZE", b"8BITMIME", b"ENHANCEDSTATUSCODES", b"DSN",
-                b"SMTPUTF8"} <= keywords
+        assert {
+            b"PIPELINING",
+            b"SIZE",
+            b"8BITMIME",
+            b"ENHANCEDSTATUSCODES",
+            b"DSN",
+            b"SMTPUTF8",
+        } <= keywords
         assert b"STARTTLS" not in keywords  # no certificate configured
-        for line, code in [(b"NOOP", b"250 2."), (b"RCPT TO:<a@company.com>", b"503 5."),
-                           (b"BOGUS", b"500 5."), (b"MAIL FROM:<a@b.org> RET=BAD", b"501 5."),
-                           (b"MAIL FROM:<a@b.org>", b"250 2."),
-                           (b"RCPT TO:<a@company.com> NOTIFY=SOMETIMES", b"501 5."),
-                           (b"RCPT TO:<x@elsewhere.net>", b"250 2."),  # 127.0.0.1 is trusted
-                           (b"RSET", b"250 2."), (b"VRFY a", b"252 2."), (b"QUIT", b"221 2.")]:
+        for line, code in [
+            (b"NOOP", b"250 2."),
+            (b"RCPT TO:<a@company.com>", b"503 5."),
+            (b"BOGUS", b"500 5."),
+            (b"MAIL FROM:<a@b.org> RET=BAD", b"501 5."),
+            (b"MAIL FROM:<a@b.org>", b"250 2."),
+            (b"RCPT TO:<a@company.com> NOTIFY=SOMETIMES", b"501 5."),
+            (b"RCPT TO:<x@elsewhere.net>", b"250 2."),  # 127.0.0.1 is trusted
+            (b"RSET", b"250 2."),
+            (b"VRFY a", b"252 2."),
+            (b"QUIT", b"221 2."),
+        ]:
             reply = cmd(line)
             assert reply[0].startswith(code), (line, reply)
 
@@ -60,8 +72,10 @@ def test_pipelined_transactions(gateway, sink):
         f.flush()
         while f.readline()[3:4] == b"-":
             pass
-        f.write(b"MAIL FROM:<p@example.org>\r\nRCPT TO:<a@company.com>\r\n"
-                b"RCPT TO:<b@company.com>\r\nDATA\r\n")
+        f.write(
+            b"MAIL FROM:<p@example.org>\r\nRCPT TO:<a@company.com>\r\n"
+            b"RCPT TO:<b@company.com>\r\nDATA\r\n"
+        )
         f.flush()
         replies = [f.readline() for _ in range(4)]
         assert [r[:3] for r in replies] == [b"250", b"250", b"250", b"354"], replies
@@ -116,6 +130,7 @@ def test_backpressure_when_queue_full(make_gateway, sink):
                 return False
             assert smtp.noop()[0] == 250  # the session stays usable
             return code, reply
+
     code, reply = wait_for(refused, what="452 once incoming/ is full")
     assert (code, reply[:5]) == (452, b"4.3.1")
     assert len(gw.entries("incoming")) == 2
@@ -144,8 +159,9 @@ def test_deferral_then_delivery(make_gateway, sink):
 
 def test_bounce_on_550_goes_to_sender_as_dsn(gateway, sink):
     sink.rcpt_replies["nobody@company.com"] = ["550 5.1.1 no such user"]
-    qid = gateway.send(make_message("bounce@test"), to="nobody@company.com",
-                       sender="author@example.org")
+    qid = gateway.send(
+        make_message("bounce@test"), to="nobody@company.com", sender="author@example.org"
+    )
     dsn = sink.wait_count(1)[0]
     assert dsn.mail_from == ""
     assert dsn.rcpt_tos == ["author@example.org"]

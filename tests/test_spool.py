@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -30,11 +31,14 @@ def test_queue_ids_are_unique_sortable_and_safe():
     ids = [new_queue_id() for _ in range(5000)]
     assert len(set(ids)) == len(ids)
     assert all(ID_RE.match(i) for i in ids)
-    assert all(id_time(a) <= id_time(b) for a, b in zip(ids, ids[1:], strict=False))
+    assert all(id_time(a) <= id_time(b) for a, b in itertools.pairwise(ids))
     assert sorted(ids, key=id_time) == sorted(ids)
-    other = subprocess.run([sys.executable, "-c",
-                            "from mailgate.spool import new_queue_id as n; print(n())"],
-                           capture_output=True, text=True, check=True).stdout.strip()
+    other = subprocess.run(
+        [sys.executable, "-c", "from mailgate.spool import new_queue_id as n; print(n())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     assert other not in ids and ID_RE.match(other)
 
 
