@@ -20,7 +20,7 @@ import ipaddress
 import re
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -265,130 +265,52 @@ _NET, _FWD, _PATH, _LIM, _RETRY, _LOG = (
     "smtpgw.retry",
     "smtpgw.log",
 )
+# fmt: off
 _TABLE = [
-    Option(
-        _NET,
-        "ListenOn",
-        "listen",
-        parse_listen,
-        "127.0.0.1:2525",
-        True,
-        "addresses the receiver listens on",
-    ),
-    Option(
-        _NET,
-        "ProtectedDomains",
-        "protected_domains",
-        parse_masks,
-        "",
-        True,
-        "domains (masks) anyone may send to",
-    ),
-    Option(
-        _NET,
-        "TrustedNetworks",
-        "trusted_networks",
-        parse_networks,
-        "127.0.0.0/8, ::1/128",
-        True,
-        "clients that may relay to any domain",
-    ),
+    Option(_NET, "ListenOn", "listen", parse_listen, "127.0.0.1:2525", True,
+           "addresses the receiver listens on"),
+    Option(_NET, "ProtectedDomains", "protected_domains", parse_masks, "", True,
+           "domains (masks) anyone may send to"),
+    Option(_NET, "TrustedNetworks", "trusted_networks", parse_networks, "127.0.0.0/8, ::1/128",
+           True, "clients that may relay to any domain"),
     Option(_NET, "Hostname", "hostname", parse_text, "", doc="name in banner and Received"),
-    Option(
-        _NET,
-        "TLSCertificate",
-        "tls_certificate",
-        parse_path,
-        "",
-        doc="PEM certificate: enables STARTTLS",
-    ),
+    Option(_NET, "TLSCertificate", "tls_certificate", parse_path, "",
+           doc="PEM certificate: enables STARTTLS"),
     Option(_NET, "TLSKey", "tls_key", parse_path, "", doc="PEM key for TLSCertificate"),
-    Option(
-        _NET,
-        "SessionTimeout",
-        "session_timeout",
-        parse_duration,
-        "300s",
-        doc="idle time before a session is closed",
-    ),
-    Option(
-        _FWD,
-        "ForwardRoute",
-        "routes",
-        parse_routes,
-        "",
-        True,
-        "MASK NEXTHOP routes, first match wins",
-    ),
-    Option(
-        _FWD,
-        "DeliveryPort",
-        "delivery_port",
-        parse_port,
-        "25",
-        doc="port for MX and A/AAAA deliveries",
-    ),
-    Option(
-        _FWD,
-        "Nameservers",
-        "nameservers",
-        parse_nameservers,
-        "",
-        doc="DNS servers ip[:port]; empty: the system resolver",
-    ),
+    Option(_NET, "SessionTimeout", "session_timeout", parse_duration, "300s",
+           doc="idle time before a session is closed"),
+    Option(_FWD, "ForwardRoute", "routes", parse_routes, "", True,
+           "MASK NEXTHOP routes, first match wins"),
+    Option(_FWD, "DeliveryPort", "delivery_port", parse_port, "25",
+           doc="port for MX and A/AAAA deliveries"),
+    Option(_FWD, "Nameservers", "nameservers", parse_nameservers, "",
+           doc="DNS servers ip[:port]; empty: the system resolver"),
     Option(_FWD, "ConnectTimeout", "connect_timeout", parse_duration, "30s"),
     Option(_FWD, "CommandTimeout", "command_timeout", parse_duration, "300s"),
-    Option(
-        _FWD,
-        "ConnectionCacheTime",
-        "connection_cache_time",
-        parse_duration,
-        "10s",
-        doc="how long an idle next-hop connection is kept open",
-    ),
-    Option(
-        _PATH,
-        "SpoolDir",
-        "spool_dir",
-        parse_path,
-        "../spool",
-        doc="spool root, relative to this file's directory",
-    ),
+    Option(_FWD, "ConnectionCacheTime", "connection_cache_time", parse_duration, "10s",
+           doc="how long an idle next-hop connection is kept open"),
+    Option(_PATH, "SpoolDir", "spool_dir", parse_path, "../spool",
+           doc="spool root, relative to this file's directory"),
     Option(_LIM, "MaxMessageSize", "max_message_size", parse_size, "25M"),
     Option(_LIM, "MaxRecipients", "max_recipients", parse_int, "1000"),
-    Option(
-        _LIM,
-        "MaxQueueSize",
-        "max_queue_size",
-        parse_int,
-        "10000",
-        doc="messages waiting in incoming/ before 452 4.3.1",
-    ),
-    Option(
-        _LIM,
-        "MinFreeDisk",
-        "min_free_disk",
-        parse_size,
-        "100M",
-        doc="free space under the spool before 452 4.3.1",
-    ),
+    Option(_LIM, "MaxQueueSize", "max_queue_size", parse_int, "10000",
+           doc="messages waiting in incoming/ before 452 4.3.1"),
+    Option(_LIM, "MinFreeDisk", "min_free_disk", parse_size, "100M",
+           doc="free space under the spool before 452 4.3.1"),
     Option(_LIM, "Scanners", "scanners", parse_int, "2"),
     Option(_LIM, "Senders", "senders", parse_int, "2"),
-    Option(
-        _LIM,
-        "MaxAttempts",
-        "max_attempts",
-        parse_int,
-        "3",
-        doc="worker deaths on one message before it goes to corrupt/",
-    ),
-    Option(
-        _RETRY, "RetryIntervals", "retry_intervals", parse_durations, "1m, 5m, 15m, 30m, 1h, 2h, 4h"
-    ),
+    Option(_LIM, "MaxAttempts", "max_attempts", parse_int, "3",
+           doc="worker deaths on one message before it goes to corrupt/"),
+    Option(_LIM, "RestartDelay", "restart_delay", parse_duration, "1s",
+           doc="first delay before restarting a dead worker; doubles per quick death"),
+    Option(_LIM, "MaxRestartDelay", "max_restart_delay", parse_duration, "30s"),
+    Option(_RETRY, "RetryIntervals", "retry_intervals", parse_durations,
+           "1m, 5m, 15m, 30m, 1h, 2h, 4h"),
     Option(_RETRY, "MaxQueueLifetime", "max_queue_lifetime", parse_duration, "5d"),
     Option(_RETRY, "DelayWarningAfter", "delay_warning_after", parse_duration, "4h"),
     Option(_LOG, "Level", "log_level", parse_level, "info"),
 ]
+# fmt: on
 OPTIONS = {(o.section.lower(), o.key.lower()): o for o in _TABLE}
 SECTIONS = {o.section for o in _TABLE}
 
@@ -399,31 +321,33 @@ class Config:
 
     path: Path
     text: str
-    listen: list[tuple[str, int]] = field(default_factory=list)
-    protected_domains: list[str] = field(default_factory=list)
-    trusted_networks: list = field(default_factory=list)
-    hostname: str = ""
-    tls_certificate: str = ""
-    tls_key: str = ""
-    session_timeout: float = 300.0
-    routes: list[Route] = field(default_factory=list)
-    delivery_port: int = 25
-    nameservers: list[tuple[str, int]] = field(default_factory=list)
-    connect_timeout: float = 30.0
-    command_timeout: float = 300.0
-    connection_cache_time: float = 10.0
-    spool_dir: str = ""
-    max_message_size: int = 0
-    max_recipients: int = 0
-    max_queue_size: int = 0
-    min_free_disk: int = 0
-    scanners: int = 0
-    senders: int = 0
-    max_attempts: int = 3
-    retry_intervals: list[float] = field(default_factory=list)
-    max_queue_lifetime: float = 0.0
-    delay_warning_after: float = 0.0
-    log_level: str = "info"
+    listen: list[tuple[str, int]]
+    protected_domains: list[str]
+    trusted_networks: list
+    hostname: str
+    tls_certificate: str
+    tls_key: str
+    session_timeout: float
+    routes: list[Route]
+    delivery_port: int
+    nameservers: list[tuple[str, int]]
+    connect_timeout: float
+    command_timeout: float
+    connection_cache_time: float
+    spool_dir: str
+    max_message_size: int
+    max_recipients: int
+    max_queue_size: int
+    min_free_disk: int
+    scanners: int
+    senders: int
+    max_attempts: int
+    restart_delay: float
+    max_restart_delay: float
+    retry_intervals: list[float]
+    max_queue_lifetime: float
+    delay_warning_after: float
+    log_level: str
 
     @property
     def spool_path(self) -> Path:
@@ -515,11 +439,10 @@ def parse(text: str, path: Path) -> Config:
         problems.append((lineno, message))
 
     values = _read_ini(text, problem)
-    config = Config(path=path.resolve(), text=text)
+    fields: dict[str, Any] = {}
     for opt in OPTIONS.values():
-        entries = values.get(opt) or [(0, opt.default)]
-        parsed: Any = [] if opt.repeatable else None
-        for lineno, value in entries:
+        fields[opt.attr] = [] if opt.repeatable else opt.parse(opt.default)
+        for lineno, value in values.get(opt) or [(0, opt.default)]:
             try:
                 item = opt.parse(value)
             except BadValue as exc:
@@ -527,9 +450,8 @@ def parse(text: str, path: Path) -> Config:
                     raise AssertionError(f"bad default for {opt.key}: {exc}") from exc
                 problem(lineno, f"{opt.key}: {exc}")
                 continue
-            parsed = parsed + item if opt.repeatable else item
-        if parsed is not None:
-            setattr(config, opt.attr, parsed)
+            fields[opt.attr] = fields[opt.attr] + item if opt.repeatable else item
+    config = Config(path=path.resolve(), text=text, **fields)
 
     def line_of(key: str) -> int:
         opt = next(o for o in _TABLE if o.key == key)

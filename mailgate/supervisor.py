@@ -9,7 +9,7 @@ Invariants:
 - Workers read the configuration from ``run/mailgate.conf``, a snapshot the supervisor writes
   only after the configuration validated, so a bad edit never reaches a restarting worker.
 - A worker that dies is restarted after a back-off that doubles with each quick death
-  (1 s up to 30 s) and resets once it has run for a minute.
+  (RestartDelay up to MaxRestartDelay) and resets once it has run for a minute.
 - ``run/workers.json`` lists the live workers (role, slot, pid), for administrators and tests.
 
 Signals: SIGHUP re-reads the configuration (kept when invalid), SIGTERM/SIGINT stop gracefully
@@ -34,7 +34,7 @@ from mailgate.spool import STATES, Spool, write_file_replacing
 
 SIGNALS = (signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 STOP_TIMEOUT = 40.0
-BACKOFF_MIN, BACKOFF_MAX, STABLE_AFTER = 1.0, 30.0, 60.0
+STABLE_AFTER = 60.0
 EXIT_ALREADY_RUNNING = 5
 
 
@@ -138,9 +138,9 @@ class Supervisor:
                 continue
             lived = now - slot.started
             slot.backoff = (
-                BACKOFF_MIN
+                self.config.restart_delay
                 if lived >= STABLE_AFTER or not slot.backoff
-                else min(slot.backoff * 2, BACKOFF_MAX)
+                else min(slot.backoff * 2, self.config.max_restart_delay)
             )
             slot.restart_at = now + (0.0 if lived >= STABLE_AFTER else slot.backoff)
             slot.restarts += 1
