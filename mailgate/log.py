@@ -1,4 +1,9 @@
-"""structlog set-up shared by every process: one event per line, key=value, queue ID as ``qid``."""
+"""structlog set-up shared by every process: one event per line, key=value, queue ID as ``qid``.
+
+Every process writes to the same inherited stderr, so each event must leave in a single
+write(2) (WriteLogger writes line and newline together; print() wrote them apart and two
+processes could interleave their events on one line).
+"""
 
 from __future__ import annotations
 
@@ -29,7 +34,7 @@ def setup(role: str, level: str = "info") -> None:
             ),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.WriteLoggerFactory(sys.stderr),
         cache_logger_on_first_use=False,
     )
     structlog.contextvars.clear_contextvars()

@@ -42,7 +42,7 @@ class Receiver:
         self.config = config
         self.spool = spool
         self.log = logmod.get()
-        self.executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="store")
+        self.executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="store")
         self.counters: collections.Counter[str] = collections.Counter()
         self._load_checked = 0.0
         self._overloaded: str | None = None

@@ -44,6 +44,6 @@ class Scanner(Worker):
         envelope["headers"] = verdict.headers
         envelope["scanned"] = True
         envmod.record(envelope, "ready", self.role)
-        self.spool.release(entry, "ready", envelope)
+        self.spool.release(entry, "ready", envelope, durable=False)
         self.counters["scanned"] += 1
         self.log.info("scanned", qid=entry.id, result="pass", to="ready")

@@ -97,14 +97,15 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_file(path: Path, data: bytes) -> None:
-    """Create ``path`` (it must not exist), write ``data`` and fsync it; mode 0600."""
+def write_file(path: Path, data: bytes, durable: bool = True) -> None:
+    """Create ``path`` (it must not exist), write ``data``, fsync it if durable; mode 0600."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
 
@@ -215,14 +216,15 @@ class Spool:
         fsync_dir(target.parent)
         return Entry(state, queue_id, target)
 
-    def write_envelope(self, entry: Entry, envelope: dict) -> None:
-        """Replace the envelope atomically (write beside, fsync, rename, fsync the entry)."""
+    def write_envelope(self, entry: Entry, envelope: dict, durable: bool = True) -> None:
+        """Replace the envelope atomically: write beside, rename over (fsync'd when durable)."""
         new = entry.path / (ENVELOPE + ".new")
         with contextlib.suppress(FileNotFoundError):
             new.unlink()
-        write_file(new, _dump(envelope))
+        write_file(new, _dump(envelope), durable)
         os.rename(new, entry.path / ENVELOPE)
-        fsync_dir(entry.path)
+        if durable:
+            fsync_dir(entry.path)
 
     def replace_message(self, entry: Entry, message: bytes) -> None:
         """Replace message.eml atomically (used when a filter rewrites the message)."""
@@ -235,12 +237,13 @@ class Spool:
 
     # ------------------------------------------------------------ moving
 
-    def _move(self, entry: Entry, state: str, name: str | None = None) -> Entry:
-        target = self.state_dir(state) / (name or entry.id)
+    def _move(self, entry: Entry, state: str, durable: bool = True) -> Entry:
+        target = self.state_dir(state) / entry.id
         if target.exists():
             raise FileExistsError(errno.EEXIST, "already in the spool", str(target))
         os.rename(entry.path, target)
-        fsync_dir(target.parent)
+        if durable:
+            fsync_dir(target.parent)
         return Entry(state, target.name, target)
 
     def claim(self, state: str, queue_id: str) -> Entry | None:
@@ -253,11 +256,18 @@ class Spool:
             return None
         return Entry(CLAIMS[state], target.name, target)
 
-    def release(self, entry: Entry, state: str, envelope: dict | None = None) -> Entry:
-        """Hand a claimed (or held) entry on to ``state``, saving its envelope first."""
+    def release(
+        self, entry: Entry, state: str, envelope: dict | None = None, durable: bool = True
+    ) -> Entry:
+        """Hand a claimed (or held) entry on to ``state``, saving its envelope first.
+
+        ``durable=False`` skips the fsyncs, for hand-offs that nothing is acknowledged on:
+        after a power loss such a hand-off may be undone (the work is done again) but is
+        never half done, since the envelope is replaced by a rename that precedes the move.
+        """
         if envelope is not None:
-            self.write_envelope(entry, envelope)
-        return self._move(entry, state)
+            self.write_envelope(entry, envelope, durable)
+        return self._move(entry, state, durable)
 
     def defer(self, entry: Entry, envelope: dict, next_attempt: float) -> Entry:
         """Park in ``deferred/`` until ``next_attempt`` (kept as the directory's mtime)."""
@@ -358,4 +368,4 @@ def write_file_replacing(path: Path, data: bytes) -> None:
 
 
 def _dump(envelope: dict) -> bytes:
-    return json.dumps(envelope, indent=1, sort_keys=True).encode("utf-8") + b"\n"
+    return json.dumps(envelope, separators=(",", ":")).encode("utf-8") + b"\n"

@@ -1,6 +1,6 @@
 """What the scanner and the sender share: claim from one queue, process, hand on, repeat.
 
-A worker is one process with one job. It learns of new work from inotify (watchdog) and,
+A worker is one process with one job. It learns of new work from inotify (``Doorbell``) and,
 should an event be missed, from a periodic re-listing of its queue. Signals:
 SIGTERM/SIGINT finish the message in hand and exit 0 (no claim is left behind);
 SIGHUP re-reads the configuration, keeping the old one if the new one is invalid;
@@ -14,13 +14,14 @@ raised exactly as if the worker had died, so a message that always fails ends in
 from __future__ import annotations
 
 import collections
+import ctypes
+import os
 import signal
 import threading
 import time
 from pathlib import Path
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
+from watchdog.observers.inotify_c import InotifyConstants, inotify_add_watch, inotify_init
 
 from mailgate import config as configmod
 from mailgate import log as logmod
@@ -29,12 +30,33 @@ from mailgate.spool import RETURNS, Entry, Spool
 RESCAN_INTERVAL = 5.0
 
 
-class _Wake(FileSystemEventHandler):
-    def __init__(self, event: threading.Event):
-        self.event = event
+class Doorbell:
+    """Sets ``event`` whenever an entry is created in, or moved into, ``directory``.
 
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        self.event.set()
+    inotify through watchdog's bindings, watching only arrivals (IN_CREATE, IN_MOVED_TO).
+    watchdog's Observer also reports departures and pairs every move's two halves in a
+    time-delayed queue; at a few hundred messages a second that bookkeeping cost a worker a
+    third of its CPU, and a worker needs to know only that something arrived.
+    """
+
+    def __init__(self, directory: Path, event: threading.Event):
+        self.event = event
+        self.fd = inotify_init()
+        if self.fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init failed")
+        mask = InotifyConstants.IN_CREATE | InotifyConstants.IN_MOVED_TO
+        if inotify_add_watch(self.fd, os.fsencode(directory), mask) < 0:
+            raise OSError(ctypes.get_errno(), f"cannot watch {directory}")
+        threading.Thread(target=self._listen, name="doorbell", daemon=True).start()
+
+    def _listen(self) -> None:
+        while True:
+            try:
+                if not os.read(self.fd, 65536):
+                    return
+            except OSError:
+                return
+            self.event.set()
 
 
 class Worker:
@@ -81,9 +103,7 @@ class Worker:
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
             signal.signal(sig, self._signal)
-        observer = Observer()
-        observer.schedule(_Wake(self.wake), str(self.spool.state_dir(self.source)))
-        observer.start()
+        Doorbell(self.spool.state_dir(self.source), self.wake)
         self.log.info("worker_started", queue=self.source)
         try:
             while not self.stopping:
@@ -93,7 +113,6 @@ class Worker:
                 if not worked and not self.stopping:
                     self.wake.wait(self.housekeeping())
         finally:
-            observer.stop()
             self.close()
             self.log.info("worker_stopped", **self.counters)
         return 0

@@ -1,0 +1,232 @@
+"""Figures for the README: messages/s, accept→delivered latency, peak RSS, direct baseline.
+
+The gateway runs as ``mailgate run`` on a private config and spool with the default pipeline
+(2 scanners, 2 senders, every state change fsync'd). Latency per message is taken from the
+gateway's own log and queue IDs: the ID's time (end of DATA) to the sender's ``done`` event.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+from mailgate.spool import id_time
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
+SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
+MESSAGE_SIZE = 5 * 1024
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                if s.recv(4).startswith(b"220"):
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"bench: nothing answers on port {port}")
+
+
+def start_sink(port: int) -> subprocess.Popen:
+    return subprocess.Popen(
+        [SINK, "-u", "nobody", f"127.0.0.1:{port}", "1000"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def source(port: int, messages: int, sessions: int) -> float:
+    started = time.monotonic()
+    subprocess.run(
+        [
+            SOURCE,
+            "-s",
+            str(sessions),
+            "-l",
+            str(MESSAGE_SIZE),
+            "-m",
+            str(messages),
+            "-f",
+            "bench@example.org",
+            "-t",
+            "user@company.com",
+            f"127.0.0.1:{port}",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    return time.monotonic() - started
+
+
+def rss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def tree_pids(root: int) -> list[int]:
+    pids, todo = [root], [root]
+    while todo:
+        pid = todo.pop()
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            continue
+        pids += map(int, children)
+        todo += map(int, children)
+    return pids
+
+
+def cpu_by_role(root: int) -> dict[str, float]:
+    """CPU seconds (user+system) used so far by each kind of gateway process."""
+    ticks = 100.0
+    result: dict[str, float] = {}
+    for pid in tree_pids(root):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        role = (
+            cmdline[cmdline.index(b"worker") + 1].decode() if b"worker" in cmdline else "supervisor"
+        )
+        result[role] = result.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    return result
+
+
+def parse_ts(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("messages", nargs="?", type=int, default=5000)
+    parser.add_argument("sessions", nargs="?", type=int, default=10)
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="mailgate-bench-"))
+    sink_port, direct_port, gw_port = free_port(), free_port(), free_port()
+    sinks = [start_sink(sink_port), start_sink(direct_port)]
+    try:
+        wait_port(sink_port)
+        wait_port(direct_port)
+        direct_seconds = source(direct_port, args.messages, args.sessions)
+
+        conf = work / "mailgate.conf"
+        conf.write_text(
+            f"[smtpgw.network]\nListenOn=127.0.0.1:{gw_port}\n"
+            "ProtectedDomains=company.com\nTrustedNetworks=127.0.0.0/8\n"
+            f"[smtpgw.forward]\nForwardRoute=* [127.0.0.1:{sink_port}]\n"
+            "[smtpgw.path]\nSpoolDir=spool\n"
+        )
+        log_path = work / "mailgate.log"
+        with open(log_path, "wb") as log:
+            gateway = subprocess.Popen(
+                [str(ROOT / ".venv/bin/mailgate"), "run", "-c", str(conf)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        wait_port(gw_port)
+        time.sleep(1.0)  # let every worker finish starting before the clock runs
+
+        peak = 0
+        sampling = threading.Event()
+
+        def sample() -> None:
+            nonlocal peak
+            while not sampling.is_set():
+                peak = max(peak, sum(rss_kib(p) for p in tree_pids(gateway.pid)))
+                sampling.wait(0.1)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        started = time.monotonic()
+        accept_seconds = source(gw_port, args.messages, args.sessions)
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            if log_path.read_text(errors="replace").count("event='done'") >= args.messages:
+                break
+            time.sleep(0.05)
+        total_seconds = time.monotonic() - started
+        sampling.set()
+        sampler.join()
+        cpu = cpu_by_role(gateway.pid)
+        gateway.send_signal(signal.SIGTERM)
+        gateway.wait(60)
+
+        times: dict[str, dict[str, float]] = {"queued": {}, "done": {}}
+        pattern = re.compile(r"ts='([^']+)'.*?event='(queued|done)' qid='([^']+)'")
+        for line in log_path.read_text(errors="replace").splitlines():
+            m = pattern.search(line)
+            if m:
+                times[m.group(2)][m.group(3)] = parse_ts(m.group(1))
+        # a queue ID encodes when DATA ended (before the fsyncs): that is "accepted"
+        latencies = [
+            (done - id_time(qid)) * 1000
+            for qid, done in times["done"].items()
+            if qid in times["queued"]
+        ]
+        delivered = len(latencies)
+    finally:
+        for s in sinks:
+            s.terminate()
+            s.wait()
+    if delivered == args.messages:
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        print(f"bench: only {delivered} deliveries matched; log kept in {work}", file=sys.stderr)
+
+    latencies.sort()
+    rate = delivered / total_seconds
+    direct_rate = args.messages / direct_seconds
+    print(f"messages: {args.messages} x {MESSAGE_SIZE // 1024} KB, {args.sessions} sessions")
+    print(f"delivered through mailgate: {delivered}")
+    print(
+        f"mailgate throughput: {rate:.0f} msg/s "
+        f"(accepted in {accept_seconds:.1f}s, all delivered in {total_seconds:.1f}s)"
+    )
+    if latencies:
+        p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+        print(
+            f"accept->delivered latency: p50 {statistics.median(latencies):.1f} ms, "
+            f"p99 {p99:.1f} ms"
+        )
+    print(f"peak RSS, all gateway processes: {peak / 1024:.0f} MiB")
+    print(
+        "CPU per message: "
+        + ", ".join(
+            f"{role} {seconds / max(1, delivered) * 1000:.2f} ms"
+            for role, seconds in sorted(cpu.items())
+        )
+    )
+    print(f"direct smtp-source -> smtp-sink: {direct_rate:.0f} msg/s")
+    print(f"ratio mailgate/direct: {rate / direct_rate:.3f}")
+    return 0 if delivered == args.messages else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
