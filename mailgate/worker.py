@@ -14,10 +14,11 @@ raised exactly as if the worker had died, so a message that always fails ends in
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import os
+import select
 import signal
-import threading
 import time
 from pathlib import Path
 
@@ -31,32 +32,35 @@ RESCAN_INTERVAL = 5.0
 
 
 class Doorbell:
-    """Sets ``event`` whenever an entry is created in, or moved into, ``directory``.
+    """Waits until an entry arrives in ``directory`` (IN_CREATE, IN_MOVED_TO) or a signal comes.
 
-    inotify through watchdog's bindings, watching only arrivals (IN_CREATE, IN_MOVED_TO).
-    watchdog's Observer also reports departures and pairs every move's two halves in a
-    time-delayed queue; at a few hundred messages a second that bookkeeping cost a worker a
-    third of its CPU, and a worker needs to know only that something arrived.
+    inotify through watchdog's bindings, watching arrivals only. watchdog's Observer also
+    reports departures and pairs the two halves of every move in a time-delayed queue; at a
+    few hundred messages a second that cost a worker a third of its CPU, and a worker needs
+    to know only that something arrived. Signals reach ``wait`` through a self-pipe
+    (``signal.set_wakeup_fd``): no thread, so no lock for a signal handler to deadlock on.
     """
 
-    def __init__(self, directory: Path, event: threading.Event):
-        self.event = event
+    def __init__(self, directory: Path):
         self.fd = inotify_init()
         if self.fd < 0:
             raise OSError(ctypes.get_errno(), "inotify_init failed")
         mask = InotifyConstants.IN_CREATE | InotifyConstants.IN_MOVED_TO
         if inotify_add_watch(self.fd, os.fsencode(directory), mask) < 0:
             raise OSError(ctypes.get_errno(), f"cannot watch {directory}")
-        threading.Thread(target=self._listen, name="doorbell", daemon=True).start()
+        os.set_blocking(self.fd, False)
+        self.signal_r, signal_w = os.pipe()
+        os.set_blocking(self.signal_r, False)
+        os.set_blocking(signal_w, False)
+        signal.set_wakeup_fd(signal_w)
 
-    def _listen(self) -> None:
-        while True:
-            try:
-                if not os.read(self.fd, 65536):
-                    return
-            except OSError:
-                return
-            self.event.set()
+    def wait(self, timeout: float) -> None:
+        """Return after an arrival, a signal, or ``timeout`` seconds; consumes the events."""
+        ready, _, _ = select.select([self.fd, self.signal_r], [], [], timeout)
+        for fd in ready:
+            with contextlib.suppress(BlockingIOError, InterruptedError):
+                while os.read(fd, 65536):
+                    pass
 
 
 class Worker:
@@ -68,7 +72,6 @@ class Worker:
         self.snapshot = snapshot
         self.spool = Spool(config.spool_path)
         self.log = logmod.get()
-        self.wake = threading.Event()
         self.stopping = False
         self.reload_wanted = False
         self.stats_wanted = False
@@ -80,7 +83,7 @@ class Worker:
         raise NotImplementedError
 
     def housekeeping(self) -> float:
-        """Periodic work between passes; returns the longest time to sleep before the next."""
+        """Periodic work, run between passes; returns the seconds until it is due again."""
         return RESCAN_INTERVAL
 
     def reconfigure(self, config: configmod.Config) -> None:
@@ -98,20 +101,21 @@ class Worker:
             self.reload_wanted = True
         elif signum == signal.SIGUSR1:
             self.stats_wanted = True
-        self.wake.set()
 
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
             signal.signal(sig, self._signal)
-        Doorbell(self.spool.state_dir(self.source), self.wake)
+        doorbell = Doorbell(self.spool.state_dir(self.source))
         self.log.info("worker_started", queue=self.source)
+        next_housekeeping = 0.0
         try:
             while not self.stopping:
-                self.wake.clear()
                 self._between_passes()
+                if time.monotonic() >= next_housekeeping:
+                    next_housekeeping = time.monotonic() + self.housekeeping()
                 worked = self.run_pass()
                 if not worked and not self.stopping:
-                    self.wake.wait(self.housekeeping())
+                    doorbell.wait(max(0.0, next_housekeeping - time.monotonic()))
         finally:
             self.close()
             self.log.info("worker_stopped", **self.counters)

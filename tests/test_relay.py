@@ -5,6 +5,8 @@ from __future__ import annotations
 import signal
 import smtplib
 import socket
+import ssl
+import subprocess
 
 from support import make_message, wait_for
 
@@ -213,3 +215,54 @@ def test_sighup_keeps_old_config_when_new_one_is_bad(gateway, sink):
     wait_for(lambda: len(gateway.pids("sender")) == 1, what="one sender after reload")
     gateway.send(make_message("aftergoodhup@test"))
     assert sink.wait_count(2)[1].message_id == "<aftergoodhup@test>"
+
+
+def test_starttls_when_a_certificate_is_configured(make_gateway, sink, tmp_path):
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=mailgate.test",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    gw = make_gateway(f"[smtpgw.network]\nTLSCertificate={cert}\nTLSKey={key}").start()
+    context = ssl.create_default_context(cafile=str(cert))
+    context.check_hostname = False
+    with smtplib.SMTP("127.0.0.1", gw.port) as smtp:
+        smtp.ehlo("c")
+        assert smtp.has_extn("starttls")
+        assert smtp.starttls(context=context)[0] == 220
+        smtp.ehlo("c")
+        assert not smtp.has_extn("starttls")
+        smtp.sendmail("a@example.org", ["tls@company.com"], make_message("tls@test"))
+    received = " ".join(sink.wait_count(1)[0].message["Received"].split())
+    assert "with ESMTPS id" in received
+
+
+def test_sigusr1_logs_statistics(gateway, sink):
+    gateway.send(make_message("stats@test"))
+    sink.wait_count(1)
+    gateway.signal(signal.SIGUSR1)
+    wait_for(
+        lambda: (
+            "proc='run'" in gateway.log()
+            and "event='statistics' queues=" in gateway.log()
+            and gateway.log().count("event='statistics'") >= 6
+        ),
+        what="statistics from all",
+    )
+    assert "received=1" in gateway.log()
