@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import time
 from pathlib import Path
@@ -75,8 +74,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "worker":
-        signal.pthread_sigmask(signal.SIG_SETMASK, set())
     try:
         config = configmod.load(args.config, text_from=getattr(args, "snapshot", None))
     except configmod.ConfigError as exc:

@@ -235,6 +235,10 @@ class Listener:
                 "statistics", sessions=len(self.sessions), **self.handler.counters
             ),
         )
+        # blocked since the supervisor forked us; the handlers are in place now
+        signal.pthread_sigmask(
+            signal.SIG_UNBLOCK, (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
+        )
         await self.stopped.wait()
         self.log.info("stopping", sessions=len(self.sessions))
         GatewaySMTP.stopping = True

@@ -8,6 +8,8 @@ Invariants:
 - One supervisor per spool (a file lock in ``run/``).
 - Workers read the configuration from ``run/mailgate.conf``, a snapshot the supervisor writes
   only after the configuration validated, so a bad edit never reaches a restarting worker.
+- Workers start with the supervisor's signals blocked (the mask survives exec) and unblock
+  them once their handlers are installed, so an early SIGHUP or SIGUSR1 cannot kill them.
 - A worker that dies is restarted after a back-off that doubles with each quick death
   (RestartDelay up to MaxRestartDelay) and resets once it has run for a minute.
 - ``run/workers.json`` lists the live workers (role, slot, pid), for administrators and tests.

@@ -103,9 +103,11 @@ class Worker:
             self.stats_wanted = True
 
     def run(self) -> int:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+        handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
+        for sig in handled:
             signal.signal(sig, self._signal)
         doorbell = Doorbell(self.spool.state_dir(self.source))
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, handled)  # blocked since the supervisor
         self.log.info("worker_started", queue=self.source)
         next_housekeeping = 0.0
         try:
