@@ -495,3 +495,19 @@ def load(path: Path | str | None = None, text_from: Path | None = None) -> Confi
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{path}:0: not UTF-8 text ({exc.reason})"]) from None
     return parse(text, path)
+
+
+def reload(current: Config, snapshot: Path | None, log) -> Config | None:
+    """Re-read ``current``'s file (its text from ``snapshot`` if given) for a SIGHUP.
+
+    Returns the new configuration, or None after logging every problem: the caller keeps
+    running on ``current`` (and logs ``config_reloaded`` once it has applied a new one).
+    """
+    try:
+        config = load(current.path, text_from=snapshot)
+    except ConfigError as exc:
+        log.error(
+            "config_reload_failed", problems=exc.problems, note="keeping the running configuration"
+        )
+        return None
+    return config

@@ -211,14 +211,10 @@ class Listener:
         return smtp
 
     def reload(self) -> None:
-        try:
-            config = configmod.load(self.config.path, text_from=self.snapshot)
-        except configmod.ConfigError as exc:
-            self.log.error("config_reload_failed", problems=exc.problems)
-            return
-        self.config = config
-        self.handler.config = config
-        self.log.info("config_reloaded")
+        config = configmod.reload(self.config, self.snapshot, self.log)
+        if config is not None:
+            self.config = self.handler.config = config
+            self.log.info("config_reloaded")
 
     async def serve(self) -> int:
         loop = asyncio.get_running_loop()

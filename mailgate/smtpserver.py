@@ -160,28 +160,23 @@ class GatewaySMTP(SMTP):
     async def smtp_MAIL(self, arg: str | None):
         if await self._refuse_if_stopping():
             return
-        if arg is None or self.session is None:
-            return await super().smtp_MAIL(arg)
-        try:
-            rest, params = parse_mail_dsn(arg)
-        except ParameterError as exc:
-            return await self.push(str(exc))
-        if params and not self.session.extended_smtp:
-            return await self.push("555 5.5.4 DSN parameters need EHLO")
-        self.session.dsn_mail = params
-        return await super().smtp_MAIL(rest)
+        await self._with_dsn(arg, parse_mail_dsn, "dsn_mail", super().smtp_MAIL)
 
     async def smtp_RCPT(self, arg: str | None):
+        await self._with_dsn(arg, parse_rcpt_dsn, "dsn_rcpt", super().smtp_RCPT)
+
+    async def _with_dsn(self, arg: str | None, parse, attr: str, command) -> None:
+        """Take the DSN parameters off ``arg`` into ``session.<attr>``, then run ``command``."""
         if arg is None or self.session is None:
-            return await super().smtp_RCPT(arg)
+            return await command(arg)
         try:
-            rest, params = parse_rcpt_dsn(arg)
+            rest, params = parse(arg)
         except ParameterError as exc:
             return await self.push(str(exc))
         if params and not self.session.extended_smtp:
             return await self.push("555 5.5.4 DSN parameters need EHLO")
-        self.session.dsn_rcpt = params
-        return await super().smtp_RCPT(rest)
+        setattr(self.session, attr, params)
+        return await command(rest)
 
 
 def with_enhanced_code(status: str) -> str:

@@ -161,14 +161,8 @@ class Supervisor:
     # ------------------------------------------------------------ signals
 
     def reload(self) -> None:
-        try:
-            config = configmod.load(self.config.path)
-        except configmod.ConfigError as exc:
-            self.log.error(
-                "config_reload_failed",
-                problems=exc.problems,
-                note="keeping the running configuration",
-            )
+        config = configmod.reload(self.config, None, self.log)
+        if config is None:
             return
         if config.spool_path != self.config.spool_path:
             self.log.error(

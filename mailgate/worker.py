@@ -132,13 +132,10 @@ class Worker:
             self.log.info("statistics", **self.counters)
 
     def reload(self) -> None:
-        try:
-            config = configmod.load(self.config.path, text_from=self.snapshot)
-        except configmod.ConfigError as exc:
-            self.log.error("config_reload_failed", problems=exc.problems)
-            return
-        self.reconfigure(config)
-        self.log.info("config_reloaded")
+        config = configmod.reload(self.config, self.snapshot, self.log)
+        if config is not None:
+            self.reconfigure(config)
+            self.log.info("config_reloaded")
 
     def run_pass(self) -> bool:
         """Claim and process every message listed now, oldest first. True if any was ours."""
