@@ -98,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _worker(role: str, config: configmod.Config, snapshot: Path | None) -> int:
+    from mailgate.supervisor import exit_with_parent
+
+    exit_with_parent()
     if role == "receiver":
         from mailgate import receiver
 

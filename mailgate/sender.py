@@ -116,6 +116,13 @@ class Sender(Worker):
 
     def process(self, entry: Entry) -> None:
         envelope = entry.read_envelope()
+        if not envelope.get("scanned"):
+            # fail closed: whatever put it in ready/ (a hand-made mv, a hand-off undone by a
+            # power loss), nothing leaves unscanned
+            envmod.record(envelope, "incoming", self.role)
+            self.spool.release(entry, "incoming", envelope)
+            self.log.warning("not_scanned", qid=entry.id, to="incoming")
+            return
         message = entry.read_message()
         data = "".join(h + "\r\n" for h in envelope.get("headers", [])).encode() + message
         envelope["attempts"] = envelope.get("attempts", 0) + 1

@@ -33,7 +33,7 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -316,8 +316,10 @@ class Spool:
 
     # ------------------------------------------------------------ recovery
 
-    def recover(self, max_attempts: int, pid: int | None = None) -> list[tuple[str, str]]:
-        """Return the claims of ``pid`` (every claim when None) to their queues.
+    def recover(
+        self, max_attempts: int, pid: int | None = None, alive: Callable[[int], bool] | None = None
+    ) -> list[tuple[str, str]]:
+        """Return the claims of ``pid`` to their queues; when None, of every owner not ``alive``.
 
         Call only when that owner is known to be dead: at supervisor start, or after reaping.
         Each recovered message has its ``crashes`` count raised; at ``max_attempts`` it goes to
@@ -326,10 +328,13 @@ class Spool:
         moved = []
         for claimed, queue in RETURNS.items():
             for entry in list(self.entries(claimed)):
-                if pid is not None and entry.owner != pid:
+                owner = entry.owner
+                if pid is not None and owner != pid:
+                    continue
+                if pid is None and alive is not None and owner is not None and alive(owner):
                     continue
                 moved.append((entry.id, self.return_claim(entry, queue, max_attempts)))
-        self.clean_tmp(pid)
+        self.clean_tmp(pid, alive)
         return moved
 
     def return_claim(self, entry: Entry, queue: str, max_attempts: int) -> str:
@@ -351,14 +356,22 @@ class Spool:
         self.release(entry, queue, envelope)
         return queue
 
-    def clean_tmp(self, pid: int | None = None) -> None:
-        """Remove unfinished writes (of ``pid``, or all when None): never acknowledged."""
+    def clean_tmp(self, pid: int | None = None, alive: Callable[[int], bool] | None = None) -> None:
+        """Remove unfinished writes of ``pid`` (when None: of every owner not ``alive``).
+
+        What is in tmp/ was never acknowledged (or was already removed from its queue).
+        """
         with os.scandir(self.state_dir("tmp")) as it:
             names = [e.name for e in it]
         for name in names:
             owner = name.rpartition("@")[2] if "@" in name else name.rpartition(".")[2]
-            if pid is None or owner == str(pid):
-                shutil.rmtree(self.state_dir("tmp") / name, ignore_errors=True)
+            if not owner.isdigit():
+                continue
+            if pid is not None and int(owner) != pid:
+                continue
+            if pid is None and alive is not None and alive(int(owner)):
+                continue
+            shutil.rmtree(self.state_dir("tmp") / name, ignore_errors=True)
 
 
 def write_file_replacing(path: Path, data: bytes) -> None:

@@ -5,7 +5,8 @@ One receiver, ``Scanners`` scanners and ``Senders`` senders, each its own proces
 claims of a worker it has just reaped (and all claims at start, when no worker runs).
 
 Invariants:
-- One supervisor per spool (a file lock in ``run/``).
+- One supervisor per spool (a file lock in ``run/``); workers die with their supervisor, and
+  a new supervisor leaves alone the claims of workers of a dead one that are still finishing.
 - Workers read the configuration from ``run/mailgate.conf``, a snapshot the supervisor writes
   only after the configuration validated, so a bad edit never reaches a restarting worker.
 - Workers start with the supervisor's signals blocked (the mask survives exec) and unblock
@@ -20,6 +21,7 @@ and exit 0, SIGUSR1 logs queue depths and asks every worker to log its counters.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -27,6 +29,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import filelock
 
@@ -37,7 +40,10 @@ from mailgate.spool import STATES, Spool, write_file_replacing
 SIGNALS = (signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 STOP_TIMEOUT = 40.0
 STABLE_AFTER = 60.0
+SWEEP_INTERVAL = 10.0
 EXIT_ALREADY_RUNNING = 5
+PR_SET_PDEATHSIG = 1
+SUPERVISOR_ENV = "MAILGATE_SUPERVISOR_PID"
 
 
 @dataclass
@@ -84,7 +90,9 @@ class Supervisor:
             "--snapshot",
             str(self.spool.run_path("mailgate.conf")),
         ]
-        slot.process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+        slot.process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, env={**os.environ, SUPERVISOR_ENV: str(os.getpid())}
+        )
         slot.started = time.monotonic()
         self.log.info("worker_spawned", worker=slot.name, child=slot.process.pid)
 
@@ -224,7 +232,9 @@ class Supervisor:
             return EXIT_ALREADY_RUNNING
         try:
             signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
-            for queue_id, state in self.spool.recover(self.config.max_attempts):
+            for queue_id, state in self.spool.recover(
+                self.config.max_attempts, alive=is_worker_alive
+            ):
                 self.log.warning("claim_recovered", qid=queue_id, to=state, child="previous run")
             self._snapshot()
             self.log.info(
@@ -233,6 +243,7 @@ class Supervisor:
                 listen=[f"{h}:{p}" for h, p in self.config.listen],
             )
             self._fit_slots()
+            next_sweep = time.monotonic() + SWEEP_INTERVAL
             while True:
                 pending = [s.restart_at for s in self.slots if s.process is None]
                 timeout = max(0.05, min([1.0, *(t - time.monotonic() for t in pending)]))
@@ -245,8 +256,47 @@ class Supervisor:
                 elif signum == signal.SIGUSR1:
                     self.statistics()
                 self._reap()
+                if time.monotonic() >= next_sweep:
+                    self._sweep()
+                    next_sweep = time.monotonic() + SWEEP_INTERVAL
         finally:
             lock.release()
+
+    def _sweep(self) -> None:
+        """Recover claims whose owner is gone but was never our child to reap.
+
+        That is a worker of an earlier supervisor that was still finishing its message when
+        this one started, and was then killed.
+        """
+        ours = {s.process.pid for s in self.slots if s.process is not None}
+        moved = self.spool.recover(
+            self.config.max_attempts, alive=lambda pid: pid in ours or is_worker_alive(pid)
+        )
+        for queue_id, state in moved:
+            self.log.warning("claim_recovered", qid=queue_id, to=state, child="not ours")
+
+
+def is_worker_alive(pid: int) -> bool:
+    """Is ``pid`` a running mailgate worker (say, one left by a supervisor that was killed)?"""
+    try:
+        return b"mailgate\x00worker" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def exit_with_parent() -> None:
+    """Ask the kernel for SIGTERM when the supervisor dies, so no worker outlives it.
+
+    Without this, a supervisor killed with SIGKILL would leave its workers running and
+    holding claims, and a new supervisor would start a second set beside them.
+    """
+    supervisor = os.environ.get(SUPERVISOR_ENV)
+    if not supervisor:
+        return  # started by hand, not by ``mailgate run``
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != int(supervisor):  # it died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def run(config: configmod.Config) -> int:

@@ -55,11 +55,13 @@ def start_sink(port: int) -> subprocess.Popen:
     )
 
 
-def source(port: int, messages: int, sessions: int) -> float:
+def source(port: int, messages: int, sessions: int, reuse: bool) -> float:
+    """smtp-source's run time; ``reuse`` keeps each session open for its next message (-d)."""
     started = time.monotonic()
     subprocess.run(
         [
             SOURCE,
+            *(["-d"] if reuse else []),
             "-s",
             str(sessions),
             "-l",
@@ -101,10 +103,10 @@ def tree_pids(root: int) -> list[int]:
     return pids
 
 
-def cpu_by_role(root: int) -> dict[str, float]:
-    """CPU seconds (user+system) used so far by each kind of gateway process."""
+def cpu_by_role(root: int) -> dict[str, tuple[float, float]]:
+    """CPU seconds (user, system) used so far by each kind of gateway process."""
     ticks = 100.0
-    result: dict[str, float] = {}
+    result: dict[str, tuple[float, float]] = {}
     for pid in tree_pids(root):
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
@@ -114,7 +116,8 @@ def cpu_by_role(root: int) -> dict[str, float]:
         role = (
             cmdline[cmdline.index(b"worker") + 1].decode() if b"worker" in cmdline else "supervisor"
         )
-        result[role] = result.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+        user, system = result.get(role, (0.0, 0.0))
+        result[role] = (user + int(fields[11]) / ticks, system + int(fields[12]) / ticks)
     return result
 
 
@@ -126,6 +129,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("messages", nargs="?", type=int, default=5000)
     parser.add_argument("sessions", nargs="?", type=int, default=10)
+    parser.add_argument(
+        "--reuse", action="store_true", help="send many messages per SMTP session (smtp-source -d)"
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="mailgate-bench-"))
@@ -134,7 +140,7 @@ def main() -> int:
     try:
         wait_port(sink_port)
         wait_port(direct_port)
-        direct_seconds = source(direct_port, args.messages, args.sessions)
+        direct_seconds = source(direct_port, args.messages, args.sessions, args.reuse)
 
         conf = work / "mailgate.conf"
         conf.write_text(
@@ -165,7 +171,7 @@ def main() -> int:
         sampler = threading.Thread(target=sample)
         sampler.start()
         started = time.monotonic()
-        accept_seconds = source(gw_port, args.messages, args.sessions)
+        accept_seconds = source(gw_port, args.messages, args.sessions, args.reuse)
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             if log_path.read_text(errors="replace").count("event='done'") >= args.messages:
@@ -201,9 +207,14 @@ def main() -> int:
         print(f"bench: only {delivered} deliveries matched; log kept in {work}", file=sys.stderr)
 
     latencies.sort()
+    per = max(1, delivered) / 1000
     rate = delivered / total_seconds
     direct_rate = args.messages / direct_seconds
-    print(f"messages: {args.messages} x {MESSAGE_SIZE // 1024} KB, {args.sessions} sessions")
+    per_session = "many messages" if args.reuse else "one message"
+    print(
+        f"messages: {args.messages} x {MESSAGE_SIZE // 1024} KB, {args.sessions} sessions, "
+        f"{per_session} per session"
+    )
     print(f"delivered through mailgate: {delivered}")
     print(
         f"mailgate throughput: {rate:.0f} msg/s "
@@ -217,10 +228,10 @@ def main() -> int:
         )
     print(f"peak RSS, all gateway processes: {peak / 1024:.0f} MiB")
     print(
-        "CPU per message: "
+        "CPU per message (user+system): "
         + ", ".join(
-            f"{role} {seconds / max(1, delivered) * 1000:.2f} ms"
-            for role, seconds in sorted(cpu.items())
+            f"{role} {(user + system) / per:.2f} ms ({user / per:.2f}+{system / per:.2f})"
+            for role, (user, system) in sorted(cpu.items())
         )
     )
     print(f"direct smtp-source -> smtp-sink: {direct_rate:.0f} msg/s")

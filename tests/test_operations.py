@@ -152,3 +152,32 @@ def test_minimal_config_works_from_any_directory(tmp_path, sink):
         assert (tmp_path / "min" / "spool" / "incoming").is_dir()
     finally:
         gw.stop()
+
+
+def test_unscanned_message_in_ready_goes_back_to_the_scanner(make_gateway, sink):
+    gw = make_gateway().start()
+    qid = _plant(gw.spool, "ready", "", "unscanned@test")
+    got = sink.wait_count(1)[0]
+    assert got.message["X-Mailgate-Queue-ID"] == qid
+    log = gw.log()
+    assert f"event='not_scanned' qid='{qid}'" in log
+    assert f"event='scanned' qid='{qid}'" in log
+
+
+def test_workers_die_with_a_killed_supervisor_and_a_new_one_takes_over(make_gateway, sink):
+    gw = make_gateway().start()
+    workers = [w["pid"] for w in gw.workers()["workers"]]
+    gw.process.kill()
+    gw.process.wait()
+    wait_for(lambda: not any(_alive(pid) for pid in workers), what="the workers to exit")
+    gw.start()
+    gw.send(make_message("after-kill@test"))
+    assert sink.wait_count(1)[0].message_id == "<after-kill@test>"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
