@@ -55,6 +55,26 @@ def start_sink(port: int) -> subprocess.Popen:
     )
 
 
+DISCARD_SERVER = """
+import asyncio, sys
+from aiosmtpd.smtp import SMTP
+class Discard:
+    async def handle_DATA(self, server, session, envelope):
+        return "250 OK"
+async def main():
+    loop = asyncio.get_running_loop()
+    await loop.create_server(lambda: SMTP(Discard(), enable_SMTPUTF8=True),
+                             "127.0.0.1", int(sys.argv[1]))
+    await asyncio.Event().wait()
+asyncio.run(main())
+"""
+
+
+def start_discard(port: int) -> subprocess.Popen:
+    """Bare aiosmtpd that accepts and discards: the machine's ceiling for any aiosmtpd gateway."""
+    return subprocess.Popen([sys.executable, "-c", DISCARD_SERVER, str(port)])
+
+
 def source(port: int, messages: int, sessions: int, reuse: bool) -> float:
     """smtp-source's run time; ``reuse`` keeps each session open for its next message (-d)."""
     started = time.monotonic()
@@ -135,12 +155,14 @@ def main() -> int:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="mailgate-bench-"))
-    sink_port, direct_port, gw_port = free_port(), free_port(), free_port()
-    sinks = [start_sink(sink_port), start_sink(direct_port)]
+    sink_port, direct_port, gw_port, discard_port = (free_port() for _ in range(4))
+    sinks = [start_sink(sink_port), start_sink(direct_port), start_discard(discard_port)]
     try:
         wait_port(sink_port)
         wait_port(direct_port)
         direct_seconds = source(direct_port, args.messages, args.sessions, args.reuse)
+        wait_port(discard_port)
+        discard_seconds = source(discard_port, args.messages, args.sessions, args.reuse)
 
         conf = work / "mailgate.conf"
         conf.write_text(
@@ -236,6 +258,11 @@ def main() -> int:
     )
     print(f"direct smtp-source -> smtp-sink: {direct_rate:.0f} msg/s")
     print(f"ratio mailgate/direct: {rate / direct_rate:.3f}")
+    discard_rate = args.messages / discard_seconds
+    print(
+        f"bare aiosmtpd accept-and-discard on this machine: {discard_rate:.0f} msg/s "
+        f"(mailgate reaches {rate / discard_rate:.2f} of it)"
+    )
     return 0 if delivered == args.messages else 1
 
 
