@@ -11,7 +11,8 @@ and delivery status, client, times, attempts, history). Its state is the directo
 
 Invariants:
 - A state change is one ``rename(2)`` of the message directory; the destination directory is
-  fsync'd before the change is reported as done. Nothing but this module builds spool paths.
+  fsync'd before the change is reported as done, except for hand-offs that acknowledge
+  nothing (``release(durable=False)``). Nothing but this module builds spool paths.
 - ``enqueue`` returns only when the message, its envelope and its name are on disk, so the
   receiver may answer 250 afterwards.
 - A claim is a rename into ``scanning/`` or ``sending/`` whose new name ends in ``@PID`` of the
@@ -37,7 +38,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-QUEUES = ("incoming", "ready", "deferred", "hold", "corrupt")
 CLAIMS = {"incoming": "scanning", "ready": "sending"}
 RETURNS = {claimed: queue for queue, claimed in CLAIMS.items()}
 STATES = ("tmp", "incoming", "scanning", "ready", "sending", "deferred", "hold", "corrupt")
@@ -170,11 +170,6 @@ class Spool:
             raise ValueError(f"bad run file name {name!r}")
         return self.root / "run" / name
 
-    def entry(self, state: str, name: str) -> Entry:
-        if not (ID_RE.match(name) or (_CLAIM_RE.match(name) and state in ("tmp", *RETURNS))):
-            raise InvalidQueueID(f"invalid queue ID {name!r}")
-        return Entry(state, name, self.state_dir(state) / name)
-
     def names(self, state: str) -> list[str]:
         """Entry names in ``state``, oldest first (queue IDs sort by time). One scandir."""
         pattern = _CLAIM_RE if state in RETURNS else ID_RE
@@ -225,15 +220,6 @@ class Spool:
         os.rename(new, entry.path / ENVELOPE)
         if durable:
             fsync_dir(entry.path)
-
-    def replace_message(self, entry: Entry, message: bytes) -> None:
-        """Replace message.eml atomically (used when a filter rewrites the message)."""
-        new = entry.path / (MESSAGE + ".new")
-        with contextlib.suppress(FileNotFoundError):
-            new.unlink()
-        write_file(new, message)
-        os.rename(new, entry.message_path)
-        fsync_dir(entry.path)
 
     # ------------------------------------------------------------ moving
 
