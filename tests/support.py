@@ -91,6 +91,8 @@ class _SinkHandler:
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
         session.host_name = hostname
+        with self.sink.cond:
+            self.sink.sessions += 1
         if self.sink.dsn:
             return [*responses[:-1], "250-DSN", responses[-1]]
         return responses
@@ -138,6 +140,7 @@ class Sink(Controller):
         self.port_number = port or free_port()
         self.dsn = dsn
         self.received: list[Received] = []
+        self.sessions = 0  # EHLOs seen: how many SMTP sessions the gateway opened
         self.rcpt_replies: dict[str, list[str]] = {}
         self.data_replies: dict[str, list[str]] = {}
         self.cond = threading.Condition()

@@ -266,3 +266,11 @@ def test_sigusr1_logs_statistics(gateway, sink):
         what="statistics from all",
     )
     assert "received=1" in gateway.log()
+
+
+def test_connections_to_a_next_hop_are_reused(make_gateway, sink):
+    gw = make_gateway("[smtpgw.limits]\nSenders=1").start()
+    for n in range(3):
+        gw.send(make_message(f"reuse{n}@test"), to=f"user{n}@company.com")
+        sink.wait_count(n + 1)
+    assert sink.sessions == 1
