@@ -274,3 +274,34 @@ def test_connections_to_a_next_hop_are_reused(make_gateway, sink):
         gw.send(make_message(f"reuse{n}@test"), to=f"user{n}@company.com")
         sink.wait_count(n + 1)
     assert sink.sessions == 1
+
+
+def test_smtputf8_and_8bitmime_pass_through(gateway, sink):
+    message = (
+        "From: <jürgen@example.org>\r\nTo: <zoë@company.com>\r\nSubject: grüße\r\n"
+        "Message-ID: <utf8@test>\r\n\r\nGrüße aus Köln\r\n"
+    ).encode()
+    with smtplib.SMTP("127.0.0.1", gateway.port) as smtp:
+        smtp.ehlo("c")
+        code, _ = smtp.mail("jürgen@example.org", ["SMTPUTF8", "BODY=8BITMIME"])
+        assert code == 250
+        assert smtp.rcpt("zoë@company.com")[0] == 250
+        assert smtp.data(message)[0] == 250
+    got = sink.wait_count(1)[0]
+    assert got.mail_from == "jürgen@example.org"
+    assert got.rcpt_tos == ["zoë@company.com"]
+    assert got.content.endswith("Grüße aus Köln\r\n".encode())
+
+
+def test_listen_on_ipv6_loopback(make_gateway, sink):
+    gw = make_gateway()
+    gw.write_config(f"[smtpgw.network]\nListenOn=[::1]:{gw.port}\nTrustedNetworks=::1/128")
+    text = gw.conf.read_text().replace(f"ListenOn=127.0.0.1:{gw.port}\n", "")
+    gw.conf.write_text(text)
+    gw.start(wait=False)
+    wait_for(lambda: "event='listening' address='::1:" in gw.log(), what="IPv6 listener")
+    with smtplib.SMTP("::1", gw.port) as smtp:
+        smtp.ehlo("c")
+        smtp.sendmail("a@example.org", ["anyone@elsewhere.company.com"], make_message("ipv6@test"))
+    got = sink.wait_count(1)[0]
+    assert "[IPv6:::1]" in " ".join(got.message["Received"].split())
