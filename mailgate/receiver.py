@@ -124,9 +124,10 @@ class Receiver:
             )
             for addr, params in zip(envelope.rcpt_tos, envelope.dsn_rcpts, strict=True)
         ]
+        mail_from = "" if envelope.mail_from == "<>" else envelope.mail_from
         env = envmod.new(
             queue_id,
-            envelope.mail_from,
+            mail_from,
             recipients,
             ret=envelope.dsn.get("RET"),
             envid=envelope.dsn.get("ENVID"),
@@ -152,7 +153,7 @@ class Receiver:
             "queued",
             qid=queue_id,
             client=session.peer[0],
-            **{"from": envelope.mail_from},
+            **{"from": mail_from},
             nrcpt=len(recipients),
             size=len(message),
         )

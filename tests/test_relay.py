@@ -183,10 +183,16 @@ def test_bounce_on_550_goes_to_sender_as_dsn(gateway, sink):
     wait_for(lambda: not gateway.queue(), what="the spool to empty")
 
 
-def test_no_bounce_to_null_sender(gateway, sink):
+def test_no_bounce_to_null_sender(make_gateway, sink):
     sink.rcpt_replies["nobody@company.com"] = ["550 5.1.1 no such user"]
-    qid = gateway.send(make_message("null@test"), to="nobody@company.com", sender="")
-    wait_for(lambda: f"event='done' qid='{qid}'" in gateway.log(), what="the failure")
+    gw = make_gateway("[smtpgw.limits]\nSenders=0").start()
+    qid = gw.send(make_message("null@test"), to="nobody@company.com", sender="")
+    assert gw.queue()[0]["sender"] == ""
+    gw.write_config("")
+    gw.signal(signal.SIGHUP)
+    wait_for(lambda: f"event='done' qid='{qid}'" in gw.log(), what="the failure")
+    assert "dsn_queued" not in gw.log()
+    assert gw.queue() == []
     assert sink.received == []
 
 
