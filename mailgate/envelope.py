@@ -22,7 +22,14 @@ import time
 PENDING, DELIVERED, RELAYED, FAILED = "pending", "delivered", "relayed", "failed"
 
 
-def new(queue_id: str, mail_from: str, recipients: list[dict], **fields) -> dict:
+def new(
+    queue_id: str,
+    mail_from: str,
+    recipients: list[dict],
+    first_state: tuple[str, str] = ("incoming", "receiver"),
+    **fields,
+) -> dict:
+    """A fresh envelope; ``first_state`` is the (state, who) its history starts with."""
     now = time.time()
     envelope = {
         "id": queue_id,
@@ -46,7 +53,7 @@ def new(queue_id: str, mail_from: str, recipients: list[dict], **fields) -> dict
         "history": [],
     }
     envelope.update(fields)
-    record(envelope, "incoming", "receiver")
+    record(envelope, *first_state)
     return envelope
 
 

@@ -333,8 +333,8 @@ class Sender(Worker):
                 scanned=True,
                 headers=[f"X-Mailgate-Queue-ID: {queue_id}"],
                 body="8BITMIME",
+                first_state=("ready", self.role),
             )
-            envmod.record(report_env, "ready", self.role)
             self.spool.enqueue(report, report_env, state="ready")
             self.counters[f"dsn_{action}"] += 1
             self.log.info(
