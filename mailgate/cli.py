@@ -2,7 +2,8 @@
 
 0 success; 1 invalid configuration; 2 usage error (bad arguments, malformed queue ID);
 3 no such message; 4 the message is busy (claimed by a worker) or the action does not apply
-in its state; 5 another ``mailgate run`` already uses this spool.
+to it in its state (including an unreadable envelope); 5 another ``mailgate run`` already uses
+this spool.
 """
 
 from __future__ import annotations
@@ -188,7 +189,14 @@ def _queue(args: argparse.Namespace, spool: Spool) -> int:
         return EXIT_OK
     if action == "show":
         entry = _find(spool, args.id)
-        envelope = entry.read_envelope()
+        try:
+            envelope = entry.read_envelope()
+        except (OSError, ValueError) as exc:
+            raise CommandError(
+                f"{entry.id} in {entry.state}: unreadable envelope ({exc}); "
+                f"reason: {entry.read_reason() or 'none'}",
+                EXIT_BUSY,
+            ) from None
         if args.json:
             print(
                 json.dumps(
@@ -246,7 +254,7 @@ def _act(spool: Spool, action: str, entry: Entry) -> int:
     if entry.state == "corrupt":
         envelope["crashes"] = 0
         target = "incoming"
-        (entry.path / "reason.txt").unlink(missing_ok=True)
+        spool.clear_reason(entry)
     envmod.record(envelope, target, action)
     spool.release(entry, target, envelope)
     print(f"{entry.id}: {entry.state} -> {target}")

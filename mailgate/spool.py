@@ -265,6 +265,10 @@ class Spool:
         write_file_replacing(entry.path / REASON, reason.encode("utf-8") + b"\n")
         return self._move(entry, "corrupt")
 
+    def clear_reason(self, entry: Entry) -> None:
+        """Forget why an entry was put in corrupt/ (an administrator is giving it another go)."""
+        (entry.path / REASON).unlink(missing_ok=True)
+
     def remove(self, entry: Entry) -> None:
         """Forget a message: one rename out of its state (durable), then delete the files."""
         grave = self.state_dir("tmp") / f"{entry.id}.removed.{self.pid}"

@@ -181,3 +181,18 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_corrupt_message_can_be_shown_and_requeued(make_gateway, sink):
+    gw = make_gateway("[smtpgw.limits]\nScanners=0\nSenders=0").start()
+    qid = _plant(gw.spool, "corrupt", "", "poison@test")
+    (gw.spool / "corrupt" / qid / "reason.txt").write_text("killed its scanner 3 times\n")
+    shown = gw.cli("queue", "show", qid, check=True).stdout
+    assert "reason: killed its scanner 3 times" in shown
+    assert gw.cli("queue", "requeue", qid).returncode == 0
+    assert gw.entries("incoming") == [qid]
+    assert not (gw.spool / "incoming" / qid / "reason.txt").exists()
+    bad = _plant(gw.spool, "corrupt", "", "broken@test")
+    (gw.spool / "corrupt" / bad / "envelope.json").write_text("{broken")
+    result = gw.cli("queue", "show", bad)
+    assert result.returncode == 4 and "unreadable envelope" in result.stderr
