@@ -30,7 +30,12 @@ class CommandError(Exception):
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mailgate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="mailgate",
+        description="SMTP mail gateway: run it, check its configuration, manage its queue.",
+        epilog="Exit codes: 0 ok, 1 invalid configuration, 2 usage, 3 no such message, "
+        "4 busy or not applicable, 5 already running.",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
