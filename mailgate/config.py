@@ -469,7 +469,7 @@ def parse(text: str, path: Path) -> Config:
     if config.max_attempts < 1:
         problem(line_of("MaxAttempts"), "MaxAttempts must be at least 1")
     if not config.hostname:
-        config.hostname = socket.getfqdn()
+        config.hostname = socket.gethostname()  # never DNS: it may be down at start
     if problems:
         problems.sort(key=lambda p: p[0])
         raise ConfigError([f"{path}:{lineno}: {message}" for lineno, message in problems])
