@@ -150,6 +150,13 @@ def main() -> int:
     parser.add_argument("messages", nargs="?", type=int, default=5000)
     parser.add_argument("sessions", nargs="?", type=int, default=10)
     parser.add_argument(
+        "--limit",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a [smtpgw.limits] option for the gateway, e.g. Scanners=1",
+    )
+    parser.add_argument(
         "--reuse", action="store_true", help="send many messages per SMTP session (smtp-source -d)"
     )
     args = parser.parse_args()
@@ -170,6 +177,7 @@ def main() -> int:
             "ProtectedDomains=company.com\nTrustedNetworks=127.0.0.0/8\n"
             f"[smtpgw.forward]\nForwardRoute=* [127.0.0.1:{sink_port}]\n"
             "[smtpgw.path]\nSpoolDir=spool\n"
+            "[smtpgw.limits]\n" + "".join(f"{item}\n" for item in args.limit)
         )
         log_path = work / "mailgate.log"
         with open(log_path, "wb") as log:
@@ -235,7 +243,7 @@ def main() -> int:
     per_session = "many messages" if args.reuse else "one message"
     print(
         f"messages: {args.messages} x {MESSAGE_SIZE // 1024} KB, {args.sessions} sessions, "
-        f"{per_session} per session"
+        f"{per_session} per session, limits: {' '.join(args.limit) or 'defaults'}"
     )
     print(f"delivered through mailgate: {delivered}")
     print(
