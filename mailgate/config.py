@@ -504,10 +504,9 @@ def reload(current: Config, snapshot: Path | None, log) -> Config | None:
     running on ``current`` (and logs ``config_reloaded`` once it has applied a new one).
     """
     try:
-        config = load(current.path, text_from=snapshot)
+        return load(current.path, text_from=snapshot)
     except ConfigError as exc:
         log.error(
             "config_reload_failed", problems=exc.problems, note="keeping the running configuration"
         )
         return None
-    return config

@@ -318,10 +318,7 @@ class Spool:
         moved = []
         for claimed, queue in RETURNS.items():
             for entry in list(self.entries(claimed)):
-                owner = entry.owner
-                if pid is not None and owner != pid:
-                    continue
-                if pid is None and alive is not None and owner is not None and alive(owner):
+                if not _abandoned(entry.owner, pid, alive):
                     continue
                 moved.append((entry.id, self.return_claim(entry, queue, max_attempts)))
         self.clean_tmp(pid, alive)
@@ -355,13 +352,20 @@ class Spool:
             names = [e.name for e in it]
         for name in names:
             owner = name.rpartition("@")[2] if "@" in name else name.rpartition(".")[2]
-            if not owner.isdigit():
-                continue
-            if pid is not None and int(owner) != pid:
-                continue
-            if pid is None and alive is not None and alive(int(owner)):
-                continue
-            shutil.rmtree(self.state_dir("tmp") / name, ignore_errors=True)
+            if owner.isdigit() and _abandoned(int(owner), pid, alive):
+                shutil.rmtree(self.state_dir("tmp") / name, ignore_errors=True)
+
+
+def _abandoned(owner: int | None, pid: int | None, alive: Callable[[int], bool] | None) -> bool:
+    """May this owner's claims and unfinished writes be taken back?
+
+    Yes when it is ``pid`` (just reaped); with no ``pid``, when ``alive`` does not vouch for it.
+    """
+    if owner is None:
+        return False
+    if pid is not None:
+        return owner == pid
+    return alive is None or not alive(owner)
 
 
 def write_file_replacing(path: Path, data: bytes) -> None:

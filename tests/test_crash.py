@@ -13,21 +13,15 @@ import signal
 import smtplib
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from support import make_message, wait_for
 
+from mailgate.supervisor import is_worker_alive
+
 CLIENTS = 5
 MESSAGES = 550  # at least this many are sent, and the load goes on until the killing ends
 KILLS_PER_ROLE = 4
-
-
-def _is_worker(pid: int) -> bool:
-    try:
-        return b"mailgate\x00worker" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
 
 
 @pytest.mark.slow
@@ -71,7 +65,7 @@ def test_no_acknowledged_message_is_lost_when_workers_are_killed(make_gateway, s
         rng.shuffle(roles)
         while roles:
             time.sleep(rng.uniform(0.2, 0.8))
-            pids = [p for p in gw.pids(roles[-1]) if _is_worker(p)]
+            pids = [p for p in gw.pids(roles[-1]) if is_worker_alive(p)]
             if pids:
                 os.kill(rng.choice(pids), signal.SIGKILL)
                 kills[roles.pop()] += 1
