@@ -1,16 +1,20 @@
 """The ``mailgate`` command. Exit codes (documented in the README):
 
-0 success; 1 invalid configuration; 2 usage error (bad arguments, malformed queue ID);
-3 no such message; 4 the message is busy (claimed by a worker) or the action does not apply
-to it in its state (including an unreadable envelope); 5 another ``mailgate run`` already uses
-this spool.
+0 success; 1 invalid configuration (or template); 2 usage error (bad arguments, malformed
+queue ID); 3 no such message (``scan``: the anti-virus engine is unavailable; ``update``: no
+database in the source directory); 4 the message is busy (claimed by a worker) or the action
+does not apply to it in its state (``update``: the database is not managed here); 5 another
+``mailgate run`` already uses this spool; 6 ``update`` rejected the new database and kept the
+old one; 7 ``update`` installed it but clamd did not confirm the reload.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -20,6 +24,7 @@ from mailgate import log as logmod
 from mailgate.spool import RETURNS, STATES, Entry, InvalidQueueID, NotFound, Spool
 
 EXIT_OK, EXIT_CONFIG, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_BUSY = 0, 1, 2, 3, 4
+EXIT_ENGINE = 3
 UNCLAIMED = ("incoming", "ready", "deferred", "hold", "corrupt")
 
 
@@ -33,8 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mailgate",
         description="SMTP mail gateway: run it, check its configuration, manage its queue.",
-        epilog="Exit codes: 0 ok, 1 invalid configuration, 2 usage, 3 no such message, "
-        "4 busy or not applicable, 5 already running.",
+        epilog="Exit codes: 0 ok, 1 invalid configuration or template, 2 usage, 3 no such "
+        "message (or engine unavailable, or no database to install), 4 busy or not applicable, "
+        "5 already running, 6 database rejected, 7 clamd did not confirm the reload.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -75,6 +81,29 @@ def _parser() -> argparse.ArgumentParser:
         ("release", "put a held message back in circulation"),
     ):
         qsub.add_parser(name, help=help_text).add_argument("id")
+
+    scan = command("scan", "scan message files offline: print the verdict, queue nothing")
+    scan.add_argument("--json", action="store_true", help="one JSON object per file and line")
+    scan.add_argument("files", nargs="+", type=Path, metavar="FILE")
+
+    quar = command("quarantine", "inspect, release and expire quarantined messages")
+    quar_sub = quar.add_subparsers(dest="action", required=True, metavar="ACTION")
+    qlist = quar_sub.add_parser("list", help="list quarantined messages")
+    qlist.add_argument("--status", help="only this status (infected, banned, ...)")
+    qlist.add_argument("--json", action="store_true", help="print a JSON array")
+    qshow = quar_sub.add_parser("show", help="show a quarantined message's verdict and header")
+    qshow.add_argument("id")
+    qshow.add_argument("--json", action="store_true")
+    quar_sub.add_parser("release", help="deliver the original, unscanned").add_argument("id")
+    quar_sub.add_parser("delete", help="delete a quarantined message").add_argument("id")
+    quar_sub.add_parser("expire", help="delete what is older than [smtpgw.quarantine] Retention")
+
+    update = command("update", "install a new anti-virus database and have clamd reload it")
+    update.add_argument("--from", dest="source", type=Path, required=True, metavar="DIR")
+    update.add_argument("--watch", action="store_true", help="keep applying new databases")
+
+    tpl = command("check-template", "check notification templates; FILE:LINE: message each")
+    tpl.add_argument("templates", nargs="+", type=Path, metavar="FILE")
     return parser
 
 
@@ -97,6 +126,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "worker":
         return _worker(args.role, config, args.snapshot)
     try:
+        if args.command == "check-template":
+            return _check_templates(args.templates)
+        if args.command == "scan":
+            return _scan(args, config)
+        if args.command == "quarantine":
+            return _quarantine(args, config, Spool(config.spool_path))
+        if args.command == "update":
+            return _update(args, config, Spool(config.spool_path))
         return _queue(args, Spool(config.spool_path))
     except CommandError as exc:
         print(f"mailgate: {exc}", file=sys.stderr)
@@ -264,3 +301,143 @@ def _act(spool: Spool, action: str, entry: Entry) -> int:
     spool.release(entry, target, envelope)
     print(f"{entry.id}: {entry.state} -> {target}")
     return EXIT_OK
+
+
+# ---------------------------------------------------------------- anti-virus
+
+
+def _check_templates(paths: list[Path]) -> int:
+    from mailgate import notify
+
+    problems = [p for path in paths for p in notify.check(path)]
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        return EXIT_CONFIG
+    for path in paths:
+        print(f"{path}: OK")
+    return EXIT_OK
+
+
+def _scan(args: argparse.Namespace, config: configmod.Config) -> int:
+    import contextlib
+
+    from mailgate import avdb, clamd
+    from mailgate.antivirus import Engine, EngineUnavailable
+    from mailgate.scanner import Inspector
+
+    missing = [str(f) for f in args.files if not f.is_file()]
+    if missing:
+        raise CommandError(f"no such file: {', '.join(missing)}", EXIT_USAGE)
+    with contextlib.ExitStack() as stack:
+        engine = None
+        if config.av_enabled:
+            engine = Engine(config.clamd_socket_path, config.object_timeout)
+            if not engine.ping():
+                if not config.manage_clamd:
+                    raise CommandError(
+                        f"clamd does not answer at {config.clamd_socket_path}", EXIT_ENGINE
+                    )
+                database = avdb.current(Spool(config.spool_path))
+                if not database.is_dir():
+                    database = config.signatures_path
+                try:
+                    socket_path = stack.enter_context(
+                        clamd.temporary(database, config.clamd_start_timeout)
+                    )
+                except (RuntimeError, FileNotFoundError) as exc:
+                    raise CommandError(f"cannot start clamd: {exc}", EXIT_ENGINE) from None
+                engine = Engine(socket_path, config.object_timeout)
+        inspector = Inspector(config, engine)
+        for path in args.files:
+            try:
+                inspection = inspector.inspect(path.read_bytes())
+            except EngineUnavailable as exc:
+                raise CommandError(f"{path}: {exc}", EXIT_ENGINE) from None
+            result = {"file": str(path), **inspection.public(), "spam": {}}
+            if args.json:
+                print(json.dumps(result), flush=True)
+            else:
+                found = [
+                    f"{o['name'] or o['content_type']}: {o['status']} {o['detail']}".strip()
+                    for o in result["objects"]
+                    if o["status"] != "clean"
+                ]
+                print(
+                    f"{path}: {result['status']} ({result['action']})"
+                    + "".join(f"\n  {line}" for line in found),
+                    flush=True,
+                )
+    return EXIT_OK
+
+
+def _quarantine(args: argparse.Namespace, config: configmod.Config, spool: Spool) -> int:
+    from mailgate import quarantine
+    from mailgate.spool import InvalidQueueID, NotFound
+
+    if args.action == "expire":
+        removed = quarantine.expire(spool, config.quarantine_retention)
+        for status, queue_id in removed:
+            print(f"{queue_id}: expired from quarantine/{status}")
+        print(f"{len(removed)} expired")
+        return EXIT_OK
+    if args.action == "list":
+        if args.status and not args.status.replace("-", "").isalpha():
+            raise CommandError(f"invalid status {args.status!r}", EXIT_USAGE)
+        rows = [quarantine.summary(s, e) for s, e in spool.quarantined(args.status)]
+        if args.json:
+            print(json.dumps(rows, indent=1))
+        else:
+            for row in rows:
+                when = time.strftime("%Y-%m-%d %H:%M", time.localtime(row["quarantined_at"]))
+                print(
+                    f"{row['id']}  {row['status']:<12} {when}  {row['sender'] or '<>'} -> "
+                    f"{', '.join(row['recipients'])}  {row['subject']!r}"
+                )
+        return EXIT_OK
+    try:
+        status, entry = spool.find_quarantined(args.id)
+    except InvalidQueueID as exc:
+        raise CommandError(str(exc), EXIT_USAGE) from None
+    except NotFound:
+        raise CommandError(f"no message {args.id} in quarantine", EXIT_NOT_FOUND) from None
+    if args.action == "show":
+        row = quarantine.summary(status, entry)
+        row["verdict"] = entry.read_envelope().get("verdict")
+        if args.json:
+            print(json.dumps(row, indent=1))
+        else:
+            for key, value in row.items():
+                print(f"{key}: {json.dumps(value) if not isinstance(value, str) else value}")
+        return EXIT_OK
+    if args.action == "release":
+        new_id = quarantine.release(spool, status, entry)
+        print(f"{entry.id}: released from quarantine/{status} as {new_id}")
+        return EXIT_OK
+    spool.remove(entry)
+    print(f"{entry.id}: deleted from quarantine/{status}")
+    return EXIT_OK
+
+
+def _update(args: argparse.Namespace, config: configmod.Config, spool: Spool) -> int:
+    from mailgate import avdb
+
+    if not args.source.is_dir():
+        raise CommandError(f"no such directory: {args.source}", avdb.NO_SOURCE)
+    if not args.watch:
+        code, text = avdb.update(spool, config, args.source)
+        print(f"mailgate update: {text}", file=sys.stderr if code else sys.stdout)
+        return code
+    stop = threading.Event()
+
+    def on_signal(_signum, _frame):
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    log = logmod.get()
+
+    def report(code: int, text: str) -> None:
+        (log.info if code == 0 else log.error)("database_update", code=code, result=text)
+
+    return avdb.watch(spool, config, args.source, report, stop)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import fnmatch
 import ipaddress
+import os
 import re
 import socket
 from collections.abc import Callable
@@ -235,6 +236,74 @@ def parse_level(text: str) -> str:
     return low
 
 
+ACTIONS = ("deliver", "cure", "block", "quarantine")
+MODES = ("speed", "recommended", "protection")
+AV_STATUSES = ("infected", "suspicious", "encrypted", "corrupted", "unscannable")
+
+
+def parse_actions(text: str) -> tuple[str, ...]:
+    """``deliver``, ``cure``, ``block``, ``quarantine``, combinable with commas.
+
+    Empty means "as the scan Mode says". ``block`` excludes ``deliver`` and ``cure``, and
+    ``deliver`` excludes ``cure`` (a cured message is delivered anyway).
+    """
+    items = tuple(dict.fromkeys(split_list(text.lower())))
+    for item in items:
+        if item not in ACTIONS:
+            raise BadValue(f"unknown action {item!r} (known: {', '.join(ACTIONS)})")
+    if "block" in items and ("deliver" in items or "cure" in items):
+        raise BadValue(f"'block' cannot be combined with deliver or cure: {text!r}")
+    if "deliver" in items and "cure" in items:
+        raise BadValue(f"choose one of 'deliver' and 'cure': {text!r}")
+    return items
+
+
+def parse_mode(text: str) -> str:
+    low = text.strip().lower()
+    if low not in MODES:
+        raise BadValue(f"Mode must be one of {', '.join(MODES)}, got {text!r}")
+    return low
+
+
+def parse_statuses(text: str) -> tuple[str, ...]:
+    known = (*AV_STATUSES, "banned")
+    items = tuple(split_list(text.lower()))
+    for item in items:
+        if item not in known:
+            raise BadValue(f"unknown status {item!r} (known: {', '.join(known)})")
+    return items
+
+
+def parse_address(text: str) -> str:
+    text = text.strip()
+    if text and not re.fullmatch(r"[^@\s<>]+@[^@\s<>]+", text):
+        raise BadValue(f"expected an address like postmaster@company.com, got {text!r}")
+    return text
+
+
+@dataclass(frozen=True)
+class AttachmentRule:
+    """``ACTIONS PATTERN [PATTERN...]``: a file-name mask or a true (content) type mask."""
+
+    actions: tuple[str, ...]
+    patterns: tuple[str, ...]
+
+
+def parse_rules(text: str) -> list[AttachmentRule]:
+    rules = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) < 2:
+            raise BadValue(f"rule needs 'ACTIONS PATTERN...', got {line.strip()!r}")
+        actions = parse_actions(parts[0])
+        if not actions:
+            raise BadValue(f"rule without actions: {line.strip()!r}")
+        rules.append(AttachmentRule(actions, tuple(p.lower() for p in parts[1:])))
+    return rules
+
+
 def parse_text(text: str) -> str:
     return text.strip()
 
@@ -264,6 +333,21 @@ _NET, _FWD, _PATH, _LIM, _RETRY, _LOG = (
     "smtpgw.limits",
     "smtpgw.retry",
     "smtpgw.log",
+)
+_SCAN, _AV, _ATT, _NOTE, _QUAR = (
+    "smtpgw.scan",
+    "smtpgw.antivirus",
+    "smtpgw.attachments",
+    "smtpgw.notify",
+    "smtpgw.quarantine",
+)
+_EXEC = (
+    "*.exe *.scr *.pif *.com *.bat *.cmd *.cpl *.vbs *.vbe *.js *.jse *.wsf *.wsh *.hta "
+    "*.lnk *.msi *.ps1 *.jar *.reg"
+)
+_EXEC_TYPES = (
+    "application/x-dosexec application/x-msdownload application/x-executable "
+    "application/x-ms-shortcut application/x-msi application/vnd.microsoft.portable-executable"
 )
 # fmt: off
 _TABLE = [
@@ -309,6 +393,60 @@ _TABLE = [
     Option(_RETRY, "MaxQueueLifetime", "max_queue_lifetime", parse_duration, "5d"),
     Option(_RETRY, "DelayWarningAfter", "delay_warning_after", parse_duration, "4h"),
     Option(_LOG, "Level", "log_level", parse_level, "info"),
+    Option(_SCAN, "Mode", "mode", parse_mode, "recommended",
+           doc="preset of actions: speed, recommended or protection"),
+    Option(_AV, "Enabled", "av_enabled", parse_bool, "yes", doc="scan with clamd"),
+    Option(_AV, "ManageClamd", "manage_clamd", parse_bool, "yes",
+           doc="the supervisor runs its own clamd on the spool's database"),
+    Option(_AV, "ClamdSocket", "clamd_socket", parse_path, "",
+           doc="clamd unix socket; empty with ManageClamd: run/clamd.sock in the spool"),
+    Option(_AV, "Signatures", "signatures", parse_path, "",
+           doc="database shipped to seed the spool's; empty: etc/avdb of the package"),
+    Option(_AV, "ClamdStartTimeout", "clamd_start_timeout", parse_duration, "120s",
+           doc="how long the supervisor waits for a new clamd to answer PING"),
+    Option(_AV, "ObjectTimeout", "object_timeout", parse_duration, "30s",
+           doc="clamd time for one object"),
+    Option(_AV, "MessageTimeout", "message_timeout", parse_duration, "120s",
+           doc="clamd time for all objects of one message"),
+    Option(_AV, "ScanAttempts", "scan_attempts", parse_int, "3",
+           doc="tries of a message that errs or times out before it is unscannable"),
+    Option(_AV, "MaxObjectSize", "max_object_size", parse_size, "25M",
+           doc="larger objects are unscannable"),
+    Option(_AV, "MaxDepth", "max_depth", parse_int, "20", doc="MIME nesting limit"),
+    Option(_AV, "MaxParts", "max_parts", parse_int, "1000", doc="MIME parts limit"),
+    Option(_AV, "ICheckerSize", "ichecker_size", parse_int, "100000",
+           doc="objects remembered as already scanned; 0 turns iChecker off"),
+    Option(_AV, "AddHeaders", "av_headers", parse_bool, "yes",
+           doc="add X-Mailgate-Virus-* headers"),
+    Option(_AV, "ActionInfected", "action_infected", parse_actions, "", doc="default: Mode"),
+    Option(_AV, "ActionSuspicious", "action_suspicious", parse_actions, "", doc="default: Mode"),
+    Option(_AV, "ActionEncrypted", "action_encrypted", parse_actions, "", doc="default: Mode"),
+    Option(_AV, "ActionCorrupted", "action_corrupted", parse_actions, "", doc="default: Mode"),
+    Option(_AV, "ActionUnscannable", "action_unscannable", parse_actions, "",
+           doc="default: Mode"),
+    Option(_ATT, "Enabled", "attachments_enabled", parse_bool, "yes",
+           doc="the attachment filter"),
+    Option(_ATT, "NameRule", "name_rules", parse_rules, "cure,quarantine " + _EXEC, True,
+           "ACTIONS MASK...: banned file names"),
+    Option(_ATT, "TypeRule", "type_rules", parse_rules, "cure,quarantine " + _EXEC_TYPES, True,
+           "ACTIONS TYPE...: banned true types (python-magic)"),
+    Option(_ATT, "DoubleExtension", "double_extension", parse_actions, "cure,quarantine",
+           doc="names like invoice.pdf.exe; empty: off"),
+    Option(_NOTE, "Administrator", "administrator", parse_address, "",
+           doc="address of administrator notices; empty: none"),
+    Option(_NOTE, "NotifyAdmin", "notify_admin", parse_statuses,
+           "infected, suspicious, banned, unscannable"),
+    Option(_NOTE, "NotifySender", "notify_sender", parse_statuses, "",
+           doc="off: virus senders are forged"),
+    Option(_NOTE, "NotifyRecipients", "notify_recipients", parse_statuses, "infected, banned"),
+    Option(_NOTE, "From", "notify_from", parse_address, "",
+           doc="From: of notices; empty: postmaster@Hostname"),
+    Option(_NOTE, "Templates", "templates", parse_path, "",
+           doc="template directory; empty: etc/templates of the package"),
+    Option(_NOTE, "DateFormat", "date_format", parse_text, "%Y-%m-%d %H:%M:%S %z",
+           doc="strftime format of ${date}"),
+    Option(_QUAR, "Retention", "quarantine_retention", parse_duration, "30d",
+           doc="age at which quarantine expire removes"),
 ]
 # fmt: on
 OPTIONS = {(o.section.lower(), o.key.lower()): o for o in _TABLE}
@@ -348,6 +486,37 @@ class Config:
     max_queue_lifetime: float
     delay_warning_after: float
     log_level: str
+    mode: str
+    av_enabled: bool
+    manage_clamd: bool
+    clamd_socket: str
+    signatures: str
+    clamd_start_timeout: float
+    object_timeout: float
+    message_timeout: float
+    scan_attempts: int
+    max_object_size: int
+    max_depth: int
+    max_parts: int
+    ichecker_size: int
+    av_headers: bool
+    action_infected: tuple
+    action_suspicious: tuple
+    action_encrypted: tuple
+    action_corrupted: tuple
+    action_unscannable: tuple
+    attachments_enabled: bool
+    name_rules: list
+    type_rules: list
+    double_extension: tuple
+    administrator: str
+    notify_admin: tuple
+    notify_sender: tuple
+    notify_recipients: tuple
+    notify_from: str
+    templates: str
+    date_format: str
+    quarantine_retention: float
 
     @property
     def spool_path(self) -> Path:
@@ -372,6 +541,56 @@ class Config:
 
     def route_for(self, address: str) -> Route | None:
         return next((r for r in self.routes if r.matches(address)), None)
+
+    def actions(self, status: str) -> tuple[str, ...]:
+        """What to do with a message (or object) of anti-virus ``status``."""
+        if status == "clean":
+            return ("deliver",)
+        return getattr(self, f"action_{status}")
+
+    @property
+    def clamd_socket_path(self) -> Path:
+        if self.clamd_socket:
+            return self.resolve(self.clamd_socket)
+        return self.spool_path / "run" / "clamd.sock"
+
+    @property
+    def signatures_path(self) -> Path:
+        return self.resolve(self.signatures) if self.signatures else SHIPPED_ETC / "avdb"
+
+    @property
+    def templates_path(self) -> Path:
+        return self.resolve(self.templates) if self.templates else SHIPPED_ETC / "templates"
+
+    @property
+    def sender_address(self) -> str:
+        return self.notify_from or f"postmaster@{self.hostname}"
+
+
+# Actions of each preset; an Action* option set in the file overrides its entry.
+PRESETS = {
+    "speed": {
+        "infected": ("cure",),
+        "suspicious": ("deliver",),
+        "encrypted": ("deliver",),
+        "corrupted": ("deliver",),
+        "unscannable": ("quarantine",),
+    },
+    "recommended": {
+        "infected": ("cure", "quarantine"),
+        "suspicious": ("cure", "quarantine"),
+        "encrypted": ("deliver",),
+        "corrupted": ("deliver",),
+        "unscannable": ("quarantine",),
+    },
+    "protection": {
+        "infected": ("block", "quarantine"),
+        "suspicious": ("block", "quarantine"),
+        "encrypted": ("quarantine",),
+        "corrupted": ("quarantine",),
+        "unscannable": ("quarantine",),
+    },
+}
 
 
 # ---------------------------------------------------------------- reading
@@ -470,6 +689,20 @@ def parse(text: str, path: Path) -> Config:
         problem(line_of("MaxAttempts"), "MaxAttempts must be at least 1")
     if not config.hostname:
         config.hostname = socket.gethostname()  # never DNS: it may be down at start
+    for status, actions in PRESETS[config.mode].items():
+        if not getattr(config, f"action_{status}"):
+            setattr(config, f"action_{status}", actions)
+    if config.scan_attempts < 1:
+        problem(line_of("ScanAttempts"), "ScanAttempts must be at least 1")
+    if config.av_enabled and not config.manage_clamd and not config.clamd_socket:
+        problem(line_of("ManageClamd"), "ManageClamd=no needs ClamdSocket= (clamd's socket)")
+    if len(os.fsencode(str(config.clamd_socket_path))) > 107:
+        problem(
+            line_of("ClamdSocket") or line_of("SpoolDir"),
+            f"clamd socket path too long for a unix socket: {config.clamd_socket_path}",
+        )
+    if config.manage_clamd and config.av_enabled and not config.signatures_path.is_dir():
+        problem(line_of("Signatures"), f"Signatures: no such directory {config.signatures}")
     if problems:
         problems.sort(key=lambda p: p[0])
         raise ConfigError([f"{path}:{lineno}: {message}" for lineno, message in problems])

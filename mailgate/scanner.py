@@ -1,49 +1,295 @@
-"""Scanner stage: incoming/ → ready/, one message at a time per process.
+"""Scanner stage: incoming/ → ready/ (or quarantine/, or nowhere), one message at a time.
 
-Each message passes through the filters in ``FILTERS`` in order. A filter looks at the
-message and its envelope and adds to the ``Verdict``: headers for the sender to prepend (the
-original ``message.eml`` stays untouched) and, in later stages of the project, a decision
-other than delivery. Here the pipeline is a pass-through that stamps the queue ID; the
-anti-virus and spam filters plug in as further entries of ``FILTERS``.
+``Inspector`` splits a message into its MIME objects (``mime``), gives each a status from
+clamd (``antivirus``) and the attachment filter (``attachments``) and lets ``policy`` decide;
+``mailgate scan`` uses it alone, the ``Scanner`` worker then carries the decision out, in an
+order that survives a crash at any point: quarantine copy, notices, then the cured message
+replaces the original (or the message is removed when blocked), then the move to ready/.
+A crash before the move means the message is scanned again; a cured message is clean the
+second time, so nothing is quarantined or notified twice except a notice queued just before
+the crash.
+
+Never deliver unscanned: when clamd does not answer, the message goes back to incoming/
+untouched and this scanner pauses until clamd answers PING again. When clamd answers with an
+error or times out on a message, the attempt is counted in ``scan_failures``; at ScanAttempts
+the objects it could not scan are ``unscannable`` and their action applies.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
 from dataclasses import dataclass, field
 
+from mailgate import __version__, attachments, mime, notify, policy
 from mailgate import envelope as envmod
+from mailgate.antivirus import Engine, EngineUnavailable, ObjectError
+from mailgate.config import Config
+from mailgate.ichecker import IChecker
+from mailgate.policy import Decision, ObjectVerdict
 from mailgate.spool import Entry
-from mailgate.worker import Worker
+from mailgate.worker import RESCAN_INTERVAL, Worker
+
+ENGINE_RETRY = 1.0
+
+
+@dataclass
+class Inspection:
+    split: mime.Split
+    objects: list[ObjectVerdict]
+    decision: Decision
+
+    def public(self) -> dict:
+        return {
+            "status": self.decision.status,
+            "action": self.decision.action,
+            "objects": [o.public() for o in self.objects],
+        }
+
+
+class Inspector:
+    """Gives a message its verdict; no spool, no side effects (``mailgate scan`` uses it)."""
+
+    def __init__(self, config: Config, engine: Engine | None):
+        self.config = config
+        self.engine = engine
+
+    def inspect(self, raw: bytes, last_try: bool = True) -> Inspection:
+        """Raises EngineUnavailable; raises ObjectError unless ``last_try`` (then such
+        objects are ``unscannable``)."""
+        config = self.config
+        split = mime.split(raw, config.max_depth, config.max_parts)
+        deadline = time.monotonic() + config.message_timeout
+        verdicts = []
+        if split.limit:
+            verdicts.append(
+                ObjectVerdict(
+                    "0",
+                    "",
+                    "message/rfc822",
+                    "",
+                    "unscannable",
+                    split.limit,
+                    config.actions("unscannable"),
+                    curable=False,
+                )
+            )
+        if self.engine is not None:
+            self.engine.refresh_version()
+        for obj in split.objects:
+            verdicts.append(self._object(obj, deadline, last_try))
+        return Inspection(split, verdicts, policy.decide(verdicts))
+
+    def _object(self, obj: mime.MimeObject, deadline: float, last_try: bool) -> ObjectVerdict:
+        config = self.config
+        kind = attachments.true_type(obj.data)
+        found = [("corrupted", obj.defect)] if obj.defect else []
+        if self.engine is not None:
+            if len(obj.data) > config.max_object_size:
+                found.append(("unscannable", f"larger than MaxObjectSize ({len(obj.data)} bytes)"))
+            else:
+                try:
+                    if time.monotonic() > deadline:
+                        raise ObjectError("the message took longer than MessageTimeout")
+                    found.append(self.engine.scan(obj.data))
+                except ObjectError as exc:
+                    if not last_try:
+                        raise
+                    found.append(("unscannable", str(exc)))
+        ban = attachments.check(config, obj.name, kind)
+        if ban is not None:
+            found.append(("banned", ban.detail))
+        status = policy.worst(s for s, _ in found) if found else "clean"
+        detail = "; ".join(d for s, d in found if s == status and d)
+        actions = ban.actions if status == "banned" and ban else config.actions(status)
+        return ObjectVerdict(
+            obj.path,
+            obj.name,
+            obj.content_type,
+            kind,
+            status,
+            detail,
+            actions,
+            curable=obj.part is not None,
+        )
+
+
+def engine_for(config: Config, ichecker: IChecker | None = None) -> Engine | None:
+    if not config.av_enabled:
+        return None
+    return Engine(config.clamd_socket_path, config.object_timeout, ichecker)
+
+
+def status_header(inspection: Inspection) -> str:
+    status = inspection.decision.status
+    names = sorted({o.detail for o in inspection.objects if o.status == status and o.detail})
+    return f"{status} ({', '.join(names)})" if names and status != "clean" else status
 
 
 @dataclass
 class Verdict:
+    """What the scanner tells the sender: headers to prepend to the message as queued."""
+
     queue_id: str
     envelope: dict
-    message: bytes
     headers: list[str] = field(default_factory=list)
-
-
-def stamp_queue_id(verdict: Verdict) -> None:
-    verdict.headers.append(f"X-Mailgate-Queue-ID: {verdict.queue_id}")
-
-
-FILTERS: list[Callable[[Verdict], None]] = [stamp_queue_id]
 
 
 class Scanner(Worker):
     role = "scanner"
     source = "incoming"
 
+    def __init__(self, config: Config, snapshot=None):
+        super().__init__(config, snapshot)
+        self.ichecker = IChecker(self.spool.cache_path("ichecker.sqlite3"), config.ichecker_size)
+        self.engine = engine_for(config, self.ichecker)
+        self.inspector = Inspector(config, self.engine)
+        self.engine_down = False
+        self.engine_name = ""
+
+    def reconfigure(self, config: Config) -> None:
+        super().reconfigure(config)
+        self.engine = engine_for(config, self.ichecker)
+        self.inspector = Inspector(config, self.engine)
+
+    def close(self) -> None:
+        self.ichecker.close()
+
+    def paused(self) -> bool:
+        return self.engine_down
+
+    def housekeeping(self) -> float:
+        return ENGINE_RETRY if self.engine_down else RESCAN_INTERVAL
+
+    def run_pass(self) -> bool:
+        if self.engine_down:
+            if not self.engine.ping():
+                return False
+            self.engine_down = False
+            self.log.info("engine_available", socket=self.engine.socket_path)
+        return super().run_pass()
+
+    def update_counters(self) -> None:
+        self.counters["ichecker_hits"] = self.ichecker.hits
+        self.counters["ichecker_misses"] = self.ichecker.misses
+        self.counters["ichecker_hit_rate"] = self.ichecker.hit_rate
+        if self.engine is not None:
+            self.counters["clamd_objects"] = self.engine.scanned
+            self.counters["clamd_ms"] = round(self.engine.scan_seconds * 1000)
+
     def process(self, entry: Entry) -> None:
         envelope = entry.read_envelope()
-        verdict = Verdict(entry.id, envelope, entry.read_message())
-        for apply in FILTERS:
-            apply(verdict)
+        raw = entry.read_message()
+        verdict = Verdict(entry.id, envelope, [f"X-Mailgate-Queue-ID: {entry.id}"])
+        failures = envelope.get("scan_failures", 0)
+        try:
+            inspection = self.inspector.inspect(
+                raw, last_try=failures + 1 >= self.config.scan_attempts
+            )
+        except EngineUnavailable as exc:
+            self.spool.release(entry, "incoming", durable=False)
+            self.engine_down = True
+            self.counters["engine_unavailable"] += 1
+            self.log.error("engine_unavailable", qid=entry.id, error=str(exc), to="incoming")
+            return
+        except ObjectError as exc:
+            envelope["scan_failures"] = failures + 1
+            envmod.record(envelope, "incoming", self.role)
+            self.spool.release(entry, "incoming", envelope)
+            self.counters["scan_retried"] += 1
+            self.log.warning(
+                "scan_failed", qid=entry.id, error=str(exc), attempt=failures + 1, to="incoming"
+            )
+            return
+        self._carry_out(entry, envelope, raw, inspection, verdict)
+
+    def _carry_out(
+        self, entry: Entry, envelope: dict, raw: bytes, inspection: Inspection, verdict: Verdict
+    ) -> None:
+        decision = inspection.decision
+        envelope["verdict"] = inspection.public()
+        if decision.quarantine:
+            self.spool.quarantine(
+                raw, {**envelope, "quarantined_at": time.time()}, decision.quarantine
+            )
+            self.counters["quarantined"] += 1
+        if decision.status != "clean":
+            self._notify(envelope, inspection)
+        self.counters[f"status_{decision.status}"] += 1
+        self.counters["scanned"] += 1
+        log_fields = dict(qid=entry.id, status=decision.status, action=decision.action)
+        if decision.status != "clean":
+            log_fields["found"] = status_header(inspection)
+        if not decision.deliver:
+            self.spool.remove(entry)
+            self.counters["blocked"] += 1
+            self.log.info(
+                "scanned", **log_fields, to="quarantine" if decision.quarantine else "nowhere"
+            )
+            return
+        if decision.cure:
+            values = notify.variables(
+                self.config, envelope, inspection.split.subject, decision, decision.cure
+            )
+            template = self.config.templates_path / "removed.txt"
+            removed = {}
+            for obj in decision.cure:
+                one = {
+                    **values,
+                    "object_name": obj.name or f"part {obj.path}",
+                    "virus_name": obj.detail,
+                    "status": obj.status,
+                }
+                removed[obj.path] = notify.render(template, one)[1]
+            self.spool.replace_message(entry, mime.cure(inspection.split, removed))
+            self.counters["cured"] += 1
+        if self.engine is not None and self.config.av_headers:
+            verdict.headers += self._headers(inspection)
         envelope["headers"] = verdict.headers
         envelope["scanned"] = True
         envmod.record(envelope, "ready", self.role)
         self.spool.release(entry, "ready", envelope, durable=False)
-        self.counters["scanned"] += 1
-        self.log.info("scanned", qid=entry.id, result="pass", to="ready")
+        self.log.info("scanned", **log_fields, to="ready")
+
+    def _headers(self, inspection: Inspection) -> list[str]:
+        if not self.engine_name:
+            self.engine_name = self.engine.engine_version()
+        headers = [f"X-Mailgate-Virus-Status: {status_header(inspection)}"]
+        cured = inspection.decision.cure
+        if cured:
+            headers.append(
+                "X-Mailgate-Virus-Removed: "
+                + "; ".join(f"{mime_name(o)} ({o.detail or o.status})" for o in cured)
+            )
+        headers.append(
+            f"X-Mailgate-Virus-Scanner: mailgate {__version__}, {self.engine_name}, "
+            f"database {self.engine.db_version}"
+        )
+        return headers
+
+    def _notify(self, envelope: dict, inspection: Inspection) -> None:
+        config, decision = self.config, inspection.decision
+        if envelope.get("kind", "message") != "message":
+            return
+        values = notify.variables(
+            config, envelope, inspection.split.subject, decision, inspection.objects
+        )
+        targets = []
+        if config.administrator and decision.status in config.notify_admin:
+            targets.append(("admin", [config.administrator]))
+        if envelope["mail_from"] and decision.status in config.notify_sender:
+            targets.append(("sender", [envelope["mail_from"]]))
+        if decision.status in config.notify_recipients and decision.action != "deliver":
+            targets.append(("recipient", [r["address"] for r in envelope["recipients"]]))
+        for kind, to in targets:
+            qid = notify.queue(
+                self.spool, config, kind, decision.status, to, values, envelope["id"]
+            )
+            if qid:
+                self.counters[f"notice_{kind}"] += 1
+                self.log.info(
+                    "notice_queued", qid=envelope["id"], notice=qid, kind=kind, to=",".join(to)
+                )
+
+
+def mime_name(obj: ObjectVerdict) -> str:
+    return " ".join((obj.name or f"part {obj.path}").split()).replace(";", ",")

@@ -9,6 +9,12 @@ and delivery status, client, times, attempts, history). Its state is the directo
                              └─► corrupt/ (reason.txt)    └─► bounced (DSN queued, removed)
     hold/ takes a message out of circulation until an administrator releases it.
 
+    quarantine/<status>/ID  a copy of a message as received, kept by the scanner's policy
+                            (envelope.json carries the verdict); released as a new message.
+    avdb/                   the anti-virus database clamd loads: ``current`` is a symlink to
+                            one version directory, replaced by a rename (``update``).
+    cache/                  iChecker's memory of objects already scanned.
+
 Invariants:
 - A state change is one ``rename(2)`` of the message directory; the destination directory is
   fsync'd before the change is reported as done, except for hand-offs that acknowledge
@@ -41,6 +47,8 @@ from pathlib import Path
 CLAIMS = {"incoming": "scanning", "ready": "sending"}
 RETURNS = {claimed: queue for queue, claimed in CLAIMS.items()}
 STATES = ("tmp", "incoming", "scanning", "ready", "sending", "deferred", "hold", "corrupt")
+QUARANTINE = "quarantine"
+_STATUS_RE = re.compile(r"^[a-z][a-z-]{0,30}$")
 MESSAGE = "message.eml"
 ENVELOPE = "envelope.json"
 REASON = "reason.txt"
@@ -157,7 +165,19 @@ class Spool:
     def create(self) -> None:
         for state in STATES:
             (self.root / state).mkdir(parents=True, exist_ok=True, mode=0o700)
-        (self.root / "run").mkdir(exist_ok=True, mode=0o700)
+        for extra in ("run", QUARANTINE, "avdb", "cache"):
+            (self.root / extra).mkdir(exist_ok=True, mode=0o700)
+
+    def cache_path(self, name: str) -> Path:
+        if "/" in name or name.startswith("."):
+            raise ValueError(f"bad cache file name {name!r}")
+        (self.root / "cache").mkdir(exist_ok=True, mode=0o700)
+        return self.root / "cache" / name
+
+    @property
+    def avdb_root(self) -> Path:
+        """Where the anti-virus database versions live (see ``avdb``)."""
+        return self.root / "avdb"
 
     def state_dir(self, state: str) -> Path:
         if state not in STATES:
@@ -268,6 +288,64 @@ class Spool:
     def clear_reason(self, entry: Entry) -> None:
         """Forget why an entry was put in corrupt/ (an administrator is giving it another go)."""
         (entry.path / REASON).unlink(missing_ok=True)
+
+    def replace_message(self, entry: Entry, message: bytes) -> None:
+        """Replace ``message.eml`` of a claimed entry (a cured message), durably."""
+        new = entry.path / (MESSAGE + ".new")
+        with contextlib.suppress(FileNotFoundError):
+            new.unlink()
+        write_file(new, message)
+        os.rename(new, entry.message_path)
+        fsync_dir(entry.path)
+
+    # ------------------------------------------------------------ quarantine
+
+    def _quarantine_dir(self, status: str) -> Path:
+        if not _STATUS_RE.match(status):
+            raise ValueError(f"bad quarantine status {status!r}")
+        return self.root / QUARANTINE / status
+
+    def quarantine(self, message: bytes, envelope: dict, status: str) -> Entry:
+        """Keep a durable copy in ``quarantine/<status>/ID``; a copy already there is kept.
+
+        A scanner that dies after quarantining scans the message again and comes here a
+        second time: the existing copy is the same message, so the call is idempotent.
+        """
+        queue_id = check_id(envelope["id"])
+        target_dir = self._quarantine_dir(status)
+        target_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        target = target_dir / queue_id
+        if target.is_dir():
+            return Entry(QUARANTINE, queue_id, target)
+        work = self.state_dir("tmp") / f"{queue_id}.quarantine@{self.pid}"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(mode=0o700)
+        write_file(work / MESSAGE, message)
+        write_file(work / ENVELOPE, _dump(envelope))
+        fsync_dir(work)
+        os.rename(work, target)
+        fsync_dir(target_dir)
+        return Entry(QUARANTINE, queue_id, target)
+
+    def quarantined(self, status: str | None = None) -> Iterator[tuple[str, Entry]]:
+        """(status, entry) of every quarantined message, oldest first within a status."""
+        base = self.root / QUARANTINE
+        statuses = [status] if status else sorted(os.listdir(base)) if base.is_dir() else []
+        for name in statuses:
+            folder = self._quarantine_dir(name)
+            if not folder.is_dir():
+                continue
+            for queue_id in sorted(os.listdir(folder)):
+                if ID_RE.match(queue_id):
+                    yield name, Entry(QUARANTINE, queue_id, folder / queue_id)
+
+    def find_quarantined(self, queue_id: str) -> tuple[str, Entry]:
+        check_id(queue_id)
+        base = self.root / QUARANTINE
+        for name in sorted(os.listdir(base)) if base.is_dir() else []:
+            if _STATUS_RE.match(name) and (base / name / queue_id).is_dir():
+                return name, Entry(QUARANTINE, queue_id, base / name / queue_id)
+        raise NotFound(queue_id)
 
     def remove(self, entry: Entry) -> None:
         """Forget a message: one rename out of its state (durable), then delete the files."""

@@ -1,8 +1,11 @@
 """Supervisor (``mailgate run``): starts, watches and restarts the workers; handles signals.
 
 One receiver, ``Scanners`` scanners and ``Senders`` senders, each its own process running
-``mailgate worker ROLE``. The supervisor never touches a message itself except to recover the
-claims of a worker it has just reaped (and all claims at start, when no worker runs).
+``mailgate worker ROLE``, and with ManageClamd a clamd on the spool's database (``avdb``),
+started first and waited for (PING) before the scanners, stopped last, restarted like a
+worker when it dies. Scanners pause while it is down; nothing is delivered unscanned.
+The supervisor never touches a message itself except to recover the claims of a worker it
+has just reaped (and all claims at start, when no worker runs).
 
 Invariants:
 - One supervisor per spool (a file lock in ``run/``); workers die with their supervisor, and
@@ -33,6 +36,7 @@ from pathlib import Path
 
 import filelock
 
+from mailgate import avdb, clamd
 from mailgate import config as configmod
 from mailgate import log as logmod
 from mailgate.spool import STATES, Spool, write_file_replacing
@@ -78,7 +82,43 @@ class Supervisor:
         )
         os.replace(self.spool.run_path("mailgate.conf.new"), self.spool.run_path("mailgate.conf"))
 
+    def _clamd_config(self) -> Path:
+        conf = self.spool.run_path("clamd.conf")
+        work = self.spool.run_path("clamd-tmp")
+        work.mkdir(exist_ok=True, mode=0o700)
+        text = clamd.config_text(
+            self.config.clamd_socket_path,
+            avdb.current(self.spool),
+            work,
+            self.config.max_object_size,
+            self.spool.run_path("clamd.log"),
+        )
+        if not conf.exists() or conf.read_text() != text:
+            conf.write_text(text)
+        return conf
+
+    def _start_clamd(self, slot: Slot) -> None:
+        """Start clamd, first installing the shipped database if there is none (or it changed)."""
+        installed = avdb.ensure_seeded(self.spool, self.config.signatures_path)
+        if installed:
+            self.log.info("database_installed", version=installed, origin="shipped")
+        self.config.clamd_socket_path.unlink(missing_ok=True)
+        slot.process = subprocess.Popen(
+            clamd.command(self._clamd_config()),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
+        )
+        slot.started = time.monotonic()
+        self.log.info("worker_spawned", worker=slot.name, child=slot.process.pid)
+
+    def _managed_clamd(self) -> bool:
+        return self.config.manage_clamd and self.config.av_enabled
+
     def _start(self, slot: Slot) -> None:
+        if slot.role == "clamd":
+            self._start_clamd(slot)
+            return
         command = [
             sys.executable,
             "-m",
@@ -97,7 +137,12 @@ class Supervisor:
         self.log.info("worker_spawned", worker=slot.name, child=slot.process.pid)
 
     def _wanted(self) -> dict[str, int]:
-        return {"receiver": 1, "scanner": self.config.scanners, "sender": self.config.senders}
+        return {
+            "clamd": 1 if self._managed_clamd() else 0,
+            "receiver": 1,
+            "scanner": self.config.scanners,
+            "sender": self.config.senders,
+        }
 
     def _fit_slots(self) -> None:
         """Start slots the configuration asks for; retire (SIGTERM) those it no longer does."""
@@ -161,9 +206,9 @@ class Supervisor:
         if changed:
             self._write_table()
 
-    def _signal_all(self, signum: int) -> None:
+    def _signal_all(self, signum: int, roles: tuple[str, ...] = ("receiver", "scanner", "sender")):
         for slot in self.slots:
-            if slot.process is not None and slot.process.returncode is None:
+            if slot.role in roles and slot.process is not None and slot.process.returncode is None:
                 slot.process.send_signal(signum)
 
     # ------------------------------------------------------------ signals
@@ -184,9 +229,13 @@ class Supervisor:
             self.config.tls_certificate,
             self.config.tls_key,
         )
+        clamd_before = self._clamd_config().read_text() if self._managed_clamd() else None
         self.config = config
         self._snapshot()
         self._signal_all(signal.SIGHUP)
+        if self._managed_clamd():
+            restart = clamd_before is not None and self._clamd_config().read_text() != clamd_before
+            self._signal_all(signal.SIGTERM if restart else signal.SIGUSR2, ("clamd",))
         if network_changed:
             for slot in self.slots:
                 if slot.role == "receiver" and slot.process is not None:
@@ -206,9 +255,12 @@ class Supervisor:
         self.log.info("stopping")
         self._signal_all(signal.SIGTERM)
         deadline = time.monotonic() + STOP_TIMEOUT
-        for slot in self.slots:
+        engines_last = sorted(self.slots, key=lambda s: s.role == "clamd")
+        for slot in engines_last:
             if slot.process is None:
                 continue
+            if slot.role == "clamd":
+                slot.process.send_signal(signal.SIGTERM)
             try:
                 slot.process.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
@@ -242,6 +294,8 @@ class Supervisor:
                 spool=str(self.spool.root),
                 listen=[f"{h}:{p}" for h, p in self.config.listen],
             )
+            if self._managed_clamd():
+                self._start_engine()
             self._fit_slots()
             next_sweep = time.monotonic() + SWEEP_INTERVAL
             while True:
@@ -261,6 +315,20 @@ class Supervisor:
                     next_sweep = time.monotonic() + SWEEP_INTERVAL
         finally:
             lock.release()
+
+    def _start_engine(self) -> None:
+        """Start clamd and wait for its PING before any scanner starts."""
+        slot = Slot("clamd", 0)
+        self.slots.append(slot)
+        self._start(slot)
+        ready = clamd.wait_ready(
+            self.config.clamd_socket_path, self.config.clamd_start_timeout, slot.process
+        )
+        (self.log.info if ready else self.log.error)(
+            "clamd_ready" if ready else "clamd_not_ready",
+            socket=str(self.config.clamd_socket_path),
+            version=avdb.current_version(self.spool),
+        )
 
     def _sweep(self) -> None:
         """Recover claims whose owner is gone but was never our child to reap.
@@ -282,6 +350,11 @@ def is_worker_alive(pid: int) -> bool:
         return b"mailgate\x00worker" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
+
+
+def _die_with_parent() -> None:
+    """In a child before exec: SIGTERM when the supervisor dies (clamd cannot ask itself)."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def exit_with_parent() -> None:

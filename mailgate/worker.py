@@ -92,6 +92,13 @@ class Worker:
     def close(self) -> None:
         """Release resources when the worker stops."""
 
+    def paused(self) -> bool:
+        """True while this worker must not claim anything (say, its engine is down)."""
+        return False
+
+    def update_counters(self) -> None:
+        """Bring ``counters`` up to date before they are logged."""
+
     # ------------------------------------------------------------ loop
 
     def _signal(self, signum, _frame) -> None:
@@ -120,6 +127,7 @@ class Worker:
                     doorbell.wait(max(0.0, next_housekeeping - time.monotonic()))
         finally:
             self.close()
+            self.update_counters()
             self.log.info("worker_stopped", **self.counters)
         return 0
 
@@ -129,6 +137,7 @@ class Worker:
             self.reload()
         if self.stats_wanted:
             self.stats_wanted = False
+            self.update_counters()
             self.log.info("statistics", **self.counters)
 
     def reload(self) -> None:
@@ -141,7 +150,7 @@ class Worker:
         """Claim and process every message listed now, oldest first. True if any was ours."""
         worked = False
         for queue_id in self.spool.names(self.source):
-            if self.stopping:
+            if self.stopping or self.paused():
                 break
             entry = self.spool.claim(self.source, queue_id)
             if entry is None:

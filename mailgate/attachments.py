@@ -1,0 +1,79 @@
+"""The attachment filter: ban objects by file name and by what their content really is.
+
+Names are matched after decoding (RFC 2231, RFC 2047) and case-folding against the masks of
+``NameRule`` lines; the true type comes from python-magic (libmagic) reading the content, so
+an executable renamed to ``.txt`` is still ``application/x-dosexec`` and meets ``TypeRule``.
+``DoubleExtension`` catches names such as ``invoice.pdf.exe`` whose last extension runs code
+and whose previous one pretends to be a document.
+
+The first rule that matches decides the object's actions; a banned object has the status
+``banned`` with a detail naming the rule.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+
+import magic
+
+from mailgate.config import AttachmentRule, Config
+
+MAGIC_BYTES = 65536
+_EXECUTABLES = "exe scr pif com bat cmd cpl vbs vbe js jse wsf wsh hta lnk msi ps1 jar reg"
+EXECUTABLE_EXTENSIONS = frozenset(_EXECUTABLES.split(" "))
+
+
+@dataclass(frozen=True)
+class Ban:
+    actions: tuple[str, ...]
+    detail: str
+
+
+_magic: magic.Magic | None = None
+
+
+def true_type(data: bytes) -> str:
+    """The MIME type libmagic sees in the content (``application/octet-stream`` if unsure)."""
+    global _magic
+    if _magic is None:
+        _magic = magic.Magic(mime=True)
+    if not data:
+        return "application/x-empty"
+    try:
+        return _magic.from_buffer(data[:MAGIC_BYTES]) or "application/octet-stream"
+    except magic.MagicException:
+        return "application/octet-stream"
+
+
+def double_extension(name: str) -> bool:
+    parts = name.lower().rstrip(". ").split(".")
+    if len(parts) < 3:
+        return False
+    last, previous = parts[-1].strip(), parts[-2].strip()
+    return last in EXECUTABLE_EXTENSIONS and previous.isalnum() and 1 < len(previous) <= 5
+
+
+def _matching(rules: list[AttachmentRule], value: str) -> tuple[AttachmentRule, str] | None:
+    for rule in rules:
+        for pattern in rule.patterns:
+            if fnmatch.fnmatchcase(value, pattern):
+                return rule, pattern
+    return None
+
+
+def check(config: Config, name: str, kind: str) -> Ban | None:
+    """Is an object named ``name`` whose true type is ``kind`` banned, and with what actions?"""
+    if not config.attachments_enabled:
+        return None
+    folded = " ".join(name.lower().split())
+    if folded and config.double_extension and double_extension(folded):
+        return Ban(config.double_extension, f"double extension in {name!r}")
+    if folded:
+        hit = _matching(config.name_rules, folded)
+        if hit:
+            return Ban(hit[0].actions, f"file name {name!r} matches {hit[1]}")
+    hit = _matching(config.type_rules, kind.lower())
+    if hit:
+        return Ban(hit[0].actions, f"content is {kind} (rule {hit[1]})")
+    return None

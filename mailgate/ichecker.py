@@ -1,0 +1,102 @@
+"""iChecker: remember what clamd said about an object, so the same bytes are not scanned twice.
+
+The key is the SHA-256 of the decoded object; each row also carries the database version it
+was scanned with, and a lookup only counts when that version is the one clamd has loaded now.
+A database update therefore invalidates every row at once, and ``forget_other_versions``
+reclaims their space. Only definite answers are stored (clean or a detection), never errors.
+
+The cache is one SQLite file in the spool's ``cache/`` (WAL mode), shared by every scanner
+process through the file system alone. It is bounded: past ``size`` rows the least recently
+used tenth is deleted. It is only an optimisation; any SQLite error disables it for the call
+and the object is scanned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import time
+from pathlib import Path
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS verdicts (
+    digest  BLOB PRIMARY KEY,
+    version TEXT NOT NULL,
+    status  TEXT NOT NULL,
+    detail  TEXT NOT NULL,
+    used    REAL NOT NULL
+) WITHOUT ROWID
+"""
+
+
+class IChecker:
+    def __init__(self, path: Path, size: int):
+        self.size = size
+        self.hits = 0
+        self.misses = 0
+        self._since_trim = 0
+        self.db: sqlite3.Connection | None = None
+        if size <= 0:
+            return
+        self.db = sqlite3.connect(str(path), timeout=5.0, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=OFF")
+        self.db.execute(_SCHEMA)
+
+    @property
+    def hit_rate(self) -> float:
+        total = self.hits + self.misses
+        return round(self.hits / total, 3) if total else 0.0
+
+    def get(self, digest: bytes, version: str) -> tuple[str, str] | None:
+        if self.db is None or not version:
+            return None
+        try:
+            row = self.db.execute(
+                "SELECT status, detail FROM verdicts WHERE digest=? AND version=?",
+                (digest, version),
+            ).fetchone()
+        except sqlite3.Error:
+            return None
+        if row is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        with contextlib.suppress(sqlite3.Error):
+            self.db.execute("UPDATE verdicts SET used=? WHERE digest=?", (time.time(), digest))
+        return row[0], row[1]
+
+    def put(self, digest: bytes, version: str, status: str, detail: str) -> None:
+        if self.db is None or not version:
+            return
+        try:
+            self.db.execute(
+                "INSERT OR REPLACE INTO verdicts VALUES (?, ?, ?, ?, ?)",
+                (digest, version, status, detail, time.time()),
+            )
+            self._since_trim += 1
+            if self._since_trim >= max(100, self.size // 20):
+                self._since_trim = 0
+                self._trim()
+        except sqlite3.Error:
+            pass
+
+    def _trim(self) -> None:
+        (count,) = self.db.execute("SELECT COUNT(*) FROM verdicts").fetchone()
+        if count > self.size:
+            self.db.execute(
+                "DELETE FROM verdicts WHERE digest IN "
+                "(SELECT digest FROM verdicts ORDER BY used LIMIT ?)",
+                (count - self.size + self.size // 10,),
+            )
+
+    def forget_other_versions(self, version: str) -> None:
+        if self.db is None or not version:
+            return
+        with contextlib.suppress(sqlite3.Error):
+            self.db.execute("DELETE FROM verdicts WHERE version != ?", (version,))
+
+    def close(self) -> None:
+        if self.db is not None:
+            self.db.close()
+            self.db = None
