@@ -127,10 +127,13 @@ class Engine:
             return answer[1].split(CANARY_PREFIX, 1)[1].removesuffix(".UNOFFICIAL")
         return self.engine_version()
 
-    def refresh_version(self, force: bool = False) -> str:
-        """Re-learn the loaded database version at most every few seconds."""
+    def refresh_version(self, installed: str | None = None) -> str:
+        """Re-learn the loaded database version every few seconds, and at once while it
+        differs from ``installed`` (the version ``avdb`` says is current: a reload is
+        under way, or just done)."""
         now = time.monotonic()
-        if force or now - self._version_checked >= VERSION_CHECK_INTERVAL or not self.db_version:
+        stale = installed is not None and installed != self.db_version
+        if stale or now - self._version_checked >= VERSION_CHECK_INTERVAL or not self.db_version:
             version = self.loaded_version()
             if version != self.db_version and self.ichecker is not None:
                 self.ichecker.forget_other_versions(version)

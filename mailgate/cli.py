@@ -55,6 +55,11 @@ def _parser() -> argparse.ArgumentParser:
         )
         return p
 
+    # Also accepted after the action (``mailgate queue list -c FILE``); SUPPRESS keeps the
+    # action's parser from resetting a -c given before it.
+    again = argparse.ArgumentParser(add_help=False)
+    again.add_argument("-c", "--config", type=Path, default=argparse.SUPPRESS)
+
     command("run", "run the gateway in the foreground (supervisor and workers)")
     command("check-config", "validate the configuration; print FILE:LINE: message per error")
     worker = command("worker", "run one worker process (started by 'mailgate run')")
@@ -63,15 +68,17 @@ def _parser() -> argparse.ArgumentParser:
 
     queue = command("queue", "inspect and manage the queue")
     qsub = queue.add_subparsers(dest="action", required=True, metavar="ACTION")
-    lst = qsub.add_parser("list", help="list queued messages, oldest first")
+    lst = qsub.add_parser("list", parents=[again], help="list queued messages, oldest first")
     lst.add_argument(
         "--state", choices=STATES[1:], action="append", help="only this state (repeatable)"
     )
     lst.add_argument("--json", action="store_true", help="print a JSON array")
-    show = qsub.add_parser("show", help="show one message's envelope and header")
+    show = qsub.add_parser("show", parents=[again], help="show one message's envelope and header")
     show.add_argument("id")
     show.add_argument("--json", action="store_true")
-    req = qsub.add_parser("requeue", help="deliver now: deferred → ready (corrupt → incoming)")
+    req = qsub.add_parser(
+        "requeue", parents=[again], help="deliver now: deferred → ready (corrupt → incoming)"
+    )
     group = req.add_mutually_exclusive_group(required=True)
     group.add_argument("id", nargs="?")
     group.add_argument("--deferred", action="store_true", help="every deferred message")
@@ -80,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
         ("hold", "take a message out of circulation (to hold/)"),
         ("release", "put a held message back in circulation"),
     ):
-        qsub.add_parser(name, help=help_text).add_argument("id")
+        qsub.add_parser(name, parents=[again], help=help_text).add_argument("id")
 
     scan = command("scan", "scan message files offline: print the verdict, queue nothing")
     scan.add_argument("--json", action="store_true", help="one JSON object per file and line")
@@ -88,15 +95,23 @@ def _parser() -> argparse.ArgumentParser:
 
     quar = command("quarantine", "inspect, release and expire quarantined messages")
     quar_sub = quar.add_subparsers(dest="action", required=True, metavar="ACTION")
-    qlist = quar_sub.add_parser("list", help="list quarantined messages")
+    qlist = quar_sub.add_parser("list", parents=[again], help="list quarantined messages")
     qlist.add_argument("--status", help="only this status (infected, banned, ...)")
     qlist.add_argument("--json", action="store_true", help="print a JSON array")
-    qshow = quar_sub.add_parser("show", help="show a quarantined message's verdict and header")
+    qshow = quar_sub.add_parser(
+        "show", parents=[again], help="show a quarantined message's verdict and header"
+    )
     qshow.add_argument("id")
     qshow.add_argument("--json", action="store_true")
-    quar_sub.add_parser("release", help="deliver the original, unscanned").add_argument("id")
-    quar_sub.add_parser("delete", help="delete a quarantined message").add_argument("id")
-    quar_sub.add_parser("expire", help="delete what is older than [smtpgw.quarantine] Retention")
+    quar_sub.add_parser(
+        "release", parents=[again], help="deliver the original, unscanned"
+    ).add_argument("id")
+    quar_sub.add_parser(
+        "delete", parents=[again], help="delete a quarantined message"
+    ).add_argument("id")
+    quar_sub.add_parser(
+        "expire", parents=[again], help="delete what is older than [smtpgw.quarantine] Retention"
+    )
 
     update = command("update", "install a new anti-virus database and have clamd reload it")
     update.add_argument("--from", dest="source", type=Path, required=True, metavar="DIR")

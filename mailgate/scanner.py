@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from mailgate import __version__, attachments, mime, notify, policy
+from mailgate import __version__, attachments, avdb, mime, notify, policy
 from mailgate import envelope as envmod
 from mailgate.antivirus import Engine, EngineUnavailable, ObjectError
 from mailgate.config import Config
@@ -49,9 +49,10 @@ class Inspection:
 class Inspector:
     """Gives a message its verdict; no spool, no side effects (``mailgate scan`` uses it)."""
 
-    def __init__(self, config: Config, engine: Engine | None):
+    def __init__(self, config: Config, engine: Engine | None, installed=None):
         self.config = config
         self.engine = engine
+        self.installed = installed or (lambda: None)
 
     def inspect(self, raw: bytes, last_try: bool = True) -> Inspection:
         """Raises EngineUnavailable; raises ObjectError unless ``last_try`` (then such
@@ -74,7 +75,7 @@ class Inspector:
                 )
             )
         if self.engine is not None:
-            self.engine.refresh_version()
+            self.engine.refresh_version(self.installed())
         for obj in split.objects:
             verdicts.append(self._object(obj, deadline, last_try))
         return Inspection(split, verdicts, policy.decide(verdicts))
@@ -142,14 +143,18 @@ class Scanner(Worker):
         super().__init__(config, snapshot)
         self.ichecker = IChecker(self.spool.cache_path("ichecker.sqlite3"), config.ichecker_size)
         self.engine = engine_for(config, self.ichecker)
-        self.inspector = Inspector(config, self.engine)
+        self.inspector = Inspector(config, self.engine, self._installed)
         self.engine_down = False
         self.engine_name = ""
 
     def reconfigure(self, config: Config) -> None:
         super().reconfigure(config)
         self.engine = engine_for(config, self.ichecker)
-        self.inspector = Inspector(config, self.engine)
+        self.inspector = Inspector(config, self.engine, self._installed)
+
+    def _installed(self) -> str | None:
+        """The database version installed in the spool (one readlink), when we manage it."""
+        return avdb.current_version(self.spool) if self.config.manage_clamd else None
 
     def close(self) -> None:
         self.ichecker.close()

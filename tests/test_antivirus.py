@@ -1,0 +1,308 @@
+"""Anti-virus with a real clamd: offline verdicts (``mailgate scan``) and end to end over SMTP."""
+
+from __future__ import annotations
+
+import base64
+import email
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mimebuild import (
+    EICAR,
+    SUSPICIOUS,
+    TESTFILES,
+    TEXT,
+    encrypted_zip,
+    multipart,
+    nested,
+    part,
+    zipped,
+)
+from support import ROOT
+
+from mailgate import clamd
+from mailgate.antivirus import Engine
+from mailgate.ichecker import IChecker
+
+
+@pytest.fixture(scope="session")
+def clamd_socket(tmp_path_factory):
+    """One clamd on the shipped database for the offline tests of this module."""
+    with clamd.temporary(ROOT / "etc" / "avdb") as socket_path:
+        yield socket_path
+
+
+@pytest.fixture
+def scan(tmp_path, clamd_socket):
+    """Run ``mailgate scan --json`` on messages (bytes); return its exit code and verdicts."""
+
+    def run(messages: dict[str, bytes], extra: str = "") -> tuple[int, dict[str, dict], str]:
+        conf = tmp_path / "scan.conf"
+        conf.write_text(
+            "[smtpgw.path]\nSpoolDir=spool\n"
+            f"[smtpgw.antivirus]\nManageClamd=no\nClamdSocket={clamd_socket}\n" + extra
+        )
+        files = []
+        for name, data in messages.items():
+            (tmp_path / name).write_bytes(data)
+            files.append(str(tmp_path / name))
+        result = subprocess.run(
+            [sys.executable, "-m", "mailgate", "scan", "-c", str(conf), "--json", *files],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        verdicts = {}
+        for line in result.stdout.splitlines():
+            item = json.loads(line)
+            verdicts[Path(item["file"]).name] = item
+        return result.returncode, verdicts, result.stderr
+
+    return run
+
+
+def bad(verdict: dict) -> list[dict]:
+    return [o for o in verdict["objects"] if o["status"] != "clean"]
+
+
+def test_eicar_is_found_in_every_wrapping(scan):
+    inner = multipart(
+        [TEXT, part(zipped("eicar.com", EICAR), "application/zip", "eicar.zip")], boundary="in1"
+    )
+    messages = {
+        "plain.eml": multipart(
+            [TEXT, part(EICAR, "application/octet-stream", "eicar.com", "7bit")]
+        ),
+        "base64.eml": multipart([TEXT, part(EICAR, filename="eicar.com")]),
+        "qp.eml": multipart([TEXT, part(EICAR, "text/plain", "eicar.txt", "quoted-printable")]),
+        "zip.eml": multipart([TEXT, part(zipped("eicar.com", EICAR), "application/zip", "e.zip")]),
+        "nested.eml": multipart([TEXT, nested(inner)]),
+        "deeper.eml": multipart([TEXT, nested(multipart([nested(inner)], boundary="in2"))]),
+        "body.eml": b"From: <a@example.org>\r\nSubject: body\r\n\r\n" + EICAR + b"\r\n",
+    }
+    code, verdicts, stderr = scan(messages)
+    assert code == 0, stderr
+    assert set(verdicts) == set(messages)
+    for name, verdict in verdicts.items():
+        assert verdict["status"] == "infected", (name, verdict)
+        assert verdict["action"] == "cure,quarantine", name  # Mode=recommended
+        (found,) = bad(verdict)
+        assert found["detail"] == "Mailgate.Test.EICAR", name
+        assert verdict["spam"] == {}
+    assert bad(verdicts["zip.eml"])[0]["name"] == "e.zip"
+    assert bad(verdicts["nested.eml"])[0]["name"] == "eicar.zip"
+    assert bad(verdicts["qp.eml"])[0]["content_type"] == "text/plain"
+
+
+@pytest.mark.skipif(not TESTFILES.is_dir(), reason="clamav-testfiles not installed")
+def test_clamav_testfiles_are_all_detected(scan):
+    files = sorted(p for p in TESTFILES.iterdir() if p.is_file())
+    assert len(files) > 30
+    messages = {
+        f"{p.name}.eml": multipart([TEXT, part(p.read_bytes(), filename=p.name)]) for p in files
+    }
+    code, verdicts, stderr = scan(messages)
+    assert code == 0, stderr
+    missed = [name for name, v in verdicts.items() if v["status"] != "infected"]
+    assert missed == []
+    assert {bad(v)[0]["detail"] for v in verdicts.values()} == {"Mailgate.Test.ClamAV-TestFile"}
+
+
+def test_each_status_and_the_attachment_filter(scan, tmp_path):
+    harmless_exe = b"MZ\x90\x00" + b"\x00" * 60 + b"PE\x00\x00" + b"\x00" * 400
+    rfc2047 = "=?utf-8?b?" + base64.b64encode("Rechnung ü.scr".encode()).decode() + "?="
+    broken_b64 = (
+        b"Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n"
+        b'Content-Disposition: attachment; filename="data.bin"\r\n\r\nQUJD!!!RE*VG\r\n'
+    )
+    deep = TEXT
+    for _ in range(6):
+        deep = nested(multipart([deep], boundary=f"b{len(deep)}"))
+    messages = {
+        "clean.eml": multipart([TEXT, part(b"%PDF-1.4 harmless", "application/pdf", "a.pdf")]),
+        "encrypted.eml": multipart(
+            [TEXT, part(encrypted_zip(tmp_path, "eicar.com", EICAR), "application/zip", "x.zip")]
+        ),
+        "suspicious.eml": multipart([TEXT, part(SUSPICIOUS, filename="notes.bin")]),
+        "corrupted.eml": multipart([TEXT, broken_b64]),
+        "renamed.eml": multipart([TEXT, part(harmless_exe, "text/plain", "readme.txt")]),
+        "double.eml": multipart([TEXT, part(b"hello", "application/pdf", "invoice.pdf.exe")]),
+        "rfc2047.eml": multipart([TEXT, part(b"hello", filename=rfc2047)]),
+        "rfc2231.eml": multipart(
+            [TEXT, part(b"hello", disposition_raw="attachment; filename*=utf-8''%E2%82%AC.cmd")]
+        ),
+        "deep.eml": multipart([deep]),
+    }
+    code, verdicts, stderr = scan(messages, "MaxDepth=8\n")
+    assert code == 0, stderr
+    status = {name: v["status"] for name, v in verdicts.items()}
+    assert status == {
+        "clean.eml": "clean",
+        "encrypted.eml": "encrypted",
+        "suspicious.eml": "suspicious",
+        "corrupted.eml": "corrupted",
+        "renamed.eml": "banned",
+        "double.eml": "banned",
+        "rfc2047.eml": "banned",
+        "rfc2231.eml": "banned",
+        "deep.eml": "unscannable",
+    }
+    assert verdicts["clean.eml"]["action"] == "deliver"
+    renamed = bad(verdicts["renamed.eml"])[0]
+    assert renamed["true_type"] == "application/x-dosexec"
+    assert renamed["content_type"] == "text/plain"
+    assert "double extension" in bad(verdicts["double.eml"])[0]["detail"]
+    assert bad(verdicts["rfc2047.eml"])[0]["name"] == "Rechnung ü.scr"
+    assert bad(verdicts["rfc2231.eml"])[0]["name"] == "€.cmd"
+    assert "nesting" in bad(verdicts["deep.eml"])[0]["detail"]
+    assert verdicts["encrypted.eml"]["action"] == "deliver"
+
+
+def test_presets_and_explicit_actions(scan):
+    messages = {"eicar.eml": multipart([TEXT, part(EICAR, filename="eicar.com")])}
+    assert scan(messages, "[smtpgw.scan]\nMode=protection\n")[1]["eicar.eml"]["action"] == (
+        "block,quarantine"
+    )
+    assert scan(messages, "[smtpgw.scan]\nMode=speed\n")[1]["eicar.eml"]["action"] == "cure"
+    explicit = "ActionInfected=deliver, quarantine\n[smtpgw.scan]\nMode=protection\n"
+    assert scan(messages, explicit)[1]["eicar.eml"]["action"] == "deliver,quarantine"
+
+
+def test_scan_exit_codes(tmp_path, scan):
+    code, _, _ = scan({}, "")  # no files at all: argparse refuses
+    assert code == 2
+    conf = tmp_path / "down.conf"
+    conf.write_text(f"[smtpgw.antivirus]\nManageClamd=no\nClamdSocket={tmp_path / 'none.sock'}\n")
+    msg = tmp_path / "m.eml"
+    msg.write_bytes(multipart([TEXT]))
+    run = [sys.executable, "-m", "mailgate", "scan", "-c", str(conf), "--json"]
+    down = subprocess.run([*run, str(msg)], capture_output=True, text=True, timeout=60)
+    assert down.returncode == 3, down.stderr
+    assert "clamd does not answer" in down.stderr
+    missing = subprocess.run([*run, str(tmp_path / "nope.eml")], capture_output=True, text=True)
+    assert missing.returncode == 2
+    assert "no such file" in missing.stderr
+
+
+def test_scan_starts_its_own_clamd_when_managed_and_none_runs(tmp_path):
+    conf = tmp_path / "managed.conf"
+    conf.write_text("[smtpgw.path]\nSpoolDir=spool\n")
+    msg = tmp_path / "m.eml"
+    msg.write_bytes(multipart([TEXT, part(EICAR, filename="eicar.com")]))
+    result = subprocess.run(
+        [sys.executable, "-m", "mailgate", "scan", "-c", str(conf), "--json", str(msg)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["status"] == "infected"
+
+
+def test_action_errors_name_file_and_line(tmp_path):
+    conf = tmp_path / "bad.conf"
+    conf.write_text(
+        "[smtpgw.antivirus]\nActionInfected=deliver, block\nActionSuspicious=explode\n"
+        "[smtpgw.attachments]\nNameRule=*.exe\n[smtpgw.scan]\nMode=paranoid\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "mailgate", "check-config", "-c", str(conf)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert [line.split(":")[1] for line in lines] == ["2", "3", "5", "7"]
+    assert "cannot be combined" in lines[0] and "unknown action 'explode'" in lines[1]
+
+
+def test_ichecker_answers_for_bytes_already_scanned(tmp_path, clamd_socket):
+    cache = IChecker(tmp_path / "ichecker.sqlite3", 1000)
+    engine = Engine(clamd_socket, 10.0, cache)
+    engine.refresh_version()
+    attachment = zipped("report.txt", b"quarterly figures " * 100)
+    assert engine.scan(attachment) == ("clean", "")
+    assert engine.scan(attachment) == ("clean", "")
+    assert engine.scan(EICAR) == ("infected", "Mailgate.Test.EICAR")
+    assert engine.scan(EICAR) == ("infected", "Mailgate.Test.EICAR")
+    assert (engine.scanned, cache.hits, cache.misses) == (2, 2, 2)
+    # Another database version: nothing known any more (and old rows are dropped).
+    cache.forget_other_versions("another")
+    assert cache.get(b"x" * 32, "another") is None
+    engine.db_version = "another"
+    assert engine.scan(attachment) == ("clean", "")
+    assert engine.scanned == 3
+    # Persistent: a second process (here: connection) sees what the first stored.
+    again = IChecker(tmp_path / "ichecker.sqlite3", 1000)
+    assert again.get(__import__("hashlib").sha256(attachment).digest(), "another") == (
+        "clean",
+        "",
+    )
+
+
+def test_ichecker_is_bounded(tmp_path):
+    cache = IChecker(tmp_path / "small.sqlite3", 200)
+    for i in range(1000):
+        cache.put(i.to_bytes(32, "big"), "v1", "clean", "")
+    (count,) = cache.db.execute("SELECT COUNT(*) FROM verdicts").fetchone()
+    assert count <= 200
+    assert cache.get((999).to_bytes(32, "big"), "v1") == ("clean", "")
+
+
+def test_check_template(tmp_path):
+    good = [str(p) for p in sorted((ROOT / "etc" / "templates").glob("*.txt"))]
+    ok = subprocess.run(
+        [sys.executable, "-m", "mailgate", "check-template", *good], capture_output=True, text=True
+    )
+    assert ok.returncode == 0, ok.stderr
+    broken = tmp_path / "admin.txt"
+    broken.write_text(
+        "Subject: virus from ${sender}\nthis is not a header\n\n"
+        "Found ${virus_nam} in ${object_name}.\nCost: $ 5\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "mailgate", "check-template", str(broken)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert [line.split(":")[1] for line in lines] == ["2", "4", "5"]
+    assert "unknown variable ${virus_nam}" in lines[1]
+    assert "bad placeholder at column 7" in lines[2]
+
+
+def test_encrypted_zip_fixture_really_is_encrypted(tmp_path):
+    data = encrypted_zip(tmp_path, "a.txt", b"secret text")
+    info = __import__("zipfile").ZipFile(__import__("io").BytesIO(data)).infolist()[0]
+    assert info.flag_bits & 0x1
+
+
+def test_cure_keeps_structure_headers_and_other_parts():
+    from mailgate import mime
+
+    pdf = b"%PDF-1.4\n" + bytes(range(256)) * 4
+    raw = multipart(
+        [TEXT, part(EICAR, filename="eicar.com"), part(pdf, "application/pdf", "a.pdf")],
+        subject="=?utf-8?q?Gr=C3=BC=C3=9Fe?=",
+    )
+    split = mime.split(raw)
+    assert [o.path for o in split.objects] == ["1", "2", "3"]
+    cured = mime.cure(split, {"2": "removed: eicar.com\n"})
+    msg = email.message_from_bytes(cured)
+    original = email.message_from_bytes(raw)
+    assert msg.defects == [] and all(p.defects == [] for p in msg.walk())
+    for header in ("From", "To", "Subject", "Message-ID", "Date", "Content-Type"):
+        assert msg[header] == original[header]
+    parts = msg.get_payload()
+    assert len(parts) == 3
+    assert parts[0].get_payload(decode=True) == original.get_payload()[0].get_payload(decode=True)
+    assert parts[2].get_payload(decode=True) == pdf
+    assert parts[2].get_filename() == "a.pdf"
+    assert parts[1].get_content_type() == "text/plain"
+    assert parts[1].get_payload(decode=True) == b"removed: eicar.com\r\n"
+    assert EICAR not in cured and base64.b64encode(EICAR)[:40] not in cured
+    assert b"\n" not in cured.replace(b"\r\n", b"")
