@@ -313,3 +313,36 @@ def test_curing_inside_a_nested_message_keeps_both_levels_valid(gateway, sink):
     inner_parts = attached.get_payload()
     assert inner_parts[0].get_payload(decode=True) == b"Hello, please find the file attached.\r\n"
     assert b"inner.com" in inner_parts[1].get_payload(decode=True)
+
+
+def test_a_message_clamd_cannot_finish_becomes_unscannable_after_its_attempts(
+    make_gateway, sink
+):
+    # MessageTimeout=0s: no message can be scanned in time, so every try fails.
+    gw = make_gateway("[smtpgw.antivirus]\nMessageTimeout=0s\nScanAttempts=2\n" + ADMIN)
+    gw.start()
+    qid = gw.send(make_message("slow@test"))
+    wait_for(lambda: gw.entries("quarantine/unscannable") == [qid], what="the quarantined copy")
+    (notice,) = sink.wait_count(1)  # the administrator's notice, never the message
+    assert notice.rcpt_tos == ["admin@company.com"]
+    assert "unscannable" in notice.message["Subject"]
+    assert "scan_failed" in gw.log() and "attempt=1" in gw.log()
+    assert "<slow@test>" not in sink.ids()
+
+
+def test_statistics_show_the_ichecker_hit_rate(gateway, sink):
+    attachment = part(zipped("figures.csv", b"1,2,3\n" * 500), "application/zip", "f.zip")
+    gateway.send(multipart([TEXT, attachment], msgid="same-0@test"))
+    sink.wait_count(1)  # scanned by clamd; from now on iChecker knows both objects
+    for i in range(1, 4):
+        gateway.send(multipart([TEXT, attachment], msgid=f"same-{i}@test"))
+    sink.wait_count(4)
+    gateway.signal(signal.SIGUSR1)
+    line = wait_for(
+        lambda: (lines := [x for x in gateway.log().splitlines() if "ichecker_hits=" in x])
+        and len(lines) == len(gateway.pids("scanner"))
+        and lines,
+        what="both scanners' statistics",
+    )
+    hits = sum(int(x.split("ichecker_hits=")[1].split()[0]) for x in line)
+    assert hits == 6  # the text and the zip of messages 2-4 came from iChecker
