@@ -14,7 +14,6 @@ its memory by that version. A clamd not fed by ``avdb`` is identified by its VER
 
 from __future__ import annotations
 
-import hashlib
 import socket
 import time
 from pathlib import Path
@@ -157,23 +156,14 @@ class Engine:
         return next(iter(result.values()))
 
     def scan(self, data: bytes) -> tuple[str, str]:
-        """(status, detail) of one object; iChecker answers for bytes it has seen."""
-        digest = hashlib.sha256(data).digest()
-        if self.ichecker is not None:
-            known = self.ichecker.get(digest, self.db_version)
-            if known is not None:
-                return known
+        """(status, detail) of one object, from clamd."""
         started = time.monotonic()
         answer = self._instream(data)
         self.scan_seconds += time.monotonic() - started
         self.scanned += 1
         if answer is None:
-            verdict = ("clean", "")
-        elif answer[0] == "FOUND":
-            name = answer[1].removesuffix(".UNOFFICIAL")
-            verdict = ("clean", "") if name.startswith(CANARY_PREFIX) else (classify(name), name)
-        else:
+            return ("clean", "")
+        if answer[0] != "FOUND":
             raise ObjectError(f"clamd error: {answer[1]}")
-        if self.ichecker is not None:
-            self.ichecker.put(digest, self.db_version, *verdict)
-        return verdict
+        name = answer[1].removesuffix(".UNOFFICIAL")
+        return ("clean", "") if name.startswith(CANARY_PREFIX) else (classify(name), name)

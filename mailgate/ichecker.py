@@ -1,9 +1,11 @@
 """iChecker: remember what clamd said about an object, so the same bytes are not scanned twice.
 
-The key is the SHA-256 of the decoded object; each row also carries the database version it
-was scanned with, and a lookup only counts when that version is the one clamd has loaded now.
-A database update therefore invalidates every row at once, and ``forget_other_versions``
-reclaims their space. Only definite answers are stored (clean or a detection), never errors.
+The key is the SHA-256 of the decoded object; each row holds clamd's verdict, the true type
+libmagic saw (content decides it, and libmagic costs as much as clamd on text), and the
+database version it was scanned with; a lookup only counts when that version is the one
+clamd has loaded now. A database update therefore invalidates every row at once, and
+``forget_other_versions`` reclaims their space. Only definite answers are stored (clean or
+a detection), never errors.
 
 The cache is one SQLite file in the spool's ``cache/`` (WAL mode), shared by every scanner
 process through the file system alone. It is bounded: past ``size`` rows the least recently
@@ -19,11 +21,12 @@ import time
 from pathlib import Path
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS verdicts (
+CREATE TABLE IF NOT EXISTS objects (
     digest  BLOB PRIMARY KEY,
     version TEXT NOT NULL,
     status  TEXT NOT NULL,
     detail  TEXT NOT NULL,
+    kind    TEXT NOT NULL,
     used    REAL NOT NULL
 ) WITHOUT ROWID
 """
@@ -48,12 +51,13 @@ class IChecker:
         total = self.hits + self.misses
         return round(self.hits / total, 3) if total else 0.0
 
-    def get(self, digest: bytes, version: str) -> tuple[str, str] | None:
+    def get(self, digest: bytes, version: str) -> tuple[str, str, str] | None:
+        """(status, detail, true type) remembered for these bytes under ``version``."""
         if self.db is None or not version:
             return None
         try:
             row = self.db.execute(
-                "SELECT status, detail FROM verdicts WHERE digest=? AND version=?",
+                "SELECT status, detail, kind FROM objects WHERE digest=? AND version=?",
                 (digest, version),
             ).fetchone()
         except sqlite3.Error:
@@ -63,16 +67,16 @@ class IChecker:
             return None
         self.hits += 1
         with contextlib.suppress(sqlite3.Error):
-            self.db.execute("UPDATE verdicts SET used=? WHERE digest=?", (time.time(), digest))
-        return row[0], row[1]
+            self.db.execute("UPDATE objects SET used=? WHERE digest=?", (time.time(), digest))
+        return row[0], row[1], row[2]
 
-    def put(self, digest: bytes, version: str, status: str, detail: str) -> None:
+    def put(self, digest: bytes, version: str, status: str, detail: str, kind: str) -> None:
         if self.db is None or not version:
             return
         try:
             self.db.execute(
-                "INSERT OR REPLACE INTO verdicts VALUES (?, ?, ?, ?, ?)",
-                (digest, version, status, detail, time.time()),
+                "INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?, ?)",
+                (digest, version, status, detail, kind, time.time()),
             )
             self._since_trim += 1
             if self._since_trim >= max(100, self.size // 20):
@@ -82,11 +86,11 @@ class IChecker:
             pass
 
     def _trim(self) -> None:
-        (count,) = self.db.execute("SELECT COUNT(*) FROM verdicts").fetchone()
+        (count,) = self.db.execute("SELECT COUNT(*) FROM objects").fetchone()
         if count > self.size:
             self.db.execute(
-                "DELETE FROM verdicts WHERE digest IN "
-                "(SELECT digest FROM verdicts ORDER BY used LIMIT ?)",
+                "DELETE FROM objects WHERE digest IN "
+                "(SELECT digest FROM objects ORDER BY used LIMIT ?)",
                 (count - self.size + self.size // 10,),
             )
 
@@ -94,7 +98,7 @@ class IChecker:
         if self.db is None or not version:
             return
         with contextlib.suppress(sqlite3.Error):
-            self.db.execute("DELETE FROM verdicts WHERE version != ?", (version,))
+            self.db.execute("DELETE FROM objects WHERE version != ?", (version,))
 
     def close(self) -> None:
         if self.db is not None:

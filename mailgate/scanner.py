@@ -17,6 +17,7 @@ the objects it could not scan are ``unscannable`` and their action applies.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 
@@ -81,21 +82,32 @@ class Inspector:
         return Inspection(split, verdicts, policy.decide(verdicts))
 
     def _object(self, obj: mime.MimeObject, deadline: float, last_try: bool) -> ObjectVerdict:
-        config = self.config
-        kind = attachments.true_type(obj.data)
+        config, engine = self.config, self.engine
         found = [("corrupted", obj.defect)] if obj.defect else []
-        if self.engine is not None:
+        cache = engine.ichecker if engine is not None else None
+        digest = hashlib.sha256(obj.data).digest() if cache is not None else b""
+        known = cache.get(digest, engine.db_version) if cache is not None else None
+        if known is not None:
+            found.append(known[:2])
+            kind = known[2]
+        else:
+            kind = attachments.true_type(obj.data)
+        if engine is not None and known is None:
             if len(obj.data) > config.max_object_size:
                 found.append(("unscannable", f"larger than MaxObjectSize ({len(obj.data)} bytes)"))
             else:
                 try:
                     if time.monotonic() > deadline:
                         raise ObjectError("the message took longer than MessageTimeout")
-                    found.append(self.engine.scan(obj.data))
+                    verdict = engine.scan(obj.data)
                 except ObjectError as exc:
                     if not last_try:
                         raise
                     found.append(("unscannable", str(exc)))
+                else:
+                    found.append(verdict)
+                    if cache is not None:
+                        cache.put(digest, engine.db_version, *verdict, kind)
         ban = attachments.check(config, obj.name, kind)
         if ban is not None:
             found.append(("banned", ban.detail))

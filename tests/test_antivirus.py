@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import email
+import hashlib
 import json
 import subprocess
 import sys
@@ -23,9 +24,11 @@ from mimebuild import (
 )
 from support import ROOT
 
-from mailgate import clamd
+from mailgate import clamd, mime
+from mailgate import config as configmod
 from mailgate.antivirus import Engine
 from mailgate.ichecker import IChecker
+from mailgate.scanner import Inspector
 
 
 @pytest.fixture(scope="session")
@@ -220,36 +223,43 @@ def test_action_errors_name_file_and_line(tmp_path):
 
 
 def test_ichecker_answers_for_bytes_already_scanned(tmp_path, clamd_socket):
+    conf = tmp_path / "i.conf"
+    conf.write_text(f"[smtpgw.antivirus]\nManageClamd=no\nClamdSocket={clamd_socket}\n")
     cache = IChecker(tmp_path / "ichecker.sqlite3", 1000)
     engine = Engine(clamd_socket, 10.0, cache)
-    engine.refresh_version()
-    attachment = zipped("report.txt", b"quarterly figures " * 100)
-    assert engine.scan(attachment) == ("clean", "")
-    assert engine.scan(attachment) == ("clean", "")
-    assert engine.scan(EICAR) == ("infected", "Mailgate.Test.EICAR")
-    assert engine.scan(EICAR) == ("infected", "Mailgate.Test.EICAR")
-    assert (engine.scanned, cache.hits, cache.misses) == (2, 2, 2)
-    # Another database version: nothing known any more (and old rows are dropped).
-    cache.forget_other_versions("another")
-    assert cache.get(b"x" * 32, "another") is None
+    inspector = Inspector(configmod.load(conf), engine)
+    attachment = part(zipped("report.txt", b"quarterly figures " * 100), "application/zip", "r.zip")
+    clean = multipart([TEXT, attachment])
+    infected = multipart([TEXT, part(EICAR, filename="eicar.com")])
+    for _ in range(2):
+        assert inspector.inspect(clean).decision.status == "clean"
+        assert inspector.inspect(infected).decision.status == "infected"
+    # TEXT, the zip and EICAR went to clamd once each; all else came from the cache,
+    # true types included.
+    assert (engine.scanned, cache.hits, cache.misses) == (3, 5, 3)
+    assert inspector.inspect(infected).objects[1].true_type == "text/plain"
+    # Another database version: nothing known any more, and old rows are dropped.
     engine.db_version = "another"
-    assert engine.scan(attachment) == ("clean", "")
-    assert engine.scanned == 3
+    cache.forget_other_versions("another")
+    assert inspector.inspect(clean).decision.status == "clean"
+    assert engine.scanned == 5
     # Persistent: a second process (here: connection) sees what the first stored.
     again = IChecker(tmp_path / "ichecker.sqlite3", 1000)
-    assert again.get(__import__("hashlib").sha256(attachment).digest(), "another") == (
+    zip_bytes = mime.split(clean).objects[1].data
+    assert again.get(hashlib.sha256(zip_bytes).digest(), "another") == (
         "clean",
         "",
+        "application/zip",
     )
 
 
 def test_ichecker_is_bounded(tmp_path):
     cache = IChecker(tmp_path / "small.sqlite3", 200)
     for i in range(1000):
-        cache.put(i.to_bytes(32, "big"), "v1", "clean", "")
-    (count,) = cache.db.execute("SELECT COUNT(*) FROM verdicts").fetchone()
+        cache.put(i.to_bytes(32, "big"), "v1", "clean", "", "text/plain")
+    (count,) = cache.db.execute("SELECT COUNT(*) FROM objects").fetchone()
     assert count <= 200
-    assert cache.get((999).to_bytes(32, "big"), "v1") == ("clean", "")
+    assert cache.get((999).to_bytes(32, "big"), "v1") == ("clean", "", "text/plain")
 
 
 def test_check_template(tmp_path):

@@ -315,9 +315,7 @@ def test_curing_inside_a_nested_message_keeps_both_levels_valid(gateway, sink):
     assert b"inner.com" in inner_parts[1].get_payload(decode=True)
 
 
-def test_a_message_clamd_cannot_finish_becomes_unscannable_after_its_attempts(
-    make_gateway, sink
-):
+def test_a_message_clamd_cannot_finish_becomes_unscannable_after_its_attempts(make_gateway, sink):
     # MessageTimeout=0s: no message can be scanned in time, so every try fails.
     gw = make_gateway("[smtpgw.antivirus]\nMessageTimeout=0s\nScanAttempts=2\n" + ADMIN)
     gw.start()
@@ -339,9 +337,11 @@ def test_statistics_show_the_ichecker_hit_rate(gateway, sink):
     sink.wait_count(4)
     gateway.signal(signal.SIGUSR1)
     line = wait_for(
-        lambda: (lines := [x for x in gateway.log().splitlines() if "ichecker_hits=" in x])
-        and len(lines) == len(gateway.pids("scanner"))
-        and lines,
+        lambda: (
+            (lines := [x for x in gateway.log().splitlines() if "ichecker_hits=" in x])
+            and len(lines) == len(gateway.pids("scanner"))
+            and lines
+        ),
         what="both scanners' statistics",
     )
     hits = sum(int(x.split("ichecker_hits=")[1].split()[0]) for x in line)
