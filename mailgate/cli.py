@@ -363,7 +363,7 @@ def _scan(args: argparse.Namespace, config: configmod.Config) -> int:
                 except (RuntimeError, FileNotFoundError) as exc:
                     raise CommandError(f"cannot start clamd: {exc}", EXIT_ENGINE) from None
                 engine = Engine(socket_path, config.object_timeout)
-        inspector = Inspector(config, engine)
+        inspector = Inspector(config, engine, types=True)
         for path in args.files:
             try:
                 inspection = inspector.inspect(path.read_bytes())

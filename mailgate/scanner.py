@@ -50,10 +50,11 @@ class Inspection:
 class Inspector:
     """Gives a message its verdict; no spool, no side effects (``mailgate scan`` uses it)."""
 
-    def __init__(self, config: Config, engine: Engine | None, installed=None):
+    def __init__(self, config: Config, engine: Engine | None, installed=None, types=None):
         self.config = config
         self.engine = engine
         self.installed = installed or (lambda: None)
+        self.types = config.attachments_enabled if types is None else types
 
     def inspect(self, raw: bytes, last_try: bool = True) -> Inspection:
         """Raises EngineUnavailable; raises ObjectError unless ``last_try`` (then such
@@ -91,7 +92,7 @@ class Inspector:
             found.append(known[:2])
             kind = known[2]
         else:
-            kind = attachments.true_type(obj.data)
+            kind = attachments.true_type(obj.data) if self.types else ""
         if engine is not None and known is None:
             if len(obj.data) > config.max_object_size:
                 found.append(("unscannable", f"larger than MaxObjectSize ({len(obj.data)} bytes)"))
@@ -197,6 +198,9 @@ class Scanner(Worker):
         envelope = entry.read_envelope()
         raw = entry.read_message()
         verdict = Verdict(entry.id, envelope, [f"X-Mailgate-Queue-ID: {entry.id}"])
+        if not (self.config.av_enabled or self.config.attachments_enabled):
+            self._pass(entry, envelope, verdict)
+            return
         failures = envelope.get("scan_failures", 0)
         try:
             inspection = self.inspector.inspect(
@@ -266,6 +270,15 @@ class Scanner(Worker):
         envmod.record(envelope, "ready", self.role)
         self.spool.release(entry, "ready", envelope, durable=False)
         self.log.info("scanned", **log_fields, to="ready")
+
+    def _pass(self, entry: Entry, envelope: dict, verdict: Verdict) -> None:
+        """Both filters off: only the queue ID is stamped."""
+        envelope["headers"] = verdict.headers
+        envelope["scanned"] = True
+        envmod.record(envelope, "ready", self.role)
+        self.spool.release(entry, "ready", envelope, durable=False)
+        self.counters["scanned"] += 1
+        self.log.info("scanned", qid=entry.id, status="not-scanned", action="deliver", to="ready")
 
     def _headers(self, inspection: Inspection) -> list[str]:
         if not self.engine_name:

@@ -197,9 +197,10 @@ def cpu_by_role(root: int) -> dict[str, tuple[float, float]]:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        role = (
-            cmdline[cmdline.index(b"worker") + 1].decode() if b"worker" in cmdline else "supervisor"
-        )
+        if b"worker" in cmdline:
+            role = cmdline[cmdline.index(b"worker") + 1].decode()
+        else:
+            role = "clamd" if cmdline[0].endswith(b"clamd") else "supervisor"
         user, system = result.get(role, (0.0, 0.0))
         result[role] = (user + int(fields[11]) / ticks, system + int(fields[12]) / ticks)
     return result

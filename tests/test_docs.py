@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from support import ROOT
 
-from mailgate import cli, supervisor
+from mailgate import avdb, cli, supervisor
 from mailgate.config import OPTIONS, load
 
 README = (ROOT / "README.md").read_text()
@@ -27,6 +27,11 @@ def test_every_exit_code_is_documented():
         cli.EXIT_NOT_FOUND,
         cli.EXIT_BUSY,
         supervisor.EXIT_ALREADY_RUNNING,
+        cli.EXIT_ENGINE,
+        avdb.NO_SOURCE,
+        avdb.NOT_MANAGED,
+        avdb.REJECTED,
+        avdb.NOT_RELOADED,
     ]
     for code in codes:
         assert f"\n| {code} | " in README
