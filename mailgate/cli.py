@@ -397,9 +397,10 @@ def _quarantine(args: argparse.Namespace, config: configmod.Config, spool: Spool
         print(f"{len(removed)} expired")
         return EXIT_OK
     if args.action == "list":
-        if args.status and not args.status.replace("-", "").isalpha():
-            raise CommandError(f"invalid status {args.status!r}", EXIT_USAGE)
-        rows = [quarantine.summary(s, e) for s, e in spool.quarantined(args.status)]
+        try:
+            rows = [quarantine.summary(s, e) for s, e in spool.quarantined(args.status)]
+        except ValueError:
+            raise CommandError(f"invalid status {args.status!r}", EXIT_USAGE) from None
         if args.json:
             print(json.dumps(rows, indent=1))
         else:

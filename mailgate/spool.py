@@ -330,7 +330,13 @@ class Spool:
     def quarantined(self, status: str | None = None) -> Iterator[tuple[str, Entry]]:
         """(status, entry) of every quarantined message, oldest first within a status."""
         base = self.root / QUARANTINE
-        statuses = [status] if status else sorted(os.listdir(base)) if base.is_dir() else []
+        if status is not None:
+            self._quarantine_dir(status)
+            statuses = [status]
+        else:
+            statuses = (
+                sorted(n for n in os.listdir(base) if _STATUS_RE.match(n)) if base.is_dir() else []
+            )
         for name in statuses:
             folder = self._quarantine_dir(name)
             if not folder.is_dir():

@@ -137,6 +137,8 @@ def test_blocked_message_released_from_quarantine_is_delivered(make_gateway, sin
     assert gw.entries("quarantine/infected") == [second]
 
     assert gw.cli("quarantine", "show", "../../etc").returncode == 2
+    assert gw.cli("quarantine", "list", "--status", "../x").returncode == 2
+    assert json.loads(gw.cli("quarantine", "list", "--status", "banned", "--json").stdout) == []
     assert gw.cli("quarantine", "release", qid).returncode == 3
     assert gw.cli("quarantine", "delete", second, check=True).returncode == 0
     assert gw.entries("quarantine/infected") == []
