@@ -91,6 +91,7 @@ def _parser() -> argparse.ArgumentParser:
 
     scan = command("scan", "scan message files offline: print the verdict, queue nothing")
     scan.add_argument("--json", action="store_true", help="one JSON object per file and line")
+    scan.add_argument("--no-network", action="store_true", help="no DNS block list lookups")
     scan.add_argument("files", nargs="+", type=Path, metavar="FILE")
 
     quar = command("quarantine", "inspect, release and expire quarantined messages")
@@ -116,6 +117,23 @@ def _parser() -> argparse.ArgumentParser:
     update = command("update", "install a new anti-virus database and have clamd reload it")
     update.add_argument("--from", dest="source", type=Path, required=True, metavar="DIR")
     update.add_argument("--watch", action="store_true", help="keep applying new databases")
+
+    train = command("train", "build the spam token database from folders of ham and spam")
+    train.add_argument("--ham", type=Path, action="append", required=True, metavar="DIR")
+    train.add_argument("--spam", type=Path, action="append", required=True, metavar="DIR")
+    train.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where to write tokens.tsv.gz (default: [smtpgw.spamtest] Database)",
+    )
+
+    learn = command("learn", "teach the spool's spam database a correction")
+    kind = learn.add_mutually_exclusive_group(required=True)
+    kind.add_argument("--spam", action="store_true", help="these messages are spam")
+    kind.add_argument("--ham", action="store_true", help="these messages are not spam")
+    learn.add_argument("files", nargs="+", type=Path, metavar="FILE")
 
     tpl = command("check-template", "check notification templates; FILE:LINE: message each")
     tpl.add_argument("templates", nargs="+", type=Path, metavar="FILE")
@@ -149,6 +167,10 @@ def main(argv: list[str] | None = None) -> int:
             return _quarantine(args, config, Spool(config.spool_path))
         if args.command == "update":
             return _update(args, config, Spool(config.spool_path))
+        if args.command == "train":
+            return _train(args, config)
+        if args.command == "learn":
+            return _learn(args, config, Spool(config.spool_path))
         return _queue(args, Spool(config.spool_path))
     except CommandError as exc:
         print(f"mailgate: {exc}", file=sys.stderr)
@@ -457,3 +479,55 @@ def _update(args: argparse.Namespace, config: configmod.Config, spool: Spool) ->
         (log.info if code == 0 else log.error)("database_update", code=code, result=text)
 
     return avdb.watch(spool, config, args.source, report, stop)
+
+
+# ---------------------------------------------------------------- spam database
+
+
+def _message_files(folders: list[Path]) -> list[Path]:
+    files = []
+    for folder in folders:
+        if not folder.is_dir():
+            raise CommandError(f"no such directory: {folder}", EXIT_USAGE)
+        files += sorted(p for p in folder.iterdir() if p.is_file())
+    return files
+
+
+def _train(args: argparse.Namespace, config: configmod.Config) -> int:
+    from mailgate import bayes, mime
+
+    model = bayes.Model()
+    for folders, is_spam in ((args.ham, False), (args.spam, True)):
+        for path in _message_files(folders):
+            split = mime.split(path.read_bytes())
+            model.learn(bayes.tokens(split.message, mime.decode_words), is_spam)
+    target_dir = args.output or config.shipped("spam_database", "spamdb")
+    target = model.save(target_dir)
+    print(
+        f"{target}: trained on {model.nham} ham and {model.nspam} spam, "
+        f"{target.stat().st_size // 1024} KiB"
+    )
+    return EXIT_OK
+
+
+def _learn(args: argparse.Namespace, config: configmod.Config, spool: Spool) -> int:
+    from mailgate import bayes, mime, spamtest
+
+    missing = [str(f) for f in args.files if not f.is_file()]
+    if missing:
+        raise CommandError(f"no such file: {', '.join(missing)}", EXIT_USAGE)
+    spool.create()
+    path = spamtest.ensure_seeded(spool, config.shipped("spam_database", "spamdb"))
+    with spamtest.database_lock(spool):
+        model = bayes.Model.load(path.parent) if path.exists() else bayes.Model()
+        for file in args.files:
+            split = mime.split(file.read_bytes())
+            model.learn(bayes.tokens(split.message, mime.decode_words), args.spam)
+        model.save(path.parent, min_count=1)
+        spamtest.mark_changed(spool, "learned")
+    what = "spam" if args.spam else "ham"
+    print(
+        f"learned {len(args.files)} message(s) as {what}; {path} now has "
+        f"{model.nspam} spam and {model.nham} ham"
+    )
+    return EXIT_OK

@@ -304,6 +304,103 @@ def parse_rules(text: str) -> list[AttachmentRule]:
     return rules
 
 
+SPAM_ACTIONS = ("deliver", "mark", "block", "quarantine")
+SPAM_STATUSES = ("spam", "probable-spam", "blacklisted")
+INTENSITIES = ("low", "medium", "high")
+
+
+def parse_spam_actions(text: str) -> tuple[str, ...]:
+    """``deliver``, ``mark``, ``block``, ``quarantine``; empty means "as Mode says"."""
+    items = tuple(dict.fromkeys(split_list(text.lower())))
+    for item in items:
+        if item not in SPAM_ACTIONS:
+            raise BadValue(f"unknown action {item!r} (known: {', '.join(SPAM_ACTIONS)})")
+    if "block" in items and ("deliver" in items or "mark" in items):
+        raise BadValue(f"'block' cannot be combined with deliver or mark: {text!r}")
+    return items
+
+
+def parse_intensity(text: str) -> str:
+    low = text.strip().lower()
+    if low and low not in INTENSITIES:
+        raise BadValue(f"Intensity must be low, medium or high, got {text!r}")
+    return low
+
+
+@dataclass(frozen=True)
+class ListSource:
+    """A list entry: an inline item, or ``file:PATH`` whose lines are items (read on load)."""
+
+    item: str
+
+
+def parse_list_sources(text: str) -> list[ListSource]:
+    return [ListSource(item) for item in split_list(text)]
+
+
+def parse_zones(text: str) -> list:
+    from mailgate.dnsbl import Zone
+
+    zones = []
+    for line in text.splitlines():
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) not in (2, 3):
+            raise BadValue(f"expected 'ZONE [MASKS] WEIGHT', got {line.strip()!r}")
+        if not _HOST_RE.match(parts[0]):
+            raise BadValue(f"invalid zone {parts[0]!r}")
+        try:
+            weight = float(parts[-1])
+        except ValueError:
+            raise BadValue(f"weight must be a number, got {parts[-1]!r}") from None
+        masks = tuple(parts[1].split(",")) if len(parts) == 3 else ("127.*",)
+        zones.append(Zone(parts[0].lower().rstrip("."), masks, weight))
+    return zones
+
+
+@dataclass(frozen=True)
+class Group:
+    """``Group=NAME MASK...``: recipients (or senders) whose address matches a mask."""
+
+    name: str
+    masks: tuple[str, ...]
+
+    def matches(self, address: str) -> bool:
+        address = address.lower()
+        return any(fnmatch.fnmatchcase(address, m) for m in self.masks)
+
+
+def parse_groups(text: str) -> list[Group]:
+    groups = []
+    for line in text.splitlines():
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) < 2 or not re.fullmatch(r"[A-Za-z][\w-]{0,40}", parts[0]):
+            raise BadValue(f"expected 'NAME MASK...', got {line.strip()!r}")
+        groups.append(Group(parts[0].lower(), tuple(parse_masks(" ".join(parts[1:])))))
+    return groups
+
+
+def parse_group_actions(text: str) -> list[tuple[str, str, tuple[str, ...]]]:
+    result = []
+    for line in text.splitlines():
+        parts = line.split(None, 2)
+        if not parts:
+            continue
+        if len(parts) != 3 or parts[1].lower() not in SPAM_STATUSES:
+            raise BadValue(
+                f"expected 'GROUP STATUS ACTIONS' with STATUS one of "
+                f"{', '.join(SPAM_STATUSES)}, got {line.strip()!r}"
+            )
+        actions = parse_spam_actions(parts[2])
+        if not actions:
+            raise BadValue(f"no actions in {line.strip()!r}")
+        result.append((parts[0].lower(), parts[1].lower(), actions))
+    return result
+
+
 def parse_text(text: str) -> str:
     return text.strip()
 
@@ -334,6 +431,7 @@ _NET, _FWD, _PATH, _LIM, _RETRY, _LOG = (
     "smtpgw.retry",
     "smtpgw.log",
 )
+_SPAM = "smtpgw.spamtest"
 _SCAN, _AV, _ATT, _NOTE, _QUAR = (
     "smtpgw.scan",
     "smtpgw.antivirus",
@@ -447,6 +545,40 @@ _TABLE = [
            doc="strftime format of ${date}"),
     Option(_QUAR, "Retention", "quarantine_retention", parse_duration, "30d",
            doc="age at which quarantine expire removes"),
+    Option(_SPAM, "Enabled", "spam_enabled", parse_bool, "yes", doc="the spam filter"),
+    Option(_SPAM, "Intensity", "intensity", parse_intensity, "",
+           doc="low, medium or high; default: Mode"),
+    Option(_SPAM, "Rules", "spam_rules", parse_path, "", doc="rule file; default: shipped"),
+    Option(_SPAM, "Phrases", "spam_phrases", parse_path, "",
+           doc="typical terms and phrases; default: shipped"),
+    Option(_SPAM, "Database", "spam_database", parse_path, "",
+           doc="token database seeding the spool's; default: etc/spamdb"),
+    Option(_SPAM, "Network", "spam_network", parse_bool, "yes",
+           doc="DNS block list lookups"),
+    Option(_SPAM, "DNSTimeout", "dns_timeout", parse_duration, "2s",
+           doc="all DNS lookups of one message"),
+    Option(_SPAM, "RBLZone", "rbl_zones", parse_zones, "", True,
+           "ZONE [MASKS] WEIGHT: client IP block lists"),
+    Option(_SPAM, "URIBLZone", "uribl_zones", parse_zones, "", True,
+           "ZONE [MASKS] WEIGHT: URL domain block lists"),
+    Option(_SPAM, "WhitelistSenders", "whitelist_senders", parse_list_sources, "", True),
+    Option(_SPAM, "BlacklistSenders", "blacklist_senders", parse_list_sources, "", True),
+    Option(_SPAM, "WhitelistRecipients", "whitelist_recipients", parse_list_sources, "", True),
+    Option(_SPAM, "BlacklistRecipients", "blacklist_recipients", parse_list_sources, "", True),
+    Option(_SPAM, "WhitelistNetworks", "whitelist_networks", parse_list_sources, "", True),
+    Option(_SPAM, "BlacklistNetworks", "blacklist_networks", parse_list_sources, "", True),
+    Option(_SPAM, "ActionSpam", "action_spam", parse_spam_actions, "", doc="default: Mode"),
+    Option(_SPAM, "ActionProbableSpam", "action_probable_spam", parse_spam_actions, "",
+           doc="default: Mode"),
+    Option(_SPAM, "ActionBlacklisted", "action_blacklisted", parse_spam_actions, "",
+           doc="default: Mode"),
+    Option(_SPAM, "SubjectPrefix", "subject_prefix", parse_text, "[SPAM]"),
+    Option(_SPAM, "ProbableSubjectPrefix", "probable_prefix", parse_text, "[PROBABLE SPAM]"),
+    Option(_SPAM, "Group", "groups", parse_groups, "", True, "NAME MASK...: a group"),
+    Option(_SPAM, "GroupAction", "group_actions", parse_group_actions, "", True,
+           "GROUP STATUS ACTIONS: a group's own actions"),
+    Option(_SPAM, "AddHeaders", "spam_headers", parse_bool, "yes",
+           doc="add X-Spam-Status and X-Spam-Level"),
 ]
 # fmt: on
 OPTIONS = {(o.section.lower(), o.key.lower()): o for o in _TABLE}
@@ -517,6 +649,29 @@ class Config:
     templates: str
     date_format: str
     quarantine_retention: float
+    spam_enabled: bool
+    intensity: str
+    spam_rules: str
+    spam_phrases: str
+    spam_database: str
+    spam_network: bool
+    dns_timeout: float
+    rbl_zones: list
+    uribl_zones: list
+    whitelist_senders: list
+    blacklist_senders: list
+    whitelist_recipients: list
+    blacklist_recipients: list
+    whitelist_networks: list
+    blacklist_networks: list
+    action_spam: tuple
+    action_probable_spam: tuple
+    action_blacklisted: tuple
+    subject_prefix: str
+    probable_prefix: str
+    groups: list
+    group_actions: list
+    spam_headers: bool
 
     @property
     def spool_path(self) -> Path:
@@ -562,12 +717,66 @@ class Config:
     def templates_path(self) -> Path:
         return self.resolve(self.templates) if self.templates else SHIPPED_ETC / "templates"
 
+    def spam_actions(self, status: str, group: str | None = None) -> tuple[str, ...]:
+        """Actions for a spam ``status`` for a recipient of ``group`` (None: everyone)."""
+        if status in ("clean", "whitelisted"):
+            return ("deliver",)
+        for name, wanted, actions in self.group_actions:
+            if name == group and wanted == status:
+                return actions
+        return getattr(self, "action_" + status.replace("-", "_"))
+
+    def group_of(self, recipient: str, sender: str) -> str | None:
+        for group in self.groups:
+            if group.matches(recipient) or (sender and group.matches(sender)):
+                return group.name
+        return None
+
+    def shipped(self, option: str, default: str) -> Path:
+        value = getattr(self, option)
+        return self.resolve(value) if value else SHIPPED_ETC / default
+
+    def list_items(self, sources: list) -> list[str]:
+        """The items of a list option, ``file:PATH`` entries read now (so SIGHUP re-reads)."""
+        items = []
+        for source in sources:
+            if source.item.startswith("file:"):
+                path = self.resolve(source.item[5:])
+                for line in path.read_text(encoding="utf-8").splitlines():
+                    line = line.split("#", 1)[0].strip()
+                    if line:
+                        items.extend(split_list(line))
+            else:
+                items.append(source.item)
+        return items
+
     @property
     def sender_address(self) -> str:
         return self.notify_from or f"postmaster@{self.hostname}"
 
 
 # Actions of each preset; an Action* option set in the file overrides its entry.
+SPAM_PRESETS = {
+    "speed": {
+        "intensity": "low",
+        "spam": ("mark",),
+        "probable_spam": ("deliver",),
+        "blacklisted": ("block",),
+    },
+    "recommended": {
+        "intensity": "medium",
+        "spam": ("quarantine",),
+        "probable_spam": ("mark",),
+        "blacklisted": ("block",),
+    },
+    "protection": {
+        "intensity": "high",
+        "spam": ("block", "quarantine"),
+        "probable_spam": ("quarantine",),
+        "blacklisted": ("block",),
+    },
+}
+
 PRESETS = {
     "speed": {
         "infected": ("cure",),
@@ -692,6 +901,38 @@ def parse(text: str, path: Path) -> Config:
     for status, actions in PRESETS[config.mode].items():
         if not getattr(config, f"action_{status}"):
             setattr(config, f"action_{status}", actions)
+    for key, value in SPAM_PRESETS[config.mode].items():
+        attr = key if key == "intensity" else f"action_{key}"
+        if not getattr(config, attr):
+            setattr(config, attr, value)
+    known_groups = {g.name for g in config.groups}
+    for name, _status, _actions in config.group_actions:
+        if name not in known_groups:
+            problem(line_of("GroupAction"), f"GroupAction: no Group named {name!r}")
+    for key in (
+        "WhitelistSenders",
+        "BlacklistSenders",
+        "WhitelistRecipients",
+        "BlacklistRecipients",
+        "WhitelistNetworks",
+        "BlacklistNetworks",
+    ):
+        opt = next(o for o in _TABLE if o.key == key)
+        for source in getattr(config, opt.attr):
+            if source.item.startswith("file:") and not config.resolve(source.item[5:]).is_file():
+                problem(line_of(key), f"{key}: no such file {source.item[5:]!r}")
+    try:
+        for item in config.list_items(config.whitelist_networks + config.blacklist_networks):
+            parse_networks(item)
+        for item in config.list_items(
+            config.whitelist_senders
+            + config.blacklist_senders
+            + config.whitelist_recipients
+            + config.blacklist_recipients
+        ):
+            parse_masks(item)
+    except (BadValue, OSError) as exc:
+        problem(line_of("WhitelistNetworks") or line_of("BlacklistNetworks"), str(exc))
     if config.scan_attempts < 1:
         problem(line_of("ScanAttempts"), "ScanAttempts must be at least 1")
     if config.av_enabled and not config.manage_clamd and not config.clamd_socket:

@@ -1,0 +1,147 @@
+"""Fit the spam rule weights on a training corpus, the way SpamAssassin's re-scoring does.
+
+Only the training split is used (``CORPUS/ham``, ``CORPUS/spam``). The token model is trained
+in K folds so that each message is scored by a model that never saw it; every rule of
+``etc/spamtest/*.conf`` (the BAYES_* ranges included) is then a binary feature of a logistic
+regression, fitted with ham weighted more than spam (a false positive costs more) and an L2
+penalty. The weights are scaled so that the spam threshold of Intensity=medium (5.0) sits at
+the margin where the cross-validated ham false-positive rate is at most ``--fp``; the probable
+threshold is printed alongside. ``--write`` puts the weights into the rule files (the files'
+layout and comments are kept; GTUBE keeps its weight).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import re
+import sys
+from pathlib import Path
+
+from mailgate import bayes, mime, spamtest
+from mailgate import config as configmod
+from mailgate.mime import decode_words
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXED = {"GTUBE"}
+SPAM_AT = 5.0
+
+
+def load(folder: Path, is_spam: bool) -> list[tuple[str, mime.Split, set[str], bool]]:
+    out = []
+    for path in sorted(folder.iterdir()):
+        split = mime.split(path.read_bytes())
+        out.append((path.name, split, bayes.tokens(split.message, decode_words), is_spam))
+    return out
+
+
+def features(corpus: Path, folds: int) -> list[tuple[set[str], bool, str]]:
+    conf = ROOT / "scripts" / ".tune.conf"
+    conf.write_text("[smtpgw.path]\nSpoolDir=/nonexistent\n")
+    config = configmod.load(conf)
+    conf.unlink()
+    checker = spamtest.Spamtest(config, None, network=False)
+    for rule in checker.rules:
+        object.__setattr__(rule, "weight", 1.0)  # every rule reports, whatever its weight
+    for rule, _first, _pattern in checker.phrases.rules:
+        object.__setattr__(rule, "weight", 1.0)
+    data = load(corpus / "ham", False) + load(corpus / "spam", True)
+    random.Random(7).shuffle(data)
+    rows = []
+    for k in range(folds):
+        model = bayes.Model()
+        for i, (_n, _s, toks, is_spam) in enumerate(data):
+            if i % folds != k:
+                model.learn(toks, is_spam)
+        model.counts = {t: c for t, c in model.counts.items() if sum(c) >= bayes.MIN_SAVED}
+        checker.model = model
+        for i, (name, split, _t, is_spam) in enumerate(data):
+            if i % folds == k:
+                verdict = checker.check(split, {"mail_from": "", "recipients": []})
+                rows.append((set(verdict.rules) - FIXED, is_spam, name))
+    return rows
+
+
+def fit(rows, ham_weight: float, l2: float, rounds: int) -> tuple[dict[str, float], float]:
+    names = sorted({f for feats, _s, _n in rows for f in feats})
+    w = dict.fromkeys(names, 0.0)
+    bias = 0.0
+    rate = 0.5
+    for _ in range(rounds):
+        grad = dict.fromkeys(names, 0.0)
+        gbias = 0.0
+        total = 0.0
+        for feats, is_spam, _n in rows:
+            z = bias + sum(w[f] for f in feats)
+            p = 1.0 / (1.0 + math.exp(-max(-30.0, min(30.0, z))))
+            weight = 1.0 if is_spam else ham_weight
+            err = (p - (1.0 if is_spam else 0.0)) * weight
+            total += weight
+            gbias += err
+            for f in feats:
+                grad[f] += err
+        for f in names:
+            w[f] -= rate * (grad[f] / total + l2 * w[f])
+        bias -= rate * gbias / total
+    return w, bias
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("corpus", type=Path, help="a training corpus with ham/ and spam/")
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--fp", type=float, default=0.0005, help="ham false-positive rate")
+    parser.add_argument("--catch", type=float, default=0.99, help="spam caught at probable")
+    parser.add_argument("--ham-weight", type=float, default=4.0)
+    parser.add_argument("--l2", type=float, default=0.0005)
+    parser.add_argument("--rounds", type=int, default=3000)
+    parser.add_argument("--write", action="store_true", help="write the weights")
+    args = parser.parse_args()
+    if "test" in args.corpus.parts:
+        print("tune_spam: refusing a test split; tune on train/ only", file=sys.stderr)
+        return 2
+    rows = features(args.corpus, args.folds)
+    weights, _bias = fit(rows, args.ham_weight, args.l2, args.rounds)
+    margins = sorted(
+        ((sum(weights[f] for f in feats), is_spam) for feats, is_spam, _n in rows),
+        key=lambda m: m[0],
+    )
+    hams = sorted(m for m, s in margins if not s)
+    spams = sorted(m for m, s in margins if s)
+    allowed = int(len(hams) * args.fp)
+    spam_margin = hams[len(hams) - 1 - allowed] + 1e-6
+    probable_margin = spams[int(len(spams) * (1 - args.catch))]
+    scale = SPAM_AT / spam_margin if spam_margin > 0 else 1.0
+    scaled = {f: round(v * scale, 2) for f, v in weights.items()}
+    probable_at = round(probable_margin * scale, 2)
+    caught = sum(m >= probable_margin for m in spams) / len(spams)
+    as_spam = sum(m >= spam_margin for m in spams) / len(spams)
+    fp = sum(m >= spam_margin for m in hams) / len(hams)
+    ham_probable = sum(probable_margin <= m < spam_margin for m in hams) / len(hams)
+    print(f"cross-validated on {len(hams)} ham, {len(spams)} spam ({args.folds} folds)")
+    print(f"spam threshold 5.0, probable threshold {probable_at}")
+    print(
+        f"spam caught {caught:.2%} (as spam {as_spam:.2%}); ham as spam {fp:.3%}, "
+        f"ham as probable {ham_probable:.2%}"
+    )
+    for name in sorted(scaled, key=lambda n: -abs(scaled[n])):
+        print(f"  {name:28s} {scaled[name]:7.2f}")
+    if args.write:
+        for path in sorted((ROOT / "etc" / "spamtest").glob("*.conf")):
+            lines = path.read_text().splitlines()
+            out = []
+            for line in lines:
+                m = re.match(r"^([A-Z][A-Z0-9_]+)(\s+)(-?[\d.]+)(\s+.*)$", line)
+                if m and m.group(1) in scaled:
+                    weight = f"{scaled[m.group(1)]:.2f}"
+                    out.append(f"{m.group(1)}{m.group(2)}{weight:>6}{m.group(4)}")
+                else:
+                    out.append(line)
+            path.write_text("\n".join(out) + "\n")
+        print(f"weights written; set THRESHOLDS medium probable to {probable_at}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
