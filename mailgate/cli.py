@@ -385,13 +385,18 @@ def _scan(args: argparse.Namespace, config: configmod.Config) -> int:
                 except (RuntimeError, FileNotFoundError) as exc:
                     raise CommandError(f"cannot start clamd: {exc}", EXIT_ENGINE) from None
                 engine = Engine(socket_path, config.object_timeout)
-        inspector = Inspector(config, engine, types=True)
+        spam = None
+        if config.spam_enabled:
+            from mailgate.spamtest import Spamtest
+
+            spam = Spamtest(config, None, network=config.spam_network and not args.no_network)
+        inspector = Inspector(config, engine, types=True, spam=spam)
         for path in args.files:
             try:
                 inspection = inspector.inspect(path.read_bytes())
             except EngineUnavailable as exc:
                 raise CommandError(f"{path}: {exc}", EXIT_ENGINE) from None
-            result = {"file": str(path), **inspection.public(), "spam": {}}
+            result = {"file": str(path), **inspection.public()}
             if args.json:
                 print(json.dumps(result), flush=True)
             else:
@@ -400,8 +405,14 @@ def _scan(args: argparse.Namespace, config: configmod.Config) -> int:
                     for o in result["objects"]
                     if o["status"] != "clean"
                 ]
+                spam_line = ""
+                if result["spam"]:
+                    spam_line = (
+                        f"; spam: {result['spam']['status']} score {result['spam']['score']}"
+                        f" of {result['spam']['required']}"
+                    )
                 print(
-                    f"{path}: {result['status']} ({result['action']})"
+                    f"{path}: {result['status']} ({result['action']}){spam_line}"
                     + "".join(f"\n  {line}" for line in found),
                     flush=True,
                 )

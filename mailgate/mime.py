@@ -178,3 +178,46 @@ def cure(split_message: Split, removed: dict[str, str]) -> bytes:
     out = io.BytesIO()
     BytesGenerator(out, mangle_from_=False, policy=POLICY).flatten(split_message.message)
     return out.getvalue()
+
+
+UNTRUSTED = (b"x-spam-", b"x-mailgate-")
+
+
+def edit_headers(
+    raw: bytes, subject_prefix: str = "", untrusted: tuple[bytes, ...] = UNTRUSTED
+) -> bytes:
+    """The message with its top-level header block edited in place, the body untouched.
+
+    Headers from outside that look like ours (``X-Spam-*``, ``X-Mailgate-*``) are renamed to
+    ``X-Untrusted-*`` so that nobody, not even a filter further on, mistakes them for this
+    gateway's verdict; ``subject_prefix`` (e.g. ``[SPAM]``) is put in front of the Subject
+    (once), or a Subject is added.
+    """
+    end = raw.find(b"\r\n\r\n")
+    sep = b"\r\n"
+    if end < 0:
+        end, sep = raw.find(b"\n\n"), b"\n"
+    if end < 0:
+        end = len(raw)
+    head, body = raw[:end], raw[end:]
+    lines = head.split(sep)
+    prefix = subject_prefix.encode("utf-8")
+    seen_subject = False
+    for i, line in enumerate(lines):
+        low = line.lower()
+        if untrusted and low.startswith(untrusted) and b":" in line:
+            lines[i] = b"X-Untrusted-" + line.split(b"-", 1)[1]
+        elif prefix and low.startswith(b"subject:") and not seen_subject:
+            seen_subject = True
+            value = line[8:].lstrip(b" \t")
+            if not value.startswith(prefix):
+                lines[i] = b"Subject: " + prefix + (b" " + value if value else b"")
+    if prefix and not seen_subject:
+        lines.append(b"Subject: " + prefix)
+    return sep.join(lines) + body
+
+
+def has_untrusted_headers(raw: bytes, untrusted: tuple[bytes, ...] = UNTRUSTED) -> bool:
+    end = raw.find(b"\r\n\r\n")
+    head = (raw if end < 0 else raw[:end]).lower()
+    return any(b"\n" + name in head for name in untrusted) or head.startswith(untrusted)

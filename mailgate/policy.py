@@ -67,3 +67,39 @@ def decide(objects: list[ObjectVerdict]) -> Decision:
     if quarantine:
         actions.append("quarantine")
     return Decision(status, tuple(actions), deliver, cure, quarantine)
+
+
+@dataclass
+class SpamOutcome:
+    """What happens to the recipients of one group for the message's spam status."""
+
+    actions: tuple[str, ...]
+    recipients: list[dict]
+
+    @property
+    def deliver(self) -> bool:
+        return "block" not in self.actions and ("deliver" in self.actions or self.mark)
+
+    @property
+    def mark(self) -> bool:
+        return "mark" in self.actions
+
+    @property
+    def quarantine(self) -> bool:
+        return "quarantine" in self.actions
+
+
+def spam_outcomes(config, envelope: dict, status: str) -> list[SpamOutcome]:
+    """The pending recipients, partitioned by the actions their group takes for ``status``.
+
+    One outcome means every recipient is treated alike (the usual case); more mean the
+    message must be split so that each part gets its group's treatment.
+    """
+    by_actions: dict[tuple[str, ...], list[dict]] = {}
+    sender = envelope.get("mail_from", "")
+    for rcpt in envelope["recipients"]:
+        if rcpt.get("status", "pending") != "pending":
+            continue
+        group = config.group_of(rcpt["address"], sender)
+        by_actions.setdefault(config.spam_actions(status, group), []).append(rcpt)
+    return [SpamOutcome(actions, rcpts) for actions, rcpts in by_actions.items()]

@@ -27,7 +27,8 @@ from mailgate.antivirus import Engine, EngineUnavailable, ObjectError
 from mailgate.config import Config
 from mailgate.ichecker import IChecker
 from mailgate.policy import Decision, ObjectVerdict
-from mailgate.spool import Entry
+from mailgate.spamtest import Spamtest, SpamVerdict
+from mailgate.spool import Entry, new_queue_id
 from mailgate.worker import RESCAN_INTERVAL, Worker
 
 ENGINE_RETRY = 1.0
@@ -38,29 +39,46 @@ class Inspection:
     split: mime.Split
     objects: list[ObjectVerdict]
     decision: Decision
+    spam: SpamVerdict | None = None
 
     def public(self) -> dict:
         return {
             "status": self.decision.status,
             "action": self.decision.action,
             "objects": [o.public() for o in self.objects],
+            "spam": self.spam.public() if self.spam else {},
         }
 
 
 class Inspector:
     """Gives a message its verdict; no spool, no side effects (``mailgate scan`` uses it)."""
 
-    def __init__(self, config: Config, engine: Engine | None, installed=None, types=None):
+    def __init__(
+        self,
+        config: Config,
+        engine: Engine | None,
+        installed=None,
+        types=None,
+        spam: Spamtest | None = None,
+    ):
         self.config = config
         self.engine = engine
         self.installed = installed or (lambda: None)
         self.types = config.attachments_enabled if types is None else types
+        self.spamtest = spam
 
-    def inspect(self, raw: bytes, last_try: bool = True) -> Inspection:
+    def inspect(
+        self, raw: bytes, last_try: bool = True, envelope: dict | None = None
+    ) -> Inspection:
         """Raises EngineUnavailable; raises ObjectError unless ``last_try`` (then such
-        objects are ``unscannable``)."""
+        objects are ``unscannable``). ``envelope`` (sender, recipients, client) informs the
+        spam filter; an offline scan has none."""
         config = self.config
         split = mime.split(raw, config.max_depth, config.max_parts)
+        envelope = envelope or {"mail_from": "", "recipients": []}
+        spam = None
+        if self.spamtest is not None and envelope.get("kind", "message") == "message":
+            spam = self.spamtest.check(split, envelope)
         deadline = time.monotonic() + config.message_timeout
         verdicts = []
         if split.limit:
@@ -80,7 +98,7 @@ class Inspector:
             self.engine.refresh_version(self.installed())
         for obj in split.objects:
             verdicts.append(self._object(obj, deadline, last_try))
-        return Inspection(split, verdicts, policy.decide(verdicts))
+        return Inspection(split, verdicts, policy.decide(verdicts), spam)
 
     def _object(self, obj: mime.MimeObject, deadline: float, last_try: bool) -> ObjectVerdict:
         config, engine = self.config, self.engine
@@ -156,14 +174,16 @@ class Scanner(Worker):
         super().__init__(config, snapshot)
         self.ichecker = IChecker(self.spool.cache_path("ichecker.sqlite3"), config.ichecker_size)
         self.engine = engine_for(config, self.ichecker)
-        self.inspector = Inspector(config, self.engine, self._installed)
+        self.spamtest = Spamtest(config, self.spool) if config.spam_enabled else None
+        self.inspector = Inspector(config, self.engine, self._installed, spam=self.spamtest)
         self.engine_down = False
         self.engine_name = ""
 
     def reconfigure(self, config: Config) -> None:
         super().reconfigure(config)
         self.engine = engine_for(config, self.ichecker)
-        self.inspector = Inspector(config, self.engine, self._installed)
+        self.spamtest = Spamtest(config, self.spool) if config.spam_enabled else None
+        self.inspector = Inspector(config, self.engine, self._installed, spam=self.spamtest)
 
     def _installed(self) -> str | None:
         """The database version installed in the spool (one readlink), when we manage it."""
@@ -198,13 +218,15 @@ class Scanner(Worker):
         envelope = entry.read_envelope()
         raw = entry.read_message()
         verdict = Verdict(entry.id, envelope, [f"X-Mailgate-Queue-ID: {entry.id}"])
-        if not (self.config.av_enabled or self.config.attachments_enabled):
+        if not (
+            self.config.av_enabled or self.config.attachments_enabled or self.config.spam_enabled
+        ):
             self._pass(entry, envelope, verdict)
             return
         failures = envelope.get("scan_failures", 0)
         try:
             inspection = self.inspector.inspect(
-                raw, last_try=failures + 1 >= self.config.scan_attempts
+                raw, last_try=failures + 1 >= self.config.scan_attempts, envelope=envelope
             )
         except EngineUnavailable as exc:
             self.spool.release(entry, "incoming", durable=False)
@@ -247,29 +269,103 @@ class Scanner(Worker):
                 "scanned", **log_fields, to="quarantine" if decision.quarantine else "nowhere"
             )
             return
+        message, changed = raw, False
         if decision.cure:
-            values = notify.variables(
-                self.config, envelope, inspection.split.subject, decision, decision.cure
-            )
-            template = self.config.templates_path / "removed.txt"
-            removed = {}
-            for obj in decision.cure:
-                one = {
-                    **values,
-                    "object_name": obj.name or f"part {obj.path}",
-                    "virus_name": obj.detail,
-                    "status": obj.status,
-                }
-                removed[obj.path] = notify.render(template, one)[1]
-            self.spool.replace_message(entry, mime.cure(inspection.split, removed))
+            message, changed = self._cured(envelope, inspection), True
             self.counters["cured"] += 1
+        untrusted = mime.UNTRUSTED if self.config.spam_enabled else (b"x-mailgate-",)
+        if mime.has_untrusted_headers(message, untrusted):
+            message, changed = mime.edit_headers(message, untrusted=untrusted), True
         if self.engine is not None and self.config.av_headers:
             verdict.headers += self._headers(inspection)
+        spam = inspection.spam
+        if spam is not None:
+            self.counters[f"spam_{spam.status}"] += 1
+            log_fields.update(spam=spam.status, score=round(spam.score, 2))
+            if self.config.spam_headers:
+                verdict.headers += spam_headers(spam)
+        outcomes = policy.spam_outcomes(self.config, envelope, spam.status if spam else "clean")
+        kept = [r for r in envelope["recipients"] if r.get("status", "pending") != "pending"]
+        delivered = [o for o in outcomes if o.deliver]
+        for index, outcome in enumerate(outcomes):
+            if outcome.quarantine:
+                queue_id = entry.id if index == 0 else new_queue_id()
+                copy = {**envelope, "id": queue_id, "recipients": outcome.recipients}
+                self.spool.quarantine(raw, {**copy, "quarantined_at": time.time()}, "spam")
+                self.counters["quarantined"] += 1
+        for outcome in delivered[1:]:
+            self._split_off(envelope, message, verdict, outcome, spam)
+        if not delivered:
+            self.spool.remove(entry)
+            self.counters["blocked"] += 1
+            self.log.info("scanned", **log_fields, spam_action="block", to="nowhere")
+            return
+        first = delivered[0]
+        if first.mark:
+            message, changed = mime.edit_headers(message, self._prefix(spam), untrusted), True
+        if changed:
+            self.spool.replace_message(entry, message)
+        envelope["recipients"] = kept + first.recipients
         envelope["headers"] = verdict.headers
         envelope["scanned"] = True
         envmod.record(envelope, "ready", self.role)
         self.spool.release(entry, "ready", envelope, durable=False)
+        if spam is not None:
+            log_fields["spam_action"] = ",".join(first.actions)
         self.log.info("scanned", **log_fields, to="ready")
+
+    def _cured(self, envelope: dict, inspection: Inspection) -> bytes:
+        decision = inspection.decision
+        values = notify.variables(
+            self.config, envelope, inspection.split.subject, decision, decision.cure
+        )
+        template = self.config.templates_path / "removed.txt"
+        removed = {}
+        for obj in decision.cure:
+            one = {
+                **values,
+                "object_name": obj.name or f"part {obj.path}",
+                "virus_name": obj.detail,
+                "status": obj.status,
+            }
+            removed[obj.path] = notify.render(template, one)[1]
+        return mime.cure(inspection.split, removed)
+
+    def _prefix(self, spam: SpamVerdict | None) -> str:
+        if spam is None:
+            return ""
+        return (
+            self.config.probable_prefix
+            if spam.status == "probable-spam"
+            else (self.config.subject_prefix)
+        )
+
+    def _split_off(self, envelope: dict, message: bytes, verdict: Verdict, outcome, spam) -> None:
+        """Queue a copy for the recipients of another group, with that group's treatment."""
+        queue_id = new_queue_id()
+        if outcome.mark:
+            message = mime.edit_headers(message, self._prefix(spam), ())
+        headers = [f"X-Mailgate-Queue-ID: {queue_id}", *verdict.headers[1:]]
+        copy = {
+            **envelope,
+            "id": queue_id,
+            "recipients": outcome.recipients,
+            "headers": headers,
+            "scanned": True,
+            "split_from": envelope["id"],
+            "size": len(message),
+            "history": [],
+        }
+        envmod.record(copy, "ready", self.role)
+        self.spool.enqueue(message, copy, state="ready")
+        self.counters["split"] += 1
+        self.log.info(
+            "split",
+            qid=envelope["id"],
+            part=queue_id,
+            rcpts=len(outcome.recipients),
+            spam_action=",".join(outcome.actions),
+        )
 
     def _pass(self, entry: Entry, envelope: dict, verdict: Verdict) -> None:
         """Both filters off: only the queue ID is stamped."""
@@ -319,6 +415,13 @@ class Scanner(Worker):
                 self.log.info(
                     "notice_queued", qid=envelope["id"], notice=qid, kind=kind, to=",".join(to)
                 )
+
+
+def spam_headers(spam: SpamVerdict) -> list[str]:
+    headers = [f"X-Spam-Status: {spam.header_status()}", f"X-Spam-Level: {spam.header_level()}"]
+    if spam.status in ("spam", "blacklisted"):
+        headers.append("X-Spam-Flag: YES")
+    return headers
 
 
 def mime_name(obj: ObjectVerdict) -> str:

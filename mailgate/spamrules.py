@@ -46,7 +46,7 @@ class Facts:
     client_ip: str
     hostname: str
     our_names: set[str] = field(default_factory=set)
-    bayes: float = 0.5
+    bayes: float | None = None  # None: the token model found no clue either way
 
 
 @dataclass(frozen=True)
@@ -271,7 +271,7 @@ def parse_rule(line: str) -> Rule:
             raise RuleError(f"need 0 <= LOW < HIGH <= 1, got {low} {high}")
         if high == 1.0:
             high = 1.0000001
-        return Rule(name, weight, lambda f: low <= f.bayes < high)
+        return Rule(name, weight, lambda f: f.bayes is not None and low <= f.bayes < high)
     if kind == "check":
         check = CHECKS.get(rest.strip())
         if check is None:

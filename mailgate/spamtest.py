@@ -34,7 +34,7 @@ from mailgate.mime import Split, decode_words
 from mailgate.spool import Spool
 
 # (score needed for spam, for probable-spam) per Intensity.
-THRESHOLDS = {"low": (7.0, 2.0), "medium": (5.0, 0.6), "high": (4.0, 0.3)}
+THRESHOLDS = {"low": (7.0, 2.0), "medium": (5.0, 0.4), "high": (4.0, 0.2)}
 _LINK = re.compile(r"(?is)<a\s[^>]*href\s*=\s*[\"']?([^\"'\s>]+)[^>]*>(.*?)</a>")
 _URL = re.compile(r"(?i)\bhttps?://[^\s\"'<>()]+")
 _TAG = re.compile(r"(?s)<[^>]*>")
@@ -57,12 +57,23 @@ class SpamVerdict:
         }
 
     def header_status(self) -> str:
-        tests = ",".join(f"{name}({weight:g})" for name, weight in sorted(self.rules.items()))
+        """``Yes|No, score=..., required=..., status=..., tests=NAME(weight),...``, folded
+        (CRLF and a tab) so that no line grows past 78 characters."""
         flag = "Yes" if self.status in ("spam", "blacklisted") else "No"
-        return (
+        items = [f"{name}({weight:g})" for name, weight in sorted(self.rules.items())]
+        text = (
             f"{flag}, score={self.score:.1f}, required={self.required:.1f}, "
-            f"status={self.status}, tests={tests or 'none'}"
+            f"status={self.status}, tests="
         )
+        line = len("X-Spam-Status: ") + len(text)
+        for i, item in enumerate(items or ["none"]):
+            piece = item + ("," if i < len(items) - 1 else "")
+            if line + len(piece) > 78:
+                text += "\r\n\t"
+                line = 1
+            text += piece
+            line += len(piece)
+        return text
 
     def header_level(self) -> str:
         return "*" * max(0, min(50, int(self.score)))
@@ -220,7 +231,8 @@ class Spamtest:
             return SpamVerdict(listed[0], 0.0, spam_at, {listed[1]: 0.0}, probable_at)
         if self.spool is not None:
             self._load_model()
-        facts.bayes = self.model.score(bayes.tokens(split.message, decode_words))[0]
+        probability, clues = self.model.score(bayes.tokens(split.message, decode_words))
+        facts.bayes = probability if clues else None
         rules: dict[str, float] = {}
         for rule in self.rules:
             try:

@@ -3,8 +3,8 @@
 Only the training split is used (``CORPUS/ham``, ``CORPUS/spam``). The token model is trained
 in K folds so that each message is scored by a model that never saw it; every rule of
 ``etc/spamtest/*.conf`` (the BAYES_* ranges included) is then a binary feature of a logistic
-regression, fitted with ham weighted more than spam (a false positive costs more) and an L2
-penalty. The weights are scaled so that the spam threshold of Intensity=medium (5.0) sits at
+regression, fitted with ham weighted more than spam (a false positive costs more), an L2 penalty, and
+weights of at least ``FLOOR`` for every rule but BAYES_* (a spam sign stays a spam sign). The weights are scaled so that the spam threshold of Intensity=medium (5.0) sits at
 the margin where the cross-validated ham false-positive rate is at most ``--fp``; the probable
 threshold is printed alongside. ``--write`` puts the weights into the rule files (the files'
 layout and comments are kept; GTUBE keeps its weight).
@@ -25,6 +25,9 @@ from mailgate.mime import decode_words
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXED = {"GTUBE"}
+# Every rule but the token model's ranges is a sign of spam by design: its weight may shrink
+# to FLOOR (so it still shows in X-Spam-Status) but not turn into a sign of ham.
+FLOOR = 0.05
 SPAM_AT = 5.0
 
 
@@ -83,6 +86,8 @@ def fit(rows, ham_weight: float, l2: float, rounds: int) -> tuple[dict[str, floa
                 grad[f] += err
         for f in names:
             w[f] -= rate * (grad[f] / total + l2 * w[f])
+            if not f.startswith("BAYES_"):
+                w[f] = max(w[f], FLOOR)
         bias -= rate * gbias / total
     return w, bias
 
@@ -132,10 +137,10 @@ def main() -> int:
             lines = path.read_text().splitlines()
             out = []
             for line in lines:
-                m = re.match(r"^([A-Z][A-Z0-9_]+)(\s+)(-?[\d.]+)(\s+.*)$", line)
-                if m and m.group(1) in scaled:
-                    weight = f"{scaled[m.group(1)]:.2f}"
-                    out.append(f"{m.group(1)}{m.group(2)}{weight:>6}{m.group(4)}")
+                m = re.match(r"^([A-Z][A-Z0-9_]+)\s+(-?[\d.]+)\s+(.*)$", line)
+                if m:
+                    weight = scaled.get(m.group(1), float(m.group(2)))
+                    out.append(f"{m.group(1):<26} {weight:>7.2f}   {m.group(3)}")
                 else:
                     out.append(line)
             path.write_text("\n".join(out) + "\n")

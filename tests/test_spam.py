@@ -1,0 +1,415 @@
+"""Spamtest: each analyser on crafted messages, DNS block lists on a real DNS server, lists,
+training, learning, groups that split a message, GTUBE end to end."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from support import ROOT, dnsmasq, free_port, make_message, wait_for
+
+from mailgate import config as configmod
+from mailgate import mime, spamrules, spamtest
+from mailgate.spool import Spool
+
+GTUBE = spamrules.GTUBE
+TRAIN = ROOT.parent / "shared" / "corpus" / "train"
+
+
+def checker(tmp_path: Path, extra: str = "", network: bool = False) -> spamtest.Spamtest:
+    conf = tmp_path / "spam.conf"
+    conf.write_text(
+        "[smtpgw.network]\nHostname=gw.company.com\n[smtpgw.path]\nSpoolDir=spool\n"
+        "[smtpgw.spamtest]\n" + extra
+    )
+    return spamtest.Spamtest(configmod.load(conf), None, network=network)
+
+
+def envelope(sender="a@example.org", rcpts=("user@company.com",), ip="192.0.2.10", helo="mx.ex"):
+    return {
+        "mail_from": sender,
+        "recipients": [{"address": r, "status": "pending"} for r in rcpts],
+        "client": {"ip": ip, "helo": helo},
+    }
+
+
+def check(spam: spamtest.Spamtest, raw: bytes, env: dict | None = None):
+    return spam.check(mime.split(raw), env or envelope())
+
+
+HTML_SPAM = (
+    b"From: Best Deals <20817deals@promo.example>\r\nTo: user@company.com\r\n"
+    b"Subject: =?us-ascii?q?FREE_MONEY?=\r\nDate: Sun, 29 Nov 2026 10:00:00 +0000\r\n"
+    b"Message-ID: <x@promo.example>\r\nMIME-Version: 1.0\r\nContent-Type: text/html\r\n\r\n"
+    b'<html><body><div style="display:none">hidden words</div>'
+    b'<a href="http://203.0.113.9/login">http://www.company-bank.com/login</a>'
+    b"</body></html>\r\n"
+)
+
+
+def test_header_and_body_rules_fire_on_crafted_messages(tmp_path):
+    spam = checker(tmp_path)
+    bare = b"From: nobody\r\nSubject: hi\r\n\r\nhello there\r\n"
+    rules = check(spam, bare, envelope(helo="192.0.2.10")).rules
+    for name in ("MISSING_DATE", "MISSING_MESSAGE_ID", "FROM_MALFORMED", "HELO_BARE_IP"):
+        assert name in rules, (name, rules)
+    rules = check(spam, HTML_SPAM, envelope(sender="x@other.example")).rules
+    for name in (
+        "HTML_ONLY",
+        "HIDDEN_TEXT",
+        "URL_IP_ADDRESS",
+        "LINK_TEXT_MISMATCH",
+        "SUBJECT_ENCODED_NEEDLESS",
+        "FROM_ENVELOPE_MISMATCH",
+        "FROM_NUMERIC_USER",
+    ):
+        assert name in rules, (name, rules)
+    forged = (
+        b"Received: from a by gw.company.com; Sun, 29 Nov 2026 10:00:00 +0000\r\n"
+        + make_message("f@test")
+    )
+    rules = check(spam, forged, envelope(helo="gw.company.com")).rules
+    assert "RECEIVED_FORGED" in rules and "HELO_IS_US" in rules
+    clean = make_message("clean@test")
+    assert "MISSING_DATE" not in check(spam, clean).rules
+
+
+def test_the_verdict_explains_itself(tmp_path):
+    spam = checker(tmp_path)
+    verdict = check(spam, HTML_SPAM)
+    assert verdict.score == pytest.approx(sum(verdict.rules.values()))
+    header = verdict.header_status()
+    assert header.startswith(("Yes, score=", "No, score="))
+    for name, weight in verdict.rules.items():
+        assert f"{name}({weight:g})" in header
+    assert all(len(line) <= 78 for line in ("X-Spam-Status: " + header).split("\r\n"))
+    assert verdict.public()["required"] == 5.0
+
+
+def test_gtube_is_always_spam_even_when_whitelisted_rules_would_not(tmp_path):
+    spam = checker(tmp_path, "Intensity=low\n")
+    verdict = check(spam, make_message("g@test").replace(b"Hello", GTUBE.encode()))
+    assert verdict.status == "spam" and "GTUBE" in verdict.rules
+
+
+def test_rule_file_errors_name_file_and_line(tmp_path):
+    rules = tmp_path / "rules.conf"
+    rules.write_text(
+        "GOOD_ONE 1.0 missing date\nbad name 1 missing date\nX_WEIGHT abc missing date\n"
+        "X_REGEX 1 header subject =~ /(/\nX_KIND 1 nonsense here\nX_CHECK 1 check nope\n"
+    )
+    loaded, problems = spamrules.load(rules)
+    assert [r.name for r in loaded] == ["GOOD_ONE"]
+    assert [p.split(":")[1] for p in problems] == ["2", "3", "4", "5", "6"]
+
+
+def test_intensity_moves_the_thresholds(tmp_path):
+    raw = HTML_SPAM
+    scores = {i: check(checker(tmp_path, f"Intensity={i}\n"), raw) for i in ("low", "high")}
+    assert scores["low"].score == scores["high"].score
+    assert scores["low"].required > scores["high"].required
+
+
+def test_lists_with_masks_cidr_and_files(tmp_path):
+    listed = tmp_path / "black.txt"
+    listed.write_text("# spammers\n*@spam.example\n")
+    spam = checker(
+        tmp_path,
+        "WhitelistSenders=boss@partner.example, *.trusted.example\n"
+        f"BlacklistSenders=file:{listed}\n"
+        "WhitelistNetworks=198.51.100.0/24\nBlacklistNetworks=2001:db8::/32\n"
+        "BlacklistRecipients=old-*@company.com\n",
+    )
+    gtube = make_message("l@test").replace(b"Hello", GTUBE.encode())
+    assert check(spam, gtube, envelope(sender="boss@partner.example")).status == "whitelisted"
+    assert check(spam, gtube, envelope(sender="x@mail.trusted.example")).status == "whitelisted"
+    assert check(spam, gtube, envelope(ip="198.51.100.7")).status == "whitelisted"
+    clean = make_message("c@test")
+    assert check(spam, clean, envelope(sender="x@spam.example")).status == "blacklisted"
+    assert check(spam, clean, envelope(ip="2001:db8::5")).status == "blacklisted"
+    assert check(spam, clean, envelope(rcpts=["old-sales@company.com"])).status == "blacklisted"
+    assert check(spam, clean, envelope(sender="x@fine.example")).status not in (
+        "whitelisted",
+        "blacklisted",
+    )
+    # The file is read when the filter is built (at start and on SIGHUP), not cached forever.
+    listed.write_text("*@fine.example\n")
+    again = checker(tmp_path, f"BlacklistSenders=file:{listed}\n")
+    assert check(again, clean, envelope(sender="x@fine.example")).status == "blacklisted"
+
+
+def test_bad_list_entries_are_config_errors(tmp_path):
+    conf = tmp_path / "bad.conf"
+    conf.write_text(
+        "[smtpgw.spamtest]\nBlacklistNetworks=10.0.0.0/33\nWhitelistSenders=file:missing.txt\n"
+        "GroupAction=nobody spam mark\nActionSpam=cure\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "mailgate", "check-config", "-c", str(conf)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1
+    text = result.stderr
+    assert "missing.txt" in text and "no Group named 'nobody'" in text
+    assert "unknown action 'cure'" in text
+
+
+@pytest.fixture
+def dns_server():
+    port = free_port()
+    proc = dnsmasq(
+        port,
+        [
+            "--local=/test/",
+            "--host-record=2.0.0.127.rbl.test,127.0.0.2",
+            "--host-record=4.0.0.127.rbl.test,127.0.0.99",
+            "--host-record=spammy.example.uribl.test,127.0.0.2",
+        ],
+    )
+    yield port
+    proc.terminate()
+    proc.wait()
+
+
+def wait_dns(spam: spamtest.Spamtest) -> None:
+    wait_for(
+        lambda: spam.dns.check("127.0.0.2", [], spam.config.rbl_zones, []),
+        10,
+        "the DNS server",
+    )
+
+
+def test_dns_block_lists_hits_misses_masks_and_cache(tmp_path, dns_server):
+    spam = checker(
+        tmp_path,
+        "RBLZone=rbl.test 127.0.0.2-127.0.0.11 2.5\nURIBLZone=uribl.test 127.0.0.* 1.5\n"
+        f"[smtpgw.forward]\nNameservers=127.0.0.1:{dns_server}\n",
+        network=True,
+    )
+    wait_dns(spam)
+    listed = check(spam, make_message("r@test"), envelope(ip="127.0.0.2"))
+    assert listed.rules["RBL_RBL_TEST"] == 2.5
+    assert "RBL_RBL_TEST" not in check(spam, make_message("r@test"), envelope(ip="127.0.0.1")).rules
+    # Listed with a reply code outside the mask: not a hit.
+    assert "RBL_RBL_TEST" not in check(spam, make_message("r@t"), envelope(ip="127.0.0.4")).rules
+    body = make_message("u@test").replace(b"Hello", b"See http://www.spammy.example/offer")
+    assert check(spam, body).rules["RBL_URIBL_TEST"] == 1.5
+    before = spam.dns.lookups
+    check(spam, make_message("r@test"), envelope(ip="127.0.0.2"))
+    assert spam.dns.lookups == before  # answered from the cache
+
+
+def test_a_dead_dns_server_never_blocks_mail(tmp_path):
+    silent = free_port()  # nothing answers there
+    spam = checker(
+        tmp_path,
+        "RBLZone=rbl.test 127.0.0.2 2.5\nDNSTimeout=0.5s\n"
+        f"[smtpgw.forward]\nNameservers=127.0.0.1:{silent}\n",
+        network=True,
+    )
+    started = time.monotonic()
+    verdict = check(spam, make_message("d@test"), envelope(ip="127.0.0.2"))
+    assert time.monotonic() - started < 3.0
+    assert "RBL_RBL_TEST" not in verdict.rules
+    assert spam.dns.failures >= 1
+
+
+@pytest.mark.skipif(not TRAIN.is_dir(), reason="no training corpus beside the repository")
+def test_train_then_classify_a_small_corpus(tmp_path):
+    ham = sorted((TRAIN / "ham").iterdir())
+    spam_files = sorted((TRAIN / "spam").iterdir())
+    corpus = {"ham": tmp_path / "ham", "spam": tmp_path / "spam"}
+    for name, files in (("ham", ham[:300]), ("spam", spam_files[:150])):
+        corpus[name].mkdir()
+        for path in files:
+            (corpus[name] / path.name).write_bytes(path.read_bytes())
+    out = tmp_path / "db"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mailgate",
+            "train",
+            "--ham",
+            str(corpus["ham"]),
+            "--spam",
+            str(corpus["spam"]),
+            "--output",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "trained on 300 ham and 150 spam" in result.stdout
+    spam = checker(tmp_path, f"Database={out}\n")
+    right = 0
+    unseen = [(p, False) for p in ham[1000:1100]] + [(p, True) for p in spam_files[500:550]]
+    for path, is_spam in unseen:
+        verdict = check(spam, path.read_bytes(), envelope(sender=""))
+        right += (verdict.status in ("spam", "probable-spam")) == is_spam
+    assert right / len(unseen) > 0.9
+
+
+def test_learn_moves_a_message_toward_its_class(tmp_path):
+    conf = tmp_path / "l.conf"
+    conf.write_text("[smtpgw.path]\nSpoolDir=spool\n")
+    msg = tmp_path / "m.eml"
+    msg.write_bytes(
+        make_message("learn@test").replace(
+            b"Hello from the tests.", b"zorblax quintuple frobnicator widget sale zorblax"
+        )
+    )
+    cmd = [sys.executable, "-m", "mailgate"]
+    before = json.loads(
+        subprocess.run(
+            [*cmd, "scan", "-c", str(conf), "--json", str(msg)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )["spam"]["score"]
+    for _ in range(3):
+        learned = subprocess.run(
+            [*cmd, "learn", "-c", str(conf), "--spam", str(msg)], capture_output=True, text=True
+        )
+        assert learned.returncode == 0, learned.stderr
+    config = configmod.load(conf)
+    spool_spam = spamtest.Spamtest(config, Spool(config.spool_path))
+    after = check(spool_spam, msg.read_bytes()).score
+    assert after > before
+    assert (tmp_path / "spool" / "spamdb" / "origin").read_text().strip() == "learned"
+
+
+def test_scan_json_fills_spam_and_honours_no_network(tmp_path):
+    conf = tmp_path / "s.conf"
+    conf.write_text(
+        "[smtpgw.path]\nSpoolDir=spool\n[smtpgw.antivirus]\nEnabled=no\n"
+        f"[smtpgw.spamtest]\nRBLZone=rbl.test 127.0.0.2 2.5\n"
+        f"[smtpgw.forward]\nNameservers=127.0.0.1:{free_port()}\n"
+    )
+    msg = tmp_path / "g.eml"
+    msg.write_bytes(make_message("g@test").replace(b"Hello", GTUBE.encode()))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mailgate",
+            "scan",
+            "-c",
+            str(conf),
+            "--json",
+            "--no-network",
+            str(msg),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    verdict = json.loads(result.stdout)
+    assert verdict["spam"]["status"] == "spam"
+    assert verdict["spam"]["required"] == 5.0
+    assert verdict["spam"]["rules"]["GTUBE"] == 1000.0
+    assert verdict["objects"][0]["status"] == "clean"
+
+
+# ---------------------------------------------------------------- end to end
+
+
+SPAM_ON = "[smtpgw.spamtest]\nEnabled=yes\n"
+
+
+def test_gtube_end_to_end_is_quarantined_and_outside_headers_are_not_trusted(make_gateway, sink):
+    gw = make_gateway(SPAM_ON).start()
+    gtube = make_message("gtube@test").replace(b"Hello", GTUBE.encode())
+    qid = gw.send(gtube)
+    wait_for(lambda: gw.entries("quarantine/spam") == [qid], what="the quarantined copy")
+    forged = b"X-Spam-Status: No, score=-100\r\nX-Mailgate-Virus-Status: clean\r\n" + (
+        make_message("fine@test")
+    )
+    gw.send(forged)
+    got = sink.wait_count(1)[0]
+    assert got.message_id == "<fine@test>"
+    msg = got.message
+    assert msg["X-Untrusted-Spam-Status"] == "No, score=-100"
+    assert msg.get_all("X-Spam-Status")[0].startswith("No, score=")
+    assert len(msg.get_all("X-Spam-Status")) == 1
+    assert "X-Spam-Level" in msg
+    assert msg["X-Mailgate-Virus-Status"] == "clean"
+    assert msg["X-Untrusted-Mailgate-Virus-Status"] == "clean"
+
+
+def test_groups_split_a_message_into_differently_treated_copies(make_gateway, sink):
+    gw = make_gateway(
+        SPAM_ON + "ActionSpam=block\nGroup=management *@management.company.com\n"
+        "GroupAction=management spam mark\nSubjectPrefix=[SPAM]\n"
+    ).start()
+    gtube = make_message("split@test", subject="offer").replace(b"Hello", GTUBE.encode())
+    qid = gw.send(
+        gtube, to=["boss@management.company.com", "user@company.com", "cfo@management.company.com"]
+    )
+    got = sink.wait_count(1)[0]
+    assert sorted(got.rcpt_tos) == ["boss@management.company.com", "cfo@management.company.com"]
+    msg = got.message
+    assert msg["Subject"] == "[SPAM] offer"
+    assert msg["X-Spam-Flag"] == "YES"
+    assert "GTUBE(1000)" in msg["X-Spam-Status"].replace("\r\n\t", "")
+    wait_for(lambda: "event='scanned'" in gw.log(), what="the scan log")
+    assert f"qid='{qid}'" in gw.log()
+    assert not any("user@company.com" in r.rcpt_tos for r in sink.received)
+    # Both groups again, this time management blocks and everyone else gets it marked:
+    # the copy for the other group is a new queue entry of its own.
+    gw2 = make_gateway(
+        SPAM_ON + "ActionSpam=mark\nGroup=management *@management.company.com\n"
+        "GroupAction=management spam quarantine\n",
+        name="gw2",
+    ).start()
+    qid2 = gw2.send(
+        gtube.replace(b"split@test", b"split2@test"),
+        to=["boss@management.company.com", "user@company.com"],
+    )
+    got = wait_for(
+        lambda: [r for r in sink.received if r.message_id == "<split2@test>"],
+        what="the marked copy",
+    )[0]
+    assert got.rcpt_tos == ["user@company.com"]
+    assert got.message["Subject"].startswith("[SPAM]")
+    quarantined = wait_for(lambda: gw2.entries("quarantine/spam"), what="quarantine")
+    assert quarantined == [qid2]
+    kept = json.loads((gw2.spool / "quarantine" / "spam" / qid2 / "envelope.json").read_text())
+    assert [r["address"] for r in kept["recipients"]] == ["boss@management.company.com"]
+
+
+def test_blacklist_file_is_reread_on_sighup(make_gateway, sink, tmp_path):
+    listed = tmp_path / "black.txt"
+    listed.write_text("# nobody yet\n")
+    gw = make_gateway(SPAM_ON + f"BlacklistSenders=file:{listed}\n").start()
+    gw.send(make_message("first@test"), sender="pest@nuisance.example")
+    sink.wait_count(1)
+    listed.write_text("*@nuisance.example\n")
+    gw.signal(signal.SIGHUP)
+    wait_for(lambda: gw.log().count("config_reloaded") >= 4, what="every worker reloaded")
+    gw.send(make_message("second@test"), sender="pest@nuisance.example")
+    wait_for(lambda: "spam='blacklisted'" in gw.log(), what="the blacklisted verdict")
+    gw.send(make_message("third@test"), sender="friend@example.org")
+    wait_for(lambda: "<third@test>" in sink.ids(), what="the third message")
+    assert "<second@test>" not in sink.ids()
+
+
+def test_presets_set_spam_actions_and_intensity(tmp_path):
+    conf = tmp_path / "p.conf"
+    conf.write_text("[smtpgw.scan]\nMode=protection\n")
+    config = configmod.load(conf)
+    assert config.intensity == "high"
+    assert config.action_spam == ("block", "quarantine")
+    conf.write_text("[smtpgw.scan]\nMode=protection\n[smtpgw.spamtest]\nActionSpam=mark\n")
+    assert configmod.load(conf).action_spam == ("mark",)
+    assert configmod.load(conf).action_infected == ("block", "quarantine")
