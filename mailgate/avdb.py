@@ -214,7 +214,7 @@ def update(spool: Spool, config, source: Path) -> tuple[int, str]:
     return NOT_RELOADED, f"installed {version}; clamd did not confirm the reload"
 
 
-def watch(spool: Spool, config, source: Path, report, stop: threading.Event) -> int:
+def watch(spool: Spool, config, source: Path, report, stop: threading.Event, apply=None) -> int:
     """``update --watch``: apply every new complete database dropped into ``source``.
 
     A change is applied once the directory has been quiet for ``QUIET`` seconds, so a copy
@@ -241,7 +241,11 @@ def watch(spool: Spool, config, source: Path, report, stop: threading.Event) -> 
             if stop.is_set():
                 break
             next_poll = time.monotonic() + WATCH_FALLBACK
-            report(*update(spool, config, source))
+            if apply is None:
+                report(*update(spool, config, source))
+            else:
+                for result in apply(spool, config, source):
+                    report(*result)
     finally:
         observer.stop()
         observer.join()

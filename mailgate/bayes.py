@@ -53,8 +53,8 @@ _HEADER_WHOLE = ("x-mailer", "user-agent", "content-type", "x-priority", "mime-v
 
 
 def _words(text: str, prefix: str = "") -> Iterable[str]:
-    for raw in _WORD.findall(text):
-        word = raw.strip(".-_/").lower()
+    for raw in set(_WORD.findall(text.lower())):
+        word = raw.strip(".-_/")
         if not word:
             continue
         if len(word) > MAX_WORD:

@@ -474,8 +474,10 @@ def _update(args: argparse.Namespace, config: configmod.Config, spool: Spool) ->
     if not args.source.is_dir():
         raise CommandError(f"no such directory: {args.source}", avdb.NO_SOURCE)
     if not args.watch:
-        code, text = avdb.update(spool, config, args.source)
-        print(f"mailgate update: {text}", file=sys.stderr if code else sys.stdout)
+        code = EXIT_OK
+        for part_code, text in _update_once(spool, config, args.source):
+            print(f"mailgate update: {text}", file=sys.stderr if part_code else sys.stdout)
+            code = max(code, part_code)
         return code
     stop = threading.Event()
 
@@ -489,7 +491,21 @@ def _update(args: argparse.Namespace, config: configmod.Config, spool: Spool) ->
     def report(code: int, text: str) -> None:
         (log.info if code == 0 else log.error)("database_update", code=code, result=text)
 
-    return avdb.watch(spool, config, args.source, report, stop)
+    return avdb.watch(spool, config, args.source, report, stop, _update_once)
+
+
+def _update_once(spool: Spool, config: configmod.Config, source: Path) -> list[tuple[int, str]]:
+    """Apply what ``source`` holds: a token table, signature files, or both."""
+    from mailgate import avdb, bayes, spamtest
+
+    results = []
+    if (source / bayes.MODEL_FILE).is_file():
+        spool.create()
+        spamtest.ensure_seeded(spool, config.shipped("spam_database", "spamdb"))
+        results.append(spamtest.update(spool, source))
+    if avdb.signature_files(source):
+        results.append(avdb.update(spool, config, source))
+    return results or [(avdb.NO_SOURCE, f"no signature files or token table in {source}")]
 
 
 # ---------------------------------------------------------------- spam database

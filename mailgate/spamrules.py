@@ -167,6 +167,9 @@ def _html_only(f: Facts) -> bool:
 
 
 def _hidden_text(f: Facts) -> bool:
+    low = f.raw_text.lower()
+    if "display" not in low and "visibility" not in low and "font" not in low:
+        return False
     return bool(
         re.search(
             r"(?i)display\s*:\s*none|visibility\s*:\s*hidden|font-size\s*:\s*[01]px"

@@ -16,6 +16,8 @@ re-reads it when its mtime changes.
 from __future__ import annotations
 
 import fnmatch
+import gzip
+import hashlib
 import html
 import ipaddress
 import os
@@ -260,14 +262,14 @@ class Spamtest:
 def ensure_seeded(spool: Spool, shipped: Path) -> Path:
     """The spool's token table, copied from ``shipped`` when missing or when the shipped one
     changed and the spool's was never changed by learn or update."""
-    folder = spool.root / "spamdb"
+    folder = spool.spamdb_root
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     target = folder / bayes.MODEL_FILE
     origin = folder / "origin"
     source = shipped / bayes.MODEL_FILE
     if not source.is_file():
         return target
-    stamp = f"shipped {os.stat(source).st_size} {int(os.stat(source).st_mtime)}"
+    stamp = "shipped " + hashlib.sha256(source.read_bytes()).hexdigest()[:16]
     have = origin.read_text().strip() if origin.exists() else ""
     if not target.exists() or (have.startswith("shipped ") and have != stamp):
         tmp = folder / f"{bayes.MODEL_FILE}.{os.getpid()}.{socket.gethostname()}.tmp"
@@ -279,11 +281,39 @@ def ensure_seeded(spool: Spool, shipped: Path) -> Path:
 
 def database_lock(spool: Spool) -> filelock.FileLock:
     """Held while the spool's token table is rewritten (learn, update)."""
-    folder = spool.root / "spamdb"
+    folder = spool.spamdb_root
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     return filelock.FileLock(str(folder / "update.lock"))
 
 
 def mark_changed(spool: Spool, how: str) -> None:
     """Record that the spool's token table no longer is the shipped one."""
-    (spool.root / "spamdb" / "origin").write_text(how + "\n")
+    (spool.spamdb_root / "origin").write_text(how + "\n")
+
+
+def update(spool: Spool, source: Path) -> tuple[int, str]:
+    """Install ``source``/tokens.tsv.gz as the spool's token table: (exit code, what happened).
+
+    The new table must load (else exit 6 and the old one stays); it replaces the old one with
+    one rename, and every scanner re-reads it before its next message.
+    """
+    from mailgate.avdb import REJECTED, UPDATED
+
+    new = source / bayes.MODEL_FILE
+    digest = hashlib.sha256(new.read_bytes()).hexdigest()[:16]
+    try:
+        model = bayes.Model.load(source)
+    except (OSError, ValueError, EOFError, gzip.BadGzipFile) as exc:
+        return REJECTED, f"spam database rejected, keeping the old one: {exc}"
+    folder = spool.spamdb_root
+    with database_lock(spool):
+        origin = folder / "origin"
+        if origin.exists() and origin.read_text().strip() == f"update {digest}":
+            return UPDATED, f"spam database {digest} is already installed"
+        tmp = folder / f"{bayes.MODEL_FILE}.update.tmp"
+        shutil.copyfile(new, tmp)
+        os.replace(tmp, folder / bayes.MODEL_FILE)
+        mark_changed(spool, f"update {digest}")
+    return UPDATED, (
+        f"spam database {digest} installed ({model.nham} ham, {model.nspam} spam trained)"
+    )

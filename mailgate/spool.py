@@ -14,6 +14,7 @@ and delivery status, client, times, attempts, history). Its state is the directo
     avdb/                   the anti-virus database clamd loads: ``current`` is a symlink to
                             one version directory, replaced by a rename (``update``).
     cache/                  iChecker's memory of objects already scanned.
+    spamdb/                 the spam filter's token table (``tokens.tsv.gz``) and its origin.
 
 Invariants:
 - A state change is one ``rename(2)`` of the message directory; the destination directory is
@@ -173,6 +174,11 @@ class Spool:
             raise ValueError(f"bad cache file name {name!r}")
         (self.root / "cache").mkdir(exist_ok=True, mode=0o700)
         return self.root / "cache" / name
+
+    @property
+    def spamdb_root(self) -> Path:
+        """Where the spam filter's token table lives (see ``spamtest``)."""
+        return self.root / "spamdb"
 
     @property
     def avdb_root(self) -> Path:

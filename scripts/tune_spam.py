@@ -3,11 +3,12 @@
 Only the training split is used (``CORPUS/ham``, ``CORPUS/spam``). The token model is trained
 in K folds so that each message is scored by a model that never saw it; every rule of
 ``etc/spamtest/*.conf`` (the BAYES_* ranges included) is then a binary feature of a logistic
-regression, fitted with ham weighted more than spam (a false positive costs more), an L2 penalty, and
-weights of at least ``FLOOR`` for every rule but BAYES_* (a spam sign stays a spam sign). The weights are scaled so that the spam threshold of Intensity=medium (5.0) sits at
-the margin where the cross-validated ham false-positive rate is at most ``--fp``; the probable
-threshold is printed alongside. ``--write`` puts the weights into the rule files (the files'
-layout and comments are kept; GTUBE keeps its weight).
+regression, fitted with ham weighted more than spam (a false positive costs more), an L2
+penalty, and a weight of at least ``FLOOR`` for every rule but BAYES_* (a spam sign stays a
+spam sign). The weights are scaled so that the spam threshold of Intensity=medium (5.0) sits
+at the margin where the cross-validated ham false-positive rate is at most ``--fp``; the
+probable threshold is printed alongside. ``--write`` puts the weights into the rule files
+(layout and comments are kept; GTUBE keeps its weight).
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from support import ROOT, dnsmasq, free_port, make_message, wait_for
 
+from mailgate import bayes, mime, spamrules, spamtest
 from mailgate import config as configmod
-from mailgate import mime, spamrules, spamtest
 from mailgate.spool import Spool
 
 GTUBE = spamrules.GTUBE
@@ -413,3 +413,31 @@ def test_presets_set_spam_actions_and_intensity(tmp_path):
     conf.write_text("[smtpgw.scan]\nMode=protection\n[smtpgw.spamtest]\nActionSpam=mark\n")
     assert configmod.load(conf).action_spam == ("mark",)
     assert configmod.load(conf).action_infected == ("block", "quarantine")
+
+
+def test_update_installs_a_token_table_and_rejects_a_broken_one(tmp_path):
+    conf = tmp_path / "u.conf"
+    conf.write_text(
+        "[smtpgw.path]\nSpoolDir=spool\n[smtpgw.antivirus]\nManageClamd=no\n"
+        f"ClamdSocket={tmp_path / 'none.sock'}\n"
+    )
+    cmd = [sys.executable, "-m", "mailgate", "update", "-c", str(conf), "--from"]
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "tokens.tsv.gz").write_bytes(b"not gzip at all")
+    result = subprocess.run([*cmd, str(broken)], capture_output=True, text=True)
+    assert result.returncode == 6, result.stderr
+    assert "rejected" in result.stderr
+    installed = tmp_path / "spool" / "spamdb" / "tokens.tsv.gz"
+    shipped = (ROOT / "etc" / "spamdb" / "tokens.tsv.gz").read_bytes()
+    assert installed.read_bytes() == shipped  # the old (shipped) table stays
+    good = tmp_path / "good"
+    model = bayes.Model()
+    model.learn({"zorblax"}, True)
+    model.learn({"meeting"}, False)
+    model.save(good)
+    result = subprocess.run([*cmd, str(good)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert installed.read_bytes() == (good / "tokens.tsv.gz").read_bytes()
+    again = subprocess.run([*cmd, str(good)], capture_output=True, text=True)
+    assert "already installed" in again.stdout
