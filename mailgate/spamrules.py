@@ -132,9 +132,12 @@ def _received_forged(f: Facts) -> bool:
     """A Received chain that cannot be true: dates running backwards by more than a day,
     or a hop that claims to be this gateway although the message has not reached it yet."""
     stamps = []
-    for value in f.message.get_all("received") or []:
-        text = str(value)
-        if f.hostname and re.search(rf"\bby\s+{re.escape(f.hostname)}\b", text, re.I):
+    host = f.hostname.lower()
+    chain = [str(v) for v in f.message.get_all("received") or []]
+    if chain and "(mailgate)" in chain[0]:
+        chain = chain[1:]  # our own trace header, added on receipt
+    for text in chain:
+        if host and host in text.lower() and re.search(rf"\bby\s+{re.escape(host)}\b", text, re.I):
             return True
         date = text.rpartition(";")[2].strip()
         try:

@@ -16,6 +16,7 @@ re-reads it when its mtime changes.
 from __future__ import annotations
 
 import fnmatch
+import gc
 import gzip
 import hashlib
 import html
@@ -187,6 +188,8 @@ class Spamtest:
         if mtime != self.model_mtime:
             self.model = bayes.Model.load(self.model_path.parent)
             self.model_mtime = mtime
+            gc.collect()
+            gc.freeze()  # tens of thousands of long-lived counts: keep them out of every GC pass
 
     # ------------------------------------------------------------ lists
 

@@ -441,3 +441,10 @@ def test_update_installs_a_token_table_and_rejects_a_broken_one(tmp_path):
     assert installed.read_bytes() == (good / "tokens.tsv.gz").read_bytes()
     again = subprocess.run([*cmd, str(good)], capture_output=True, text=True)
     assert "already installed" in again.stdout
+
+
+def test_our_own_received_header_is_not_evidence(make_gateway, sink):
+    gw = make_gateway(SPAM_ON + "ActionProbableSpam=deliver\nActionSpam=deliver\n").start()
+    gw.send(make_message("own@test"))
+    status = sink.wait_count(1)[0].message["X-Spam-Status"].replace("\r\n\t", "")
+    assert "RECEIVED_FORGED" not in status and "HELO_IS_US" not in status
