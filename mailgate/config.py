@@ -409,6 +409,22 @@ def parse_path(text: str) -> str:
     return text.strip()
 
 
+def client_address(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """A client's address as a comparable object (IPv4-mapped IPv6 unwrapped); None if bad."""
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return None
+    if addr.version == 6 and addr.ipv4_mapped:
+        return addr.ipv4_mapped
+    return addr
+
+
+def in_networks(ip: str, networks) -> bool:
+    addr = client_address(ip)
+    return addr is not None and any(addr in net for net in networks)
+
+
 # ---------------------------------------------------------------- the schema
 
 
@@ -686,13 +702,7 @@ class Config:
         return any(fnmatch.fnmatchcase(domain, mask) for mask in self.protected_domains)
 
     def is_trusted(self, ip: str) -> bool:
-        try:
-            addr = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        if addr.version == 6 and addr.ipv4_mapped:
-            addr = addr.ipv4_mapped
-        return any(addr in net for net in self.trusted_networks)
+        return in_networks(ip, self.trusted_networks)
 
     def route_for(self, address: str) -> Route | None:
         return next((r for r in self.routes if r.matches(address)), None)

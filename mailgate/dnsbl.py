@@ -19,6 +19,8 @@ import dns.exception
 import dns.nameserver
 import dns.resolver
 
+from mailgate.config import client_address
+
 MIN_TTL, MAX_TTL = 60.0, 3600.0
 
 
@@ -54,12 +56,9 @@ class Zone:
 
 
 def reversed_ip(ip: str) -> str | None:
-    try:
-        addr = ipaddress.ip_address(ip)
-    except ValueError:
+    addr = client_address(ip)
+    if addr is None:
         return None
-    if addr.version == 6 and addr.ipv4_mapped:
-        addr = addr.ipv4_mapped
     if addr.is_link_local or (addr.is_private and not addr.is_loopback):
         return None  # loopback stays: 127.0.0.2 is every list's test entry
     if addr.version == 4:

@@ -20,7 +20,6 @@ import gc
 import gzip
 import hashlib
 import html
-import ipaddress
 import os
 import re
 import shutil
@@ -31,7 +30,7 @@ from pathlib import Path
 import filelock
 
 from mailgate import bayes, spamrules
-from mailgate.config import Config, parse_networks
+from mailgate.config import Config, in_networks, parse_networks
 from mailgate.dnsbl import Checker
 from mailgate.mime import Split, decode_words
 from mailgate.spool import Spool
@@ -201,26 +200,19 @@ class Spamtest:
             fnmatch.fnmatchcase(address if "@" in m else domain, m) for m in masks if address
         )
 
-    def _in_networks(self, ip: str, networks) -> bool:
-        try:
-            addr = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        return any(addr in net for net in networks)
-
     def _lists(self, envelope: dict, facts: spamrules.Facts) -> tuple[str, str] | None:
         sender = envelope.get("mail_from", "")
         rcpts = [r["address"] for r in envelope.get("recipients", [])]
         if (
             self._listed(sender, self.white_senders)
             or any(self._listed(r, self.white_rcpts) for r in rcpts)
-            or self._in_networks(facts.client_ip, self.white_nets)
+            or in_networks(facts.client_ip, self.white_nets)
         ):
             return "whitelisted", "WHITELISTED"
         if (
             self._listed(sender, self.black_senders)
             or any(self._listed(r, self.black_rcpts) for r in rcpts)
-            or self._in_networks(facts.client_ip, self.black_nets)
+            or in_networks(facts.client_ip, self.black_nets)
         ):
             return "blacklisted", "BLACKLISTED"
         return None

@@ -35,6 +35,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def mailgate(*args, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python -m mailgate ARGS…``, its output captured as text (a command-line check)."""
+    return subprocess.run(
+        [sys.executable, "-m", "mailgate", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def wait_for(predicate: Callable[[], object], timeout: float = 20.0, what: str = "condition"):
     """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

@@ -6,8 +6,6 @@ import base64
 import email
 import hashlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,7 +20,7 @@ from mimebuild import (
     part,
     zipped,
 )
-from support import ROOT
+from support import ROOT, mailgate
 
 from mailgate import clamd, mime
 from mailgate import config as configmod
@@ -52,12 +50,7 @@ def scan(tmp_path, clamd_socket):
         for name, data in messages.items():
             (tmp_path / name).write_bytes(data)
             files.append(str(tmp_path / name))
-        result = subprocess.run(
-            [sys.executable, "-m", "mailgate", "scan", "-c", str(conf), "--json", *files],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        result = mailgate("scan", "-c", str(conf), "--json", *files)
         verdicts = {}
         for line in result.stdout.splitlines():
             item = json.loads(line)
@@ -181,11 +174,11 @@ def test_scan_exit_codes(tmp_path, scan):
     conf.write_text(f"[smtpgw.antivirus]\nManageClamd=no\nClamdSocket={tmp_path / 'none.sock'}\n")
     msg = tmp_path / "m.eml"
     msg.write_bytes(multipart([TEXT]))
-    run = [sys.executable, "-m", "mailgate", "scan", "-c", str(conf), "--json"]
-    down = subprocess.run([*run, str(msg)], capture_output=True, text=True, timeout=60)
+    run = ["scan", "-c", str(conf), "--json"]
+    down = mailgate(*run, msg)
     assert down.returncode == 3, down.stderr
     assert "clamd does not answer" in down.stderr
-    missing = subprocess.run([*run, str(tmp_path / "nope.eml")], capture_output=True, text=True)
+    missing = mailgate(*run, tmp_path / "nope.eml")
     assert missing.returncode == 2
     assert "no such file" in missing.stderr
 
@@ -195,12 +188,7 @@ def test_scan_starts_its_own_clamd_when_managed_and_none_runs(tmp_path):
     conf.write_text("[smtpgw.path]\nSpoolDir=spool\n")
     msg = tmp_path / "m.eml"
     msg.write_bytes(multipart([TEXT, part(EICAR, filename="eicar.com")]))
-    result = subprocess.run(
-        [sys.executable, "-m", "mailgate", "scan", "-c", str(conf), "--json", str(msg)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = mailgate("scan", "-c", str(conf), "--json", str(msg))
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["status"] == "infected"
 
@@ -211,11 +199,7 @@ def test_action_errors_name_file_and_line(tmp_path):
         "[smtpgw.antivirus]\nActionInfected=deliver, block\nActionSuspicious=explode\n"
         "[smtpgw.attachments]\nNameRule=*.exe\n[smtpgw.scan]\nMode=paranoid\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "mailgate", "check-config", "-c", str(conf)],
-        capture_output=True,
-        text=True,
-    )
+    result = mailgate("check-config", "-c", str(conf))
     assert result.returncode == 1
     lines = result.stderr.splitlines()
     assert [line.split(":")[1] for line in lines] == ["2", "3", "5", "7"]
@@ -264,20 +248,14 @@ def test_ichecker_is_bounded(tmp_path):
 
 def test_check_template(tmp_path):
     good = [str(p) for p in sorted((ROOT / "etc" / "templates").glob("*.txt"))]
-    ok = subprocess.run(
-        [sys.executable, "-m", "mailgate", "check-template", *good], capture_output=True, text=True
-    )
+    ok = mailgate("check-template", *good)
     assert ok.returncode == 0, ok.stderr
     broken = tmp_path / "admin.txt"
     broken.write_text(
         "Subject: virus from ${sender}\nthis is not a header\n\n"
         "Found ${virus_nam} in ${object_name}.\nCost: $ 5\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "mailgate", "check-template", str(broken)],
-        capture_output=True,
-        text=True,
-    )
+    result = mailgate("check-template", broken)
     assert result.returncode == 1
     lines = result.stderr.splitlines()
     assert [line.split(":")[1] for line in lines] == ["2", "4", "5"]

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from support import ROOT, dnsmasq, free_port, make_message, wait_for
+from support import ROOT, dnsmasq, free_port, mailgate, make_message, wait_for
 
 from mailgate import bayes, mime, spamrules, spamtest
 from mailgate import config as configmod
@@ -149,11 +147,7 @@ def test_bad_list_entries_are_config_errors(tmp_path):
         "[smtpgw.spamtest]\nBlacklistNetworks=10.0.0.0/33\nWhitelistSenders=file:missing.txt\n"
         "GroupAction=nobody spam mark\nActionSpam=cure\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "mailgate", "check-config", "-c", str(conf)],
-        capture_output=True,
-        text=True,
-    )
+    result = mailgate("check-config", "-c", str(conf))
     assert result.returncode == 1
     text = result.stderr
     assert "missing.txt" in text and "no Group named 'nobody'" in text
@@ -230,22 +224,14 @@ def test_train_then_classify_a_small_corpus(tmp_path):
         for path in files:
             (corpus[name] / path.name).write_bytes(path.read_bytes())
     out = tmp_path / "db"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mailgate",
-            "train",
-            "--ham",
-            str(corpus["ham"]),
-            "--spam",
-            str(corpus["spam"]),
-            "--output",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = mailgate(
+        "train",
+        "--ham",
+        str(corpus["ham"]),
+        "--spam",
+        str(corpus["spam"]),
+        "--output",
+        str(out),
     )
     assert result.returncode == 0, result.stderr
     assert "trained on 300 ham and 150 spam" in result.stdout
@@ -267,19 +253,9 @@ def test_learn_moves_a_message_toward_its_class(tmp_path):
             b"Hello from the tests.", b"zorblax quintuple frobnicator widget sale zorblax"
         )
     )
-    cmd = [sys.executable, "-m", "mailgate"]
-    before = json.loads(
-        subprocess.run(
-            [*cmd, "scan", "-c", str(conf), "--json", str(msg)],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    )["spam"]["score"]
+    before = json.loads(mailgate("scan", "-c", conf, "--json", msg).stdout)["spam"]["score"]
     for _ in range(3):
-        learned = subprocess.run(
-            [*cmd, "learn", "-c", str(conf), "--spam", str(msg)], capture_output=True, text=True
-        )
+        learned = mailgate("learn", "-c", conf, "--spam", msg)
         assert learned.returncode == 0, learned.stderr
     config = configmod.load(conf)
     spool_spam = spamtest.Spamtest(config, Spool(config.spool_path))
@@ -297,21 +273,13 @@ def test_scan_json_fills_spam_and_honours_no_network(tmp_path):
     )
     msg = tmp_path / "g.eml"
     msg.write_bytes(make_message("g@test").replace(b"Hello", GTUBE.encode()))
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mailgate",
-            "scan",
-            "-c",
-            str(conf),
-            "--json",
-            "--no-network",
-            str(msg),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
+    result = mailgate(
+        "scan",
+        "-c",
+        str(conf),
+        "--json",
+        "--no-network",
+        str(msg),
     )
     assert result.returncode == 0, result.stderr
     verdict = json.loads(result.stdout)
@@ -421,11 +389,11 @@ def test_update_installs_a_token_table_and_rejects_a_broken_one(tmp_path):
         "[smtpgw.path]\nSpoolDir=spool\n[smtpgw.antivirus]\nManageClamd=no\n"
         f"ClamdSocket={tmp_path / 'none.sock'}\n"
     )
-    cmd = [sys.executable, "-m", "mailgate", "update", "-c", str(conf), "--from"]
+    cmd = ["update", "-c", str(conf), "--from"]
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "tokens.tsv.gz").write_bytes(b"not gzip at all")
-    result = subprocess.run([*cmd, str(broken)], capture_output=True, text=True)
+    result = mailgate(*cmd, str(broken))
     assert result.returncode == 6, result.stderr
     assert "rejected" in result.stderr
     installed = tmp_path / "spool" / "spamdb" / "tokens.tsv.gz"
@@ -436,10 +404,10 @@ def test_update_installs_a_token_table_and_rejects_a_broken_one(tmp_path):
     model.learn({"zorblax"}, True)
     model.learn({"meeting"}, False)
     model.save(good)
-    result = subprocess.run([*cmd, str(good)], capture_output=True, text=True)
+    result = mailgate(*cmd, str(good))
     assert result.returncode == 0, result.stderr
     assert installed.read_bytes() == (good / "tokens.tsv.gz").read_bytes()
-    again = subprocess.run([*cmd, str(good)], capture_output=True, text=True)
+    again = mailgate(*cmd, str(good))
     assert "already installed" in again.stdout
 
 
