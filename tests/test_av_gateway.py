@@ -348,3 +348,15 @@ def test_statistics_show_the_ichecker_hit_rate(gateway, sink):
     )
     hits = sum(int(x.split("ichecker_hits=")[1].split()[0]) for x in line)
     assert hits == 6  # the text and the zip of messages 2-4 came from iChecker
+
+
+def test_sighup_reloads_the_managed_clamds_database(gateway):
+    clamd_log = gateway.spool / "run" / "clamd.log"
+    before = clamd_log.read_text().count("Database correctly reloaded")
+    pid = gateway.pids("clamd")
+    gateway.signal(signal.SIGHUP)
+    wait_for(
+        lambda: clamd_log.read_text().count("Database correctly reloaded") > before,
+        what="clamd to reload its database",
+    )
+    assert gateway.pids("clamd") == pid  # reloaded, not restarted
