@@ -477,6 +477,10 @@ _TABLE = [
     Option(_NET, "TLSKey", "tls_key", parse_path, "", doc="PEM key for TLSCertificate"),
     Option(_NET, "SessionTimeout", "session_timeout", parse_duration, "300s",
            doc="idle time before a session is closed"),
+    Option(_NET, "ClientAllow", "client_allow", parse_list_sources, "", True,
+           "addresses, CIDR, masks or file:PATH always let in"),
+    Option(_NET, "ClientDeny", "client_deny", parse_list_sources, "", True,
+           "addresses, CIDR, masks or file:PATH refused at connect"),
     Option(_FWD, "ForwardRoute", "routes", parse_routes, "", True,
            "MASK NEXTHOP routes, first match wins"),
     Option(_FWD, "DeliveryPort", "delivery_port", parse_port, "25",
@@ -495,6 +499,18 @@ _TABLE = [
            doc="messages waiting in incoming/ before 452 4.3.1"),
     Option(_LIM, "MinFreeDisk", "min_free_disk", parse_size, "100M",
            doc="free space under the spool before 452 4.3.1"),
+    Option(_LIM, "MaxSessions", "max_sessions", parse_int, "200",
+           doc="concurrent sessions in all; 0: no limit"),
+    Option(_LIM, "MaxSessionsPerClient", "max_sessions_per_client", parse_int, "20",
+           doc="concurrent sessions per client address; 0: no limit"),
+    Option(_LIM, "ConnectionRate", "connection_rate", parse_int, "0",
+           doc="connections per client address per minute; 0: no limit"),
+    Option(_LIM, "MaxMessagesPerSession", "max_messages_per_session", parse_int, "1000",
+           doc="then 421 4.7.0; 0: no limit"),
+    Option(_LIM, "MaxSessionBytes", "max_session_bytes", parse_size, "0",
+           doc="message bytes per session, then 421 4.7.0; 0: no limit"),
+    Option(_LIM, "MaxErrors", "max_errors", parse_int, "20",
+           doc="5xx replies in a session before 421 4.7.0 and disconnect; 0: no limit"),
     Option(_LIM, "Scanners", "scanners", parse_int, "2"),
     Option(_LIM, "Senders", "senders", parse_int, "2"),
     Option(_LIM, "MaxAttempts", "max_attempts", parse_int, "3",
@@ -614,6 +630,8 @@ class Config:
     tls_certificate: str
     tls_key: str
     session_timeout: float
+    client_allow: list
+    client_deny: list
     routes: list[Route]
     delivery_port: int
     nameservers: list[tuple[str, int]]
@@ -625,6 +643,12 @@ class Config:
     max_recipients: int
     max_queue_size: int
     min_free_disk: int
+    max_sessions: int
+    max_sessions_per_client: int
+    connection_rate: int
+    max_messages_per_session: int
+    max_session_bytes: int
+    max_errors: int
     scanners: int
     senders: int
     max_attempts: int
@@ -926,6 +950,8 @@ def parse(text: str, path: Path) -> Config:
         "BlacklistRecipients",
         "WhitelistNetworks",
         "BlacklistNetworks",
+        "ClientAllow",
+        "ClientDeny",
     ):
         opt = next(o for o in _TABLE if o.key == key)
         for source in getattr(config, opt.attr):
@@ -943,6 +969,16 @@ def parse(text: str, path: Path) -> Config:
             parse_masks(item)
     except (BadValue, OSError) as exc:
         problem(line_of("WhitelistNetworks") or line_of("BlacklistNetworks"), str(exc))
+    for key, sources in (("ClientAllow", config.client_allow), ("ClientDeny", config.client_deny)):
+        try:
+            for item in config.list_items(sources):
+                try:
+                    ipaddress.ip_network(item, strict=False)
+                except ValueError:
+                    if not re.fullmatch(r"[0-9a-fA-F:.*?]+", item):
+                        problem(line_of(key), f"{key}: not an address, network or mask: {item!r}")
+        except OSError:
+            pass
     if config.scan_attempts < 1:
         problem(line_of("ScanAttempts"), "ScanAttempts must be at least 1")
     if config.av_enabled and not config.manage_clamd and not config.clamd_socket:

@@ -28,6 +28,7 @@ from aiosmtpd.smtp import Envelope, Session
 from mailgate import config as configmod
 from mailgate import envelope as envmod
 from mailgate import log as logmod
+from mailgate.anvil import Anvil
 from mailgate.smtpserver import GatewaySMTP
 from mailgate.spool import Spool, new_queue_id
 
@@ -149,6 +150,8 @@ class Receiver:
             self.log.error("store_failed", qid=queue_id, error=repr(exc))
             return "451 4.3.0 Local error in processing, try again later"
         self.counters["received"] += 1
+        server.messages += 1
+        server.bytes += len(message)
         self.log.info(
             "queued",
             qid=queue_id,
@@ -194,6 +197,7 @@ class Listener:
         self.handler = Receiver(config, self.spool)
         self.log = logmod.get()
         self.sessions: set[GatewaySMTP] = set()
+        self.anvil = Anvil(config)
         self.stopped = asyncio.Event()
 
     def factory(self) -> GatewaySMTP:
@@ -209,12 +213,15 @@ class Listener:
             timeout=cfg.session_timeout,
         )
         smtp.registry = self.sessions
+        smtp.anvil = self.anvil
+        smtp.limits = cfg
         return smtp
 
     def reload(self) -> None:
         config = configmod.reload(self.config, self.snapshot, self.log)
         if config is not None:
             self.config = self.handler.config = config
+            self.anvil.configure(config)
             self.log.info("config_reloaded")
 
     async def serve(self) -> int:
@@ -229,7 +236,10 @@ class Listener:
         loop.add_signal_handler(
             signal.SIGUSR1,
             lambda: self.log.info(
-                "statistics", sessions=len(self.sessions), **self.handler.counters
+                "statistics",
+                sessions=len(self.sessions),
+                refused=dict(self.anvil.refused),
+                **self.handler.counters,
             ),
         )
         # blocked since the supervisor forked us; the handlers are in place now
@@ -258,13 +268,26 @@ class TrackedSMTP(GatewaySMTP):
     """Keeps a registry of live sessions so that a stop can wait for them."""
 
     registry: set
+    anvil: Anvil
+    _counted: str | None = None
 
     def connection_made(self, transport):
         self.registry.add(self)
+        if self.transport is None:  # a new connection, not the STARTTLS layer on top of one
+            peer = transport.get_extra_info("peername")
+            ip = peer[0] if peer else ""
+            self.admission = self.anvil.admit(ip)
+            if self.admission is None:
+                self._counted = ip
+            else:
+                logmod.get().info("connection_refused", client=ip, reply=self.admission)
         super().connection_made(transport)
 
     def connection_lost(self, exc):
         self.registry.discard(self)
+        if self._counted is not None:
+            self.anvil.release(self._counted)
+            self._counted = None
         super().connection_lost(exc)
 
     def in_transaction(self) -> bool:

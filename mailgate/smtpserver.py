@@ -122,18 +122,46 @@ def parse_rcpt_dsn(arg: str) -> tuple[str, dict[str, str]]:
 
 
 class GatewaySMTP(SMTP):
-    """One SMTP session. Everything else about the protocol is aiosmtpd's."""
+    """One SMTP session. Everything else about the protocol is aiosmtpd's.
+
+    Session limits (a ``limits`` config is set by the receiver; none in the tests' sinks):
+    a refusal decided at connect (``admission``) is the only reply the client gets; after
+    ``MaxErrors`` 5xx replies, or at a MAIL past ``MaxMessagesPerSession`` messages or
+    ``MaxSessionBytes`` bytes, the client gets ``421 4.7.0`` and the session is closed.
+    """
 
     stopping = False  # set on the class by the receiver when it shuts down
+    limits = None
 
     def __init__(self, handler, **kwargs):
         super().__init__(handler, **kwargs)
         self._plain_replies = False
+        self.admission: str | None = None
+        self.errors = 0
+        self.messages = 0
+        self.bytes = 0
+
+    async def _handle_client(self):
+        if self.admission is not None:
+            await super().push(self.admission)
+            self._close()
+            return
+        await super()._handle_client()
+
+    def _close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
 
     async def push(self, status):
         if isinstance(status, str) and not self._plain_replies:
             status = with_enhanced_code(status)
-        return await super().push(status)
+        result = await super().push(status)
+        if isinstance(status, str) and status[:1] == "5" and self.limits is not None:
+            self.errors += 1
+            if self.limits.max_errors and self.errors >= self.limits.max_errors:
+                await super().push("421 4.7.0 Too many errors, closing the session")
+                self._close()
+        return result
 
     async def smtp_EHLO(self, hostname: str):
         self._plain_replies = True
@@ -159,6 +187,14 @@ class GatewaySMTP(SMTP):
 
     async def smtp_MAIL(self, arg: str | None):
         if await self._refuse_if_stopping():
+            return
+        limits = self.limits
+        if limits is not None and (
+            (limits.max_messages_per_session and self.messages >= limits.max_messages_per_session)
+            or (limits.max_session_bytes and self.bytes >= limits.max_session_bytes)
+        ):
+            await self.push("421 4.7.0 Too much mail in one session, reconnect to send more")
+            self._close()
             return
         await self._with_dsn(arg, parse_mail_dsn, "dsn_mail", super().smtp_MAIL)
 

@@ -68,7 +68,9 @@ def dialogue(port: int, source: str, forms: list[str]) -> dict[str, str]:
     return replies
 
 
-def test_address_tricks_never_open_the_relay(gateway, sink):
+def test_address_tricks_never_open_the_relay(make_gateway, sink):
+    # One session tries every form: more refusals than MaxErrors allows by default.
+    gateway = make_gateway("[smtpgw.limits]\nMaxErrors=100\n").start()
     assert len(FORMS) >= 20
     replies = dialogue(gateway.port, "127.0.0.2", [form for form, _ok in FORMS])
     for form, accepted in FORMS:

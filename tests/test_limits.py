@@ -1,0 +1,143 @@
+"""Access lists and session limits over real SMTP, and a flood from one address that must not
+take service away from another."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import smtplib
+import socket
+import threading
+
+from support import make_message, wait_for
+
+
+def connect(port: int, source: str) -> tuple[socket.socket, str]:
+    s = socket.create_connection(("127.0.0.1", port), source_address=(source, 0), timeout=30)
+    return s, s.makefile("rb").readline().decode().strip()
+
+
+def session(port: int, source: str):
+    s, banner = connect(port, source)
+    f = s.makefile("rwb")
+
+    def cmd(line: str) -> str:
+        f.write(line.encode() + b"\r\n")
+        f.flush()
+        lines = [f.readline()]
+        while lines[-1][3:4] == b"-":
+            lines.append(f.readline())
+        return lines[-1].decode().strip()
+
+    return s, banner, cmd, f
+
+
+def test_client_deny_and_allow_lists(make_gateway, tmp_path):
+    listed = tmp_path / "deny.txt"
+    listed.write_text("# bad neighbours\n127.0.0.3\n")
+    gw = make_gateway(
+        "[smtpgw.network]\nClientDeny=127.0.0.0/8, 127.0.1.*\n"
+        f"ClientDeny=file:{listed}\nClientAllow=127.0.0.1, 127.0.0.3\n"
+    ).start()
+    for source, allowed in (
+        ("127.0.0.1", True),
+        ("127.0.0.2", False),
+        ("127.0.1.9", False),
+        ("127.0.0.3", True),
+    ):
+        s, banner = connect(gw.port, source)
+        s.close()
+        if allowed:
+            assert banner.startswith("220"), (source, banner)
+        else:
+            assert banner == f"554 5.7.1 Access denied for {source}", banner
+    assert "event='connection_refused'" in gw.log()
+
+
+def test_concurrency_per_client_and_rate(make_gateway):
+    gw = make_gateway("[smtpgw.limits]\nMaxSessionsPerClient=3\nConnectionRate=6\n").start()
+    held = [connect(gw.port, "127.0.0.2") for _ in range(3)]
+    assert all(banner.startswith("220") for _s, banner in held)
+    s, banner = connect(gw.port, "127.0.0.2")
+    s.close()
+    assert banner.startswith("421 4.7.0 Too many connections from 127.0.0.2"), banner
+    other, banner = connect(gw.port, "127.0.0.4")  # another client is served meanwhile
+    other.close()
+    assert banner.startswith("220")
+    for s, _b in held:
+        s.close()
+    # Six connections a minute: three held, one refused (refusals count too), two more...
+    replies = []
+    for _ in range(3):
+        s, banner = connect(gw.port, "127.0.0.2")
+        replies.append(banner[:3])
+        s.close()
+    assert "421" in replies, replies
+
+
+def test_errors_messages_and_bytes_per_session(make_gateway, sink):
+    gw = make_gateway(
+        "[smtpgw.limits]\nMaxErrors=3\nMaxMessagesPerSession=2\nMaxSessionBytes=1M\n"
+    ).start()
+    s, _banner, cmd, f = session(gw.port, "127.0.0.2")
+    assert cmd("EHLO x").startswith("250")
+    assert cmd("BOGUS").startswith("500")
+    assert cmd("MAIL FROM:<a@example.org> SIZE=zz").startswith("5")
+    assert cmd("RCPT TO:<x@company.com>").startswith("503")  # the third error
+    assert f.readline() == b"421 4.7.0 Too many errors, closing the session\r\n"
+    assert f.readline() == b""  # closed
+    s.close()
+    with smtplib.SMTP("127.0.0.1", gw.port, source_address=("127.0.0.2", 0)) as smtp:
+        for i in range(2):
+            smtp.sendmail("a@example.org", ["user@company.com"], make_message(f"m{i}@test"))
+        code, reply = smtp.mail("a@example.org")
+        assert code == 421 and b"4.7.0" in reply
+    sink.wait_count(2)
+    big = make_message("big@test", size=600 * 1024)
+    with smtplib.SMTP("127.0.0.1", gw.port) as smtp:
+        smtp.sendmail("a@example.org", ["user@company.com"], big)
+        smtp.sendmail("a@example.org", ["user@company.com"], big)
+        code, _reply = smtp.mail("a@example.org")
+        assert code == 421
+    sink.wait_count(4)
+
+
+def test_a_flood_from_one_address_leaves_another_served(make_gateway, sink):
+    gw = make_gateway("[smtpgw.limits]\nMaxSessionsPerClient=10\nConnectionRate=100\n").start()
+    banners: list[str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+    open_sockets: list[socket.socket] = []
+
+    def flood(_n: int) -> None:
+        try:
+            s, banner = connect(gw.port, "127.0.0.2")
+        except OSError as exc:
+            banner = f"error {exc}"
+            s = None
+        with lock:
+            banners.append(banner[:3])
+            if s is not None:
+                open_sockets.append(s)
+
+    accepted_ids = []
+
+    def legitimate() -> None:
+        with smtplib.SMTP(
+            "127.0.0.1", gw.port, source_address=("127.0.0.3", 0), timeout=60
+        ) as smtp:
+            for i in range(50):
+                smtp.sendmail("a@example.org", ["user@company.com"], make_message(f"good-{i}@test"))
+                accepted_ids.append(f"<good-{i}@test>")
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=32) as pool:
+        good = pool.submit(legitimate)
+        list(pool.map(flood, range(300)))
+        good.result(timeout=120)
+    stop.set()
+    for s in open_sockets:
+        s.close()
+    assert len(banners) == 300
+    assert banners.count("220") <= 100  # ConnectionRate=100 per minute for 127.0.0.2
+    assert banners.count("421") >= 200
+    assert len(accepted_ids) == 50
+    wait_for(lambda: set(accepted_ids) <= set(sink.ids()), 60, "all 50 legitimate messages")
