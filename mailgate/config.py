@@ -338,6 +338,13 @@ def parse_list_sources(text: str) -> list[ListSource]:
     return [ListSource(item) for item in split_list(text)]
 
 
+def parse_rbl_action(text: str) -> str:
+    low = text.strip().lower()
+    if low not in ("reject", "mark"):
+        raise BadValue(f"expected reject or mark, got {text!r}")
+    return low
+
+
 def parse_zones(text: str) -> list:
     from mailgate.dnsbl import Zone
 
@@ -356,6 +363,22 @@ def parse_zones(text: str) -> list:
             raise BadValue(f"weight must be a number, got {parts[-1]!r}") from None
         masks = tuple(parts[1].split(",")) if len(parts) == 3 else ("127.*",)
         zones.append(Zone(parts[0].lower().rstrip("."), masks, weight))
+    return zones
+
+
+def parse_connect_zones(text: str) -> list:
+    """``ZONE [MASKS]`` lines (no weight: a listing refuses or marks)."""
+    from mailgate.dnsbl import Zone
+
+    zones = []
+    for line in text.splitlines():
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) > 2 or not _HOST_RE.match(parts[0]):
+            raise BadValue(f"expected 'ZONE [MASKS]', got {line.strip()!r}")
+        masks = tuple(parts[1].split(",")) if len(parts) == 2 else ("127.*",)
+        zones.append(Zone(parts[0].lower().rstrip("."), masks, 0.0))
     return zones
 
 
@@ -481,6 +504,16 @@ _TABLE = [
            "addresses, CIDR, masks or file:PATH always let in"),
     Option(_NET, "ClientDeny", "client_deny", parse_list_sources, "", True,
            "addresses, CIDR, masks or file:PATH refused at connect"),
+    Option(_NET, "ConnectRBL", "connect_rbl", parse_connect_zones, "", True,
+           "ZONE [MASKS]: block lists asked at connect"),
+    Option(_NET, "ConnectRBLAction", "connect_rbl_action", parse_rbl_action, "reject",
+           doc="reject (554 at connect) or mark (X-Mailgate-RBL header)"),
+    Option(_NET, "RejectHeloAsUs", "reject_helo_as_us", parse_bool, "yes",
+           doc="refuse a HELO naming this gateway or its address"),
+    Option(_NET, "RejectInvalidHelo", "reject_invalid_helo", parse_bool, "no",
+           doc="refuse a HELO that is neither a domain nor an address literal"),
+    Option(_NET, "ValidRecipients", "valid_recipients", parse_list_sources, "", True,
+           "addresses or file:PATH; their domains accept only these (550 5.1.1)"),
     Option(_FWD, "ForwardRoute", "routes", parse_routes, "", True,
            "MASK NEXTHOP routes, first match wins"),
     Option(_FWD, "DeliveryPort", "delivery_port", parse_port, "25",
@@ -632,6 +665,11 @@ class Config:
     session_timeout: float
     client_allow: list
     client_deny: list
+    connect_rbl: list
+    connect_rbl_action: str
+    reject_helo_as_us: bool
+    reject_invalid_helo: bool
+    valid_recipients: list
     routes: list[Route]
     delivery_port: int
     nameservers: list[tuple[str, int]]
@@ -952,6 +990,7 @@ def parse(text: str, path: Path) -> Config:
         "BlacklistNetworks",
         "ClientAllow",
         "ClientDeny",
+        "ValidRecipients",
     ):
         opt = next(o for o in _TABLE if o.key == key)
         for source in getattr(config, opt.attr):

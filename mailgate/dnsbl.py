@@ -113,6 +113,22 @@ class Checker:
                 hits[zone.rule] = (zone.weight, f"{what} listed ({listed[0]})")
         return hits
 
+    async def listed(self, client_ip: str, zones: list[Zone]) -> tuple[str, str] | None:
+        """(zone, why) of the first zone listing ``client_ip``, from inside an event loop."""
+        reverse = reversed_ip(client_ip)
+        if not reverse or not zones:
+            return None
+        queries = [(z, f"{reverse}.{z.zone}", client_ip) for z in zones]
+        try:
+            hits = await self._all(queries)
+        except (TimeoutError, dns.exception.DNSException, OSError):
+            self.failures += 1
+            return None
+        for zone in zones:
+            if zone.rule in hits:
+                return zone.zone, hits[zone.rule][1]
+        return None
+
     def check(
         self, client_ip: str, domains: list[str], rbl: list[Zone], uribl: list[Zone]
     ) -> dict[str, tuple[float, str]]:

@@ -28,7 +28,9 @@ from aiosmtpd.smtp import Envelope, Session
 from mailgate import config as configmod
 from mailgate import envelope as envmod
 from mailgate import log as logmod
+from mailgate import restrictions
 from mailgate.anvil import Anvil
+from mailgate.dnsbl import Checker
 from mailgate.smtpserver import GatewaySMTP
 from mailgate.spool import Spool, new_queue_id
 
@@ -47,6 +49,29 @@ class Receiver:
         self.counters: collections.Counter[str] = collections.Counter()
         self._load_checked = 0.0
         self._overloaded: str | None = None
+        self.recipients = restrictions.Recipients(config)
+        self.dns = Checker(config.nameservers, config.dns_timeout)
+
+    def reconfigure(self, config: configmod.Config) -> None:
+        self.config = config
+        self.recipients = restrictions.Recipients(config)
+        self.dns = Checker(config.nameservers, config.dns_timeout)
+
+    async def connect_refusal(self, server: GatewaySMTP, ip: str) -> str | None:
+        """Ask the ConnectRBL zones about a new client; the refusal, or None (maybe marked)."""
+        config = self.config
+        if not config.connect_rbl or config.is_trusted(ip):
+            return None
+        hit = await self.dns.listed(ip, config.connect_rbl)
+        if hit is None:
+            return None
+        zone, why = hit
+        self.counters["rbl_listed"] += 1
+        self.log.info("rbl_listed", client=ip, zone=zone, why=why, action=config.connect_rbl_action)
+        if config.connect_rbl_action == "mark":
+            server.rbl = f"{zone} ({why})"
+            return None
+        return f"554 5.7.1 Service unavailable; client [{ip}] blocked using {zone}"
 
     # ------------------------------------------------------------ checks
 
@@ -76,7 +101,19 @@ class Receiver:
 
     # ------------------------------------------------------------ aiosmtpd hooks
 
+    async def handle_HELO(self, server, session, envelope, hostname):
+        refusal = restrictions.helo_refusal(self.config, hostname, session.peer[0])
+        if refusal:
+            self.counters["rejected_helo"] += 1
+            return refusal
+        session.host_name = hostname
+        return f"250 {server.hostname}"
+
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        refusal = restrictions.helo_refusal(self.config, hostname, session.peer[0])
+        if refusal:
+            self.counters["rejected_helo"] += 1
+            return [refusal]
         session.host_name = hostname
         lines = [r[4:] for r in responses[1:] if not r[4:].startswith(("AUTH", "HELP"))]
         lines += ["PIPELINING", "ENHANCEDSTATUSCODES", "DSN"]
@@ -105,6 +142,10 @@ class Receiver:
             self.counters["rejected_relay"] += 1
             self.log.info("rcpt_refused", client=session.peer[0], to=address, reply=refusal)
             return refusal
+        if self.recipients.unknown(address):
+            self.counters["rejected_unknown_user"] += 1
+            self.log.info("rcpt_refused", client=session.peer[0], to=address, reply="unknown")
+            return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
         params = getattr(session, "dsn_rcpt", {})
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
@@ -140,6 +181,7 @@ class Receiver:
                 "port": session.peer[1],
                 "helo": session.host_name,
                 "tls": session.ssl is not None,
+                **({"rbl": server.rbl} if server.rbl else {}),
             },
         )
         loop = asyncio.get_running_loop()
@@ -215,12 +257,14 @@ class Listener:
         smtp.registry = self.sessions
         smtp.anvil = self.anvil
         smtp.limits = cfg
+        smtp.screen = self.handler.connect_refusal
         return smtp
 
     def reload(self) -> None:
         config = configmod.reload(self.config, self.snapshot, self.log)
         if config is not None:
-            self.config = self.handler.config = config
+            self.config = config
+            self.handler.reconfigure(config)
             self.anvil.configure(config)
             self.log.info("config_reloaded")
 

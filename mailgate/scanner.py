@@ -218,6 +218,9 @@ class Scanner(Worker):
         envelope = entry.read_envelope()
         raw = entry.read_message()
         verdict = Verdict(entry.id, envelope, [f"X-Mailgate-Queue-ID: {entry.id}"])
+        rbl = (envelope.get("client") or {}).get("rbl")
+        if rbl:
+            verdict.headers.append(f"X-Mailgate-RBL: listed in {rbl}")
         if not (
             self.config.av_enabled or self.config.attachments_enabled or self.config.spam_enabled
         ):

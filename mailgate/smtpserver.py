@@ -132,6 +132,7 @@ class GatewaySMTP(SMTP):
 
     stopping = False  # set on the class by the receiver when it shuts down
     limits = None
+    screen = None  # async (server, ip) -> refusal or None, asked before the greeting
 
     def __init__(self, handler, **kwargs):
         super().__init__(handler, **kwargs)
@@ -140,8 +141,11 @@ class GatewaySMTP(SMTP):
         self.errors = 0
         self.messages = 0
         self.bytes = 0
+        self.rbl = ""
 
     async def _handle_client(self):
+        if self.admission is None and self.screen is not None and self.session is not None:
+            self.admission = await self.screen(self, self.session.peer[0])
         if self.admission is not None:
             await super().push(self.admission)
             self._close()

@@ -78,7 +78,9 @@ def main() -> int:
             nonlocal sent, accepted, good_seconds
             body = b"Subject: hello\r\n\r\n" + (b"x" * 76 + b"\r\n") * 65
             started = time.monotonic()
-            with smtplib.SMTP("127.0.0.1", gw_port, source_address=("127.0.0.3", 0)) as smtp:
+            with smtplib.SMTP(
+                "127.0.0.1", gw_port, "client.example.org", source_address=("127.0.0.3", 0)
+            ) as smtp:
                 for _ in range(args.messages):
                     sent += 1
                     try:

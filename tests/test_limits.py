@@ -86,7 +86,9 @@ def test_errors_messages_and_bytes_per_session(make_gateway, sink):
     assert f.readline() == b"421 4.7.0 Too many errors, closing the session\r\n"
     assert f.readline() == b""  # closed
     s.close()
-    with smtplib.SMTP("127.0.0.1", gw.port, source_address=("127.0.0.2", 0)) as smtp:
+    with smtplib.SMTP(
+        "127.0.0.1", gw.port, "client.example.org", source_address=("127.0.0.2", 0)
+    ) as smtp:
         for i in range(2):
             smtp.sendmail("a@example.org", ["user@company.com"], make_message(f"m{i}@test"))
         code, reply = smtp.mail("a@example.org")
@@ -123,7 +125,7 @@ def test_a_flood_from_one_address_leaves_another_served(make_gateway, sink):
 
     def legitimate() -> None:
         with smtplib.SMTP(
-            "127.0.0.1", gw.port, source_address=("127.0.0.3", 0), timeout=60
+            "127.0.0.1", gw.port, "client.example.org", source_address=("127.0.0.3", 0), timeout=60
         ) as smtp:
             for i in range(50):
                 smtp.sendmail("a@example.org", ["user@company.com"], make_message(f"good-{i}@test"))

@@ -1,0 +1,71 @@
+"""The receiver's checks on what a client says, in the spirit of Postfix's smtpd restrictions.
+
+- HELO/EHLO: a name that claims to be this gateway (its Hostname or a ListenOn address) is
+  refused with ``550 5.7.1`` (``RejectHeloAsUs``); one that is neither a domain name nor an
+  address literal with ``501 5.5.2`` (``RejectInvalidHelo``). Trusted clients are not checked.
+- Recipients: with ``ValidRecipients``, a protected domain that has entries in the list
+  accepts only those addresses (masks allowed), everybody else gets ``550 5.1.1`` at RCPT,
+  so the gateway never accepts mail it would have to bounce (backscatter).
+- Block lists at connect (``ConnectRBL``): a listed client is refused with ``554 5.7.1`` before
+  the greeting, or with ``ConnectRBLAction=mark`` let in and its mail marked
+  ``X-Mailgate-RBL``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import re
+
+from mailgate.config import Config
+
+_DOMAIN_RE = re.compile(
+    r"^(?=.{1,253}$)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
+    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?$"
+)
+
+
+def helo_valid(name: str) -> bool:
+    if name.startswith("[") and name.endswith("]"):
+        literal = name[1:-1]
+        if literal.lower().startswith("ipv6:"):
+            literal = literal[5:]
+        try:
+            ipaddress.ip_address(literal)
+        except ValueError:
+            return False
+        return True
+    return bool(_DOMAIN_RE.match(name))
+
+
+def helo_refusal(config: Config, name: str, client_ip: str) -> str | None:
+    if config.is_trusted(client_ip):
+        return None
+    name = name.strip()
+    bare = name.strip("[]").lower().removeprefix("ipv6:").rstrip(".")
+    ours = {config.hostname.lower(), *(host.lower() for host, _port in config.listen)}
+    if config.reject_helo_as_us and bare in ours:
+        return f"550 5.7.1 {name}: you are not me"
+    if config.reject_invalid_helo and not helo_valid(name):
+        return f"501 5.5.2 {name}: invalid HELO name"
+    return None
+
+
+class Recipients:
+    """``ValidRecipients``: per protected domain, the addresses (or masks) that exist."""
+
+    def __init__(self, config: Config):
+        self.by_domain: dict[str, list[str]] = {}
+        for item in config.list_items(config.valid_recipients):
+            item = item.lower()
+            domain = item.rpartition("@")[2]
+            self.by_domain.setdefault(domain, []).append(item)
+
+    def unknown(self, address: str) -> bool:
+        if not self.by_domain:
+            return False
+        address = address.lower()
+        known = self.by_domain.get(address.rpartition("@")[2].rstrip("."))
+        if known is None:
+            return False  # a domain nobody listed: not verified
+        return not any(fnmatch.fnmatchcase(address, mask) for mask in known)
