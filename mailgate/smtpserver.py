@@ -152,13 +152,19 @@ class GatewaySMTP(SMTP):
             return
         await super()._handle_client()
 
+    def _timeout_cb(self):
+        """Say why before hanging up on an idle (or one-byte-a-minute) client."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"421 4.4.2 Timeout exceeded, closing the session\r\n")
+        super()._timeout_cb()
+
     def _close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
 
     async def push(self, status):
-        if isinstance(status, str) and not self._plain_replies:
-            status = with_enhanced_code(status)
+        if isinstance(status, str) and (not self._plain_replies or status[:1] in "45"):
+            status = with_enhanced_code(status)  # EHLO's 250 lines stay plain, errors do not
         result = await super().push(status)
         if isinstance(status, str) and status[:1] == "5" and self.limits is not None:
             self.errors += 1

@@ -1,0 +1,283 @@
+"""Hostile input: random SMTP dialogues and bytes against a running receiver, random MIME trees
+against the scanner, a client that vanishes in the middle of DATA, one that is too slow."""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from support import free_port
+
+from mailgate import config as configmod
+from mailgate import mime
+from mailgate.scanner import Inspector
+from mailgate.spamtest import Spamtest
+
+QUEUED = re.compile(rb"^250 2\.0\.0 Ok: queued as ([0-9A-Z]{21})", re.M)
+
+addresses = st.sampled_from(
+    [
+        "<a@example.org>",
+        "<>",
+        "<user@company.com>",
+        "<x@elsewhere.net>",
+        "<bad",
+        "<@a:b@c>",
+        "<a@[127.0.0.1]>",
+        "<\x00@company.com>",
+        "<" + "u" * 300 + "@company.com>",
+    ]
+)
+params = st.sampled_from(
+    [
+        "",
+        " SIZE=100",
+        " BODY=8BITMIME",
+        " RET=FULL",
+        " NOTIFY=NEVER",
+        " NOTIFY=BOGUS",
+        " ORCPT=rfc822;x@y",
+        " SIZE=999999999999",
+        " SMTPUTF8",
+        " X=Y",
+    ]
+)
+bodies = st.lists(
+    st.sampled_from(
+        [
+            b"Subject: hi",
+            b"",
+            b".",
+            b"..dot",
+            b"\x00nul",
+            b"bare\nLF",
+            b"bare\rCR",
+            b"\xff\xfe8bit",
+            b"x" * 990,
+            b"From: a@b.c",
+            b"\t folded",
+        ]
+    ),
+    max_size=8,
+)
+commands = st.one_of(
+    st.builds(lambda a: f"EHLO {a}".encode(), st.sampled_from(["x.example.org", "", "[1.2.3.4]"])),
+    st.just(b"HELO client.example.org"),
+    st.builds(lambda a, p: f"MAIL FROM:{a}{p}".encode(), addresses, params),
+    st.builds(lambda a, p: f"RCPT TO:{a}{p}".encode(), addresses, params),
+    st.builds(lambda b: (b"DATA", b), bodies),
+    st.sampled_from(
+        [b"RSET", b"NOOP", b"VRFY a", b"HELP", b"STARTTLS", b"AUTH PLAIN x", b"BDAT 10", b"QUIT"]
+    ),
+    st.binary(max_size=60).map(lambda b: b.replace(b"\r\n", b"")),
+)
+
+
+@pytest.fixture(scope="module")
+def held_gateway(tmp_path_factory):
+    """A gateway whose scanners and senders are off: every accepted message stays in incoming/."""
+    import support
+
+    sink = support.Sink()
+    sink.start()
+    gw = support.Gateway(
+        tmp_path_factory.mktemp("hostile"),
+        free_port(),
+        sink.port_number,
+        "[smtpgw.limits]\nScanners=0\nSenders=0\nMaxErrors=0\n",
+    )
+    gw.start()
+    yield gw
+    gw.stop()
+    sink.stop()
+
+
+def talk(port: int, dialogue: list) -> bytes:
+    out = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.settimeout(10)
+        f = s.makefile("rwb")
+        out += f.readline()
+        for command in dialogue:
+            if isinstance(command, tuple):
+                f.write(b"DATA\r\n")
+                f.flush()
+                reply = f.readline()
+                out += reply
+                if not reply.startswith(b"354"):
+                    continue
+                for line in command[1]:
+                    f.write(line + b"\r\n")
+                f.write(b".\r\n")
+            else:
+                f.write(command + b"\r\n")
+            f.flush()
+            reply = f.readline()
+            while reply[3:4] == b"-":
+                reply = f.readline()
+            out += reply
+            if not reply or reply.startswith(b"221") or reply.startswith(b"421"):
+                break
+    return out
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(dialogue=st.lists(commands, max_size=12))
+def test_random_dialogues_never_crash_and_every_250_is_on_disk(held_gateway, dialogue):
+    pid = held_gateway.pids("receiver")
+    try:
+        transcript = talk(held_gateway.port, dialogue)
+    except (TimeoutError, ConnectionError) as exc:
+        pytest.fail(f"the receiver stopped answering: {exc!r}")
+    for queue_id in QUEUED.findall(transcript):
+        path = held_gateway.spool / "incoming" / queue_id.decode()
+        assert (path / "message.eml").is_file() and (path / "envelope.json").is_file()
+    for line in transcript.splitlines():
+        if line[:1] in b"245" and line[:3] not in (b"220", b"250"):
+            assert re.match(rb"^[245]\d\d [245]\.\d+\.\d+ ", line), line
+    assert held_gateway.pids("receiver") == pid  # never restarted: it did not crash
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(junk=st.binary(min_size=1, max_size=2000))
+def test_random_bytes_leave_the_receiver_serving(held_gateway, junk):
+    with socket.create_connection(("127.0.0.1", held_gateway.port), timeout=10) as s:
+        s.recv(100)
+        s.sendall(junk)
+    with socket.create_connection(("127.0.0.1", held_gateway.port), timeout=10) as s:
+        assert s.recv(100).startswith(b"220")
+
+
+def test_a_client_gone_in_the_middle_of_data_queues_nothing(held_gateway):
+    before = set(held_gateway.entries("incoming"))
+    with socket.create_connection(("127.0.0.1", held_gateway.port), timeout=10) as s:
+        f = s.makefile("rwb")
+        f.readline()
+        for line in (
+            b"EHLO x.example.org",
+            b"MAIL FROM:<a@example.org>",
+            b"RCPT TO:<user@company.com>",
+            b"DATA",
+        ):
+            f.write(line + b"\r\n")
+            f.flush()
+            reply = f.readline()
+            while reply[3:4] == b"-":
+                reply = f.readline()
+        assert reply.startswith(b"354")
+        f.write(b"Subject: half\r\n\r\nand then the client is gone\r\n")
+        f.flush()
+    with socket.create_connection(("127.0.0.1", held_gateway.port), timeout=10) as s:
+        assert s.recv(100).startswith(b"220")
+    assert set(held_gateway.entries("incoming")) == before
+    assert held_gateway.entries("tmp") == []
+
+
+def test_a_client_sending_one_byte_at_a_time_is_timed_out(make_gateway):
+    gw = make_gateway("[smtpgw.network]\nSessionTimeout=1s\n").start()
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=30) as s:
+        s.recv(100)
+        s.settimeout(0.3)
+        started = time.monotonic()
+        data = b""
+        # Drip "EHLO ..." a byte every 0.3 s: bytes do not count as activity, lines do.
+        for byte in b"EHLO slowly.example.org":
+            try:
+                s.sendall(bytes([byte]))
+                data += s.recv(200)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            if b"\n" in data or not data:
+                break
+        assert data.startswith(b"421 4.4.2"), data
+        assert time.monotonic() - started < 5
+
+
+mime_leaf = st.builds(
+    lambda ctype, cte, name, body: (
+        (
+            f"Content-Type: {ctype}\r\nContent-Transfer-Encoding: {cte}\r\n"
+            + (f'Content-Disposition: attachment; filename="{name}"\r\n' if name else "")
+            + "\r\n"
+        ).encode()
+        + body
+    ),
+    st.sampled_from(
+        [
+            "text/plain",
+            "text/html; charset=bogus-8",
+            "application/octet-stream",
+            "image/png",
+            "message/rfc822",
+            "multipart/mixed",
+            "text/plain; charset=utf-8",
+        ]
+    ),
+    st.sampled_from(["base64", "quoted-printable", "7bit", "8bit", "x-uuencode", "garbage"]),
+    st.one_of(st.none(), st.sampled_from(["a.exe", "=?utf-8?b?w6k=?=.scr", "x", "../../etc"])),
+    st.binary(max_size=300),
+)
+
+
+def tree(children: st.SearchStrategy) -> st.SearchStrategy:
+    return st.builds(
+        lambda boundary, parts, close: (
+            f'Content-Type: multipart/mixed; boundary="{boundary}"\r\n\r\n'.encode()
+            + b"".join(f"--{boundary}\r\n".encode() + p + b"\r\n" for p in parts)
+            + (f"--{boundary}--\r\n".encode() if close else b"")
+        ),
+        st.sampled_from(["b1", "b2", "=_x", "", "b1 b2", "a" * 80]),
+        st.lists(children, max_size=4),
+        st.booleans(),
+    )
+
+
+mime_trees = st.recursive(mime_leaf, tree, max_leaves=25)
+
+
+@pytest.fixture(scope="module")
+def offline_inspector(tmp_path_factory):
+    conf = tmp_path_factory.mktemp("mime") / "m.conf"
+    conf.write_text(
+        "[smtpgw.path]\nSpoolDir=spool\n[smtpgw.antivirus]\nEnabled=no\nMaxDepth=6\n"
+        "MaxParts=40\n[smtpgw.spamtest]\nNetwork=no\n"
+    )
+    config = configmod.load(conf)
+    return Inspector(config, None, types=True, spam=Spamtest(config, None, network=False))
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(body=mime_trees, headers=st.binary(max_size=200))
+def test_random_mime_trees_never_crash_the_scanner(offline_inspector, body, headers):
+    raw = b"From: a@example.org\r\nSubject: t\r\n" + headers + b"\r\nMIME-Version: 1.0\r\n" + body
+    started = time.monotonic()
+    inspection = offline_inspector.inspect(raw)
+    assert inspection.decision.status in ("clean", "banned", "corrupted", "unscannable")
+    assert inspection.spam is not None
+    removed = {o.path: "removed\n" for o in inspection.split.objects[:2]}
+    cured = mime.cure(inspection.split, removed)
+    assert isinstance(cured, bytes)
+    assert time.monotonic() - started < 5
+
+
+def test_the_torture_corpus_is_inspected_without_errors(offline_inspector):
+    corpus = Path(__file__).resolve().parents[2] / "shared" / "mime-torture"
+    files = [p for p in corpus.rglob("*") if p.is_file()] if corpus.is_dir() else []
+    if not files:
+        pytest.skip("no ../shared/mime-torture beside the repository")
+    for path in files:
+        inspection = offline_inspector.inspect(path.read_bytes())
+        assert inspection.decision.status, path
