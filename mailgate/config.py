@@ -542,6 +542,12 @@ _TABLE = [
            doc="then 421 4.7.0; 0: no limit"),
     Option(_LIM, "MaxSessionBytes", "max_session_bytes", parse_size, "0",
            doc="message bytes per session, then 421 4.7.0; 0: no limit"),
+    Option(_LIM, "MaxHeaders", "max_headers", parse_int, "1000",
+           doc="header fields in a message, then 552 5.3.4; 0: no limit"),
+    Option(_LIM, "MaxHeaderSize", "max_header_size", parse_size, "256K",
+           doc="size of the header block, then 552 5.3.4; 0: no limit"),
+    Option(_LIM, "MaxHops", "max_hops", parse_int, "50",
+           doc="Received: headers before 554 5.4.6 (a mail loop); 0: no limit"),
     Option(_LIM, "MaxErrors", "max_errors", parse_int, "20",
            doc="5xx replies in a session before 421 4.7.0 and disconnect; 0: no limit"),
     Option(_LIM, "Scanners", "scanners", parse_int, "2"),
@@ -687,6 +693,9 @@ class Config:
     max_messages_per_session: int
     max_session_bytes: int
     max_errors: int
+    max_headers: int
+    max_header_size: int
+    max_hops: int
     scanners: int
     senders: int
     max_attempts: int

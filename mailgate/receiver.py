@@ -152,7 +152,27 @@ class Receiver:
         envelope.dsn_rcpts.append(params)
         return "250 2.1.5 Recipient ok"
 
+    def header_refusal(self, data: bytes) -> str | None:
+        """Too many header fields, too large a header block, or too many hops (a loop)."""
+        config = self.config
+        end = data.find(b"\r\n\r\n")
+        head = data if end < 0 else data[: end + 2]
+        if config.max_header_size and len(head) > config.max_header_size:
+            return "552 5.3.4 Message header too large"
+        fields = [line for line in head.split(b"\r\n") if line and line[:1] not in b" \t"]
+        if config.max_headers and len(fields) > config.max_headers:
+            return "552 5.3.4 Too many header fields"
+        hops = sum(1 for line in fields if line[:9].lower() == b"received:")
+        if config.max_hops and hops + 1 > config.max_hops:  # with the one we would add
+            return f"554 5.4.6 Too many hops ({hops} Received headers): mail loop?"
+        return None
+
     async def handle_DATA(self, server, session, envelope: Envelope):
+        refusal = self.header_refusal(envelope.original_content or b"")
+        if refusal:
+            self.counters["rejected_header"] += 1
+            self.log.info("data_refused", client=session.peer[0], reply=refusal)
+            return refusal
         queue_id = new_queue_id()
         data = envelope.original_content or b""
         if not data.endswith(b"\r\n"):

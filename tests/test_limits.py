@@ -143,3 +143,27 @@ def test_a_flood_from_one_address_leaves_another_served(make_gateway, sink):
     assert banners.count("421") >= 200
     assert len(accepted_ids) == 50
     wait_for(lambda: set(accepted_ids) <= set(sink.ids()), 60, "all 50 legitimate messages")
+
+
+def test_header_limits_and_mail_loops(make_gateway, sink):
+    gw = make_gateway("[smtpgw.limits]\nMaxHeaders=30\nMaxHeaderSize=4K\nMaxHops=5\n").start()
+    ok = make_message("ok@test")
+
+    def refused(message: bytes) -> tuple[int, bytes]:
+        with smtplib.SMTP("127.0.0.1", gw.port) as smtp:
+            try:
+                smtp.sendmail("a@example.org", ["user@company.com"], message)
+            except smtplib.SMTPDataError as exc:
+                return exc.smtp_code, exc.smtp_error
+        return 250, b""
+
+    many = b"".join(f"X-Filler-{i}: {i}\r\n".encode() for i in range(40)) + ok
+    assert refused(many) == (552, b"5.3.4 Too many header fields")
+    big = b"X-Big: " + b"y" * 70 + b"\r\n" + (b"\t" + b"y" * 70 + b"\r\n") * 80 + ok
+    assert refused(big) == (552, b"5.3.4 Message header too large")
+    hop = b"Received: from a by b; Sun, 29 Nov 2026 10:00:00 +0000\r\n"
+    assert refused(hop * 4 + ok.replace(b"ok@", b"hops@")) == (250, b"")  # 4 + ours = 5
+    code, text = refused(hop * 5 + ok)  # 5 + ours = 6 > MaxHops
+    assert code == 554 and text.startswith(b"5.4.6 Too many hops"), text
+    assert refused(ok) == (250, b"")
+    assert {r.message_id for r in sink.wait_count(2)} == {"<ok@test>", "<hops@test>"}
