@@ -281,3 +281,26 @@ def test_the_torture_corpus_is_inspected_without_errors(offline_inspector):
     for path in files:
         inspection = offline_inspector.inspect(path.read_bytes())
         assert inspection.decision.status, path
+
+
+def test_bare_lf_dot_does_not_end_data_smtp_smuggling(held_gateway):
+    before = set(held_gateway.entries("incoming"))
+    smuggled = (
+        b"Subject: outer\r\n\r\nfirst\n.\nMAIL FROM:<evil@example.org>\n"
+        b"RCPT TO:<victim@company.com>\nDATA\nSubject: smuggled\n\n"
+        b"second\r\n.\r\n"
+    )
+    transcript = talk(
+        held_gateway.port,
+        [
+            b"EHLO x.example.org",
+            b"MAIL FROM:<a@example.org>",
+            b"RCPT TO:<user@company.com>",
+            (b"DATA", [smuggled[:-5]]),
+            b"QUIT",
+        ],
+    )
+    (queue_id,) = QUEUED.findall(transcript)
+    assert set(held_gateway.entries("incoming")) - before == {queue_id.decode()}
+    stored = (held_gateway.spool / "incoming" / queue_id.decode() / "message.eml").read_bytes()
+    assert b"first\n.\nMAIL FROM:<evil@example.org>\n" in stored  # data, not commands
