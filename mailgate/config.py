@@ -500,6 +500,8 @@ _TABLE = [
     Option(_NET, "TLSKey", "tls_key", parse_path, "", doc="PEM key for TLSCertificate"),
     Option(_NET, "SessionTimeout", "session_timeout", parse_duration, "300s",
            doc="idle time before a session is closed"),
+    Option(_NET, "DataTimeout", "data_timeout", parse_duration, "180s",
+           doc="wait for each line of DATA (RFC 5321 4.5.3.2.6)"),
     Option(_NET, "ClientAllow", "client_allow", parse_list_sources, "", True,
            "addresses, CIDR, masks or file:PATH always let in"),
     Option(_NET, "ClientDeny", "client_deny", parse_list_sources, "", True,
@@ -669,6 +671,7 @@ class Config:
     tls_certificate: str
     tls_key: str
     session_timeout: float
+    data_timeout: float
     client_allow: list
     client_deny: list
     connect_rbl: list

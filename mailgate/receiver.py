@@ -277,6 +277,7 @@ class Listener:
         smtp.registry = self.sessions
         smtp.anvil = self.anvil
         smtp.limits = cfg
+        smtp.data_timeout = cfg.data_timeout
         smtp.screen = self.handler.connect_refusal
         return smtp
 

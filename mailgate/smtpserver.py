@@ -132,6 +132,7 @@ class GatewaySMTP(SMTP):
 
     stopping = False  # set on the class by the receiver when it shuts down
     limits = None
+    data_timeout: float | None = None  # per data line (RFC 5321 4.5.3.2.6); None: the idle one
     screen = None  # async (server, ip) -> refusal or None, asked before the greeting
 
     def __init__(self, handler, **kwargs):
@@ -194,6 +195,28 @@ class GatewaySMTP(SMTP):
         if self.transport is not None:
             self.transport.close()
         return True
+
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd times a whole DATA transfer against the idle timeout; here every line that
+        arrives restarts ``data_timeout`` instead (a slow link is fine, a silent one is not)."""
+        if self.data_timeout is None or self._reader is None:
+            return await super().smtp_DATA(arg)
+        reader = self._reader
+        read_line = reader.readuntil
+
+        async def readuntil(separator=b"\n"):
+            line = await read_line(separator)
+            self._reset_timeout(self.data_timeout)
+            return line
+
+        reader.readuntil = readuntil
+        self._reset_timeout(self.data_timeout)
+        try:
+            return await super().smtp_DATA(arg)
+        finally:
+            del reader.readuntil
+            if self.transport is not None:
+                self._reset_timeout()
 
     async def smtp_MAIL(self, arg: str | None):
         if await self._refuse_if_stopping():

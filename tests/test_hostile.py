@@ -304,3 +304,40 @@ def test_bare_lf_dot_does_not_end_data_smtp_smuggling(held_gateway):
     assert set(held_gateway.entries("incoming")) - before == {queue_id.decode()}
     stored = (held_gateway.spool / "incoming" / queue_id.decode() / "message.eml").read_bytes()
     assert b"first\n.\nMAIL FROM:<evil@example.org>\n" in stored  # data, not commands
+
+
+def test_data_lines_keep_a_slow_transfer_alive_but_a_stall_times_out(make_gateway, sink):
+    gw = make_gateway("[smtpgw.network]\nSessionTimeout=1s\nDataTimeout=1s\n").start()
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=30) as s:
+        f = s.makefile("rwb")
+        f.readline()
+        for line in (
+            b"EHLO x.example.org",
+            b"MAIL FROM:<a@example.org>",
+            b"RCPT TO:<user@company.com>",
+            b"DATA",
+        ):
+            f.write(line + b"\r\n")
+            f.flush()
+            reply = f.readline()
+            while reply[3:4] == b"-":
+                reply = f.readline()
+        assert reply.startswith(b"354")
+        started = time.monotonic()
+        f.write(b"Subject: slow\r\n\r\n")
+        f.flush()
+        while time.monotonic() - started < 2.5:  # longer than both timeouts, a line at a time
+            time.sleep(0.3)
+            f.write(b"still here\r\n")
+            f.flush()
+        f.write(b".\r\n")
+        f.flush()
+        assert f.readline().startswith(b"250 2.0.0 Ok: queued")
+        f.write(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<user@company.com>\r\nDATA\r\n")
+        f.flush()
+        for _ in range(3):
+            f.readline()
+        f.write(b"Subject: stalled\r\n\r\npart of a line")  # and then nothing
+        f.flush()
+        assert f.readline().startswith(b"421 4.4.2")
+    assert sink.wait_count(1)[0].message["Subject"] == "slow"
