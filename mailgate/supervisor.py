@@ -275,6 +275,7 @@ class Supervisor:
     # ------------------------------------------------------------ main loop
 
     def run(self) -> int:
+        os.umask(0o077)  # spool, quarantine, caches, logs of clamd: readable by us alone
         self.spool.create()
         lock = filelock.FileLock(str(self.spool.run_path("supervisor.lock")))
         try:

@@ -196,3 +196,15 @@ def test_corrupt_message_can_be_shown_and_requeued(make_gateway, sink):
     (gw.spool / "corrupt" / bad / "envelope.json").write_text("{broken")
     result = gw.cli("queue", "show", bad)
     assert result.returncode == 4 and "unreadable envelope" in result.stderr
+
+
+def test_spool_files_are_not_readable_by_others(make_gateway, sink):
+    gw = make_gateway("[smtpgw.limits]\nSenders=0\n").start()
+    qid = gw.send(make_message("private@test"))
+    wait_for(lambda: gw.entries("ready") == [qid], what="the scanned message")
+    exposed = [
+        str(path)
+        for path in gw.spool.rglob("*")
+        if not path.is_symlink() and path.stat().st_mode & 0o077
+    ]
+    assert exposed == []
