@@ -544,6 +544,8 @@ _TABLE = [
            doc="then 421 4.7.0; 0: no limit"),
     Option(_LIM, "MaxSessionBytes", "max_session_bytes", parse_size, "0",
            doc="message bytes per session, then 421 4.7.0; 0: no limit"),
+    Option(_LIM, "MaxLineLength", "max_line_length", parse_size, "64K",
+           doc="longest text line accepted; longer ones are folded when sent"),
     Option(_LIM, "MaxHeaders", "max_headers", parse_int, "1000",
            doc="header fields in a message, then 552 5.3.4; 0: no limit"),
     Option(_LIM, "MaxHeaderSize", "max_header_size", parse_size, "256K",
@@ -696,6 +698,7 @@ class Config:
     max_messages_per_session: int
     max_session_bytes: int
     max_errors: int
+    max_line_length: int
     max_headers: int
     max_header_size: int
     max_hops: int
@@ -978,6 +981,8 @@ def parse(text: str, path: Path) -> Config:
     for key, name in (("TLSCertificate", config.tls_certificate), ("TLSKey", config.tls_key)):
         if name and not config.resolve(name).is_file():
             problem(line_of(key), f"{key}: no such file {name!r}")
+    if config.max_line_length < 1001:
+        problem(line_of("MaxLineLength"), "MaxLineLength must be at least 1001 (RFC 5321)")
     if config.max_attempts < 1:
         problem(line_of("MaxAttempts"), "MaxAttempts must be at least 1")
     if not config.hostname:

@@ -264,6 +264,8 @@ class Listener:
 
     def factory(self) -> GatewaySMTP:
         cfg = self.config
+        # aiosmtpd sizes its line reader from this class attribute when a session starts
+        TrackedSMTP.line_length_limit = cfg.max_line_length + 2
         smtp = TrackedSMTP(
             self.handler,
             data_size_limit=cfg.max_message_size,

@@ -125,6 +125,7 @@ class Sender(Worker):
             return
         message = entry.read_message()
         data = "".join(h + "\r\n" for h in envelope.get("headers", [])).encode() + message
+        data = fold_long_lines(data)
         envelope["attempts"] = envelope.get("attempts", 0) + 1
         groups: dict[tuple[Target, ...], list[dict]] = defaultdict(list)
         for rcpt in envmod.pending(envelope):
@@ -348,6 +349,24 @@ class Sender(Worker):
         if action != "delayed":
             for rcpt in rcpts:
                 rcpt["reported"] = True
+
+
+SMTP_LINE = 998  # octets of text per line, CRLF not counted (RFC 5321 4.5.3.1.6)
+
+
+def fold_long_lines(data: bytes) -> bytes:
+    """Break lines longer than SMTP allows, as Postfix does (smtp_line_length_limit): after
+    every 998 octets a CRLF and a space, so headers stay valid (folded) and nothing is lost.
+    The receiver accepts such lines (up to MaxLineLength); the next hop might not."""
+    if len(data) <= SMTP_LINE or not any(len(line) > SMTP_LINE for line in data.split(b"\r\n")):
+        return data
+    out = []
+    for line in data.split(b"\r\n"):
+        while len(line) > SMTP_LINE:
+            out.append(line[:SMTP_LINE])
+            line = b" " + line[SMTP_LINE:]
+        out.append(line)
+    return b"\r\n".join(out)
 
 
 def _describe(exc: BaseException) -> str:
