@@ -161,8 +161,15 @@ def split(raw: bytes, max_depth: int = 20, max_parts: int = 1000) -> Split:
     return result
 
 
+class CureError(ValueError):
+    """The message cannot be written out again (some part defeats the generator)."""
+
+
 def cure(split_message: Split, removed: dict[str, str]) -> bytes:
-    """The message with each leaf whose path is in ``removed`` replaced by its notice text."""
+    """The message with each leaf whose path is in ``removed`` replaced by its notice text.
+
+    Raises ``CureError`` when the tree cannot be serialised again; the caller must then not
+    deliver the message (the object to remove would still be in it)."""
     for obj in split_message.objects:
         notice = removed.get(obj.path)
         if notice is None or obj.part is None:
@@ -176,7 +183,10 @@ def cure(split_message: Split, removed: dict[str, str]) -> bytes:
         body = notice.replace("\r\n", "\n").encode("utf-8")
         part.set_payload(quopri.encodestring(body).decode("ascii"))
     out = io.BytesIO()
-    BytesGenerator(out, mangle_from_=False, policy=POLICY).flatten(split_message.message)
+    try:
+        BytesGenerator(out, mangle_from_=False, policy=POLICY).flatten(split_message.message)
+    except (UnicodeError, LookupError, ValueError, TypeError, AttributeError) as exc:
+        raise CureError(f"cannot rewrite the message: {exc.__class__.__name__}") from exc
     return out.getvalue()
 
 

@@ -274,7 +274,17 @@ class Scanner(Worker):
             return
         message, changed = raw, False
         if decision.cure:
-            message, changed = self._cured(envelope, inspection), True
+            try:
+                message, changed = self._cured(envelope, inspection), True
+            except mime.CureError as exc:
+                # What had to go cannot be cut out: keep the original, deliver nothing.
+                self.spool.quarantine(
+                    raw, {**envelope, "quarantined_at": time.time()}, decision.status
+                )
+                self.spool.remove(entry)
+                self.counters["cure_failed"] += 1
+                self.log.warning("scanned", **log_fields, error=str(exc), to="quarantine")
+                return
             self.counters["cured"] += 1
         untrusted = mime.UNTRUSTED if self.config.spam_enabled else (b"x-mailgate-",)
         if mime.has_untrusted_headers(message, untrusted):

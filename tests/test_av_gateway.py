@@ -360,3 +360,19 @@ def test_sighup_reloads_the_managed_clamds_database(gateway):
         what="clamd to reload its database",
     )
     assert gateway.pids("clamd") == pid  # reloaded, not restarted
+
+
+def test_a_message_that_cannot_be_cured_is_quarantined_not_delivered(gateway, sink):
+    # A nested multipart that Python's email generator cannot write out again (found by the
+    # hypothesis test of test_hostile.py): the infected part cannot be cut out.
+    broken = (
+        b'Content-Type: multipart/mixed; boundary="in"\r\n\r\n--in\r\n'
+        b"Content-Type: multipart/mixed\r\nContent-Transfer-Encoding: base64\r\n\r\n\x80\r\n"
+    )
+    raw = multipart([part(EICAR, filename="eicar.com"), broken], msgid="uncurable@test")
+    raw = raw.replace(b"Subject: test\r\n", b"Subject: test\r\n:\r\n", 1)
+    qid = gateway.send(raw)
+    wait_for(lambda: gateway.entries("quarantine/infected") == [qid], what="the quarantined copy")
+    assert "cannot rewrite the message" in gateway.log()
+    assert all(EICAR not in r.content for r in sink.received)
+    assert gateway.entries("incoming") == [] and gateway.entries("ready") == []

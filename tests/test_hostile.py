@@ -268,8 +268,12 @@ def test_random_mime_trees_never_crash_the_scanner(offline_inspector, body, head
     assert inspection.decision.status in ("clean", "banned", "corrupted", "unscannable")
     assert inspection.spam is not None
     removed = {o.path: "removed\n" for o in inspection.split.objects[:2]}
-    cured = mime.cure(inspection.split, removed)
-    assert isinstance(cured, bytes)
+    try:
+        cured = mime.cure(inspection.split, removed)
+    except mime.CureError:
+        pass  # the scanner then quarantines the message and delivers nothing
+    else:
+        assert isinstance(cured, bytes)
     assert time.monotonic() - started < 5
 
 
