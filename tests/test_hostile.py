@@ -345,3 +345,26 @@ def test_data_lines_keep_a_slow_transfer_alive_but_a_stall_times_out(make_gatewa
         f.flush()
         assert f.readline().startswith(b"421 4.4.2")
     assert sink.wait_count(1)[0].message["Subject"] == "slow"
+
+
+def test_a_pipelined_flood_is_answered_in_order(held_gateway):
+    commands = (
+        [b"EHLO flood.example.org"]
+        + [b"NOOP"] * 2000
+        + [b"MAIL FROM:<a@example.org>", b"RCPT TO:<user@company.com>", b"QUIT"]
+    )
+    with socket.create_connection(("127.0.0.1", held_gateway.port), timeout=30) as s:
+        f = s.makefile("rwb")
+        f.readline()
+        f.write(b"\r\n".join(commands) + b"\r\n")  # all at once, without waiting
+        f.flush()
+        replies = []
+        while True:
+            line = f.readline()
+            if not line:
+                break
+            if line[3:4] != b"-":
+                replies.append(line[:3])
+    assert len(replies) == len(commands)
+    assert replies[1:2001] == [b"250"] * 2000
+    assert replies[-3:] == [b"250", b"250", b"221"]
