@@ -585,6 +585,8 @@ _TABLE = [
            doc="tries of a message that errs or times out before it is unscannable"),
     Option(_AV, "MaxObjectSize", "max_object_size", parse_size, "25M",
            doc="larger objects are unscannable"),
+    Option(_AV, "MaxUnpackedSize", "max_unpacked_size", parse_size, "400M",
+           doc="a zip that unpacks to more (or 1000:1) is unscannable; 0: ratio only"),
     Option(_AV, "MaxDepth", "max_depth", parse_int, "20", doc="MIME nesting limit"),
     Option(_AV, "MaxParts", "max_parts", parse_int, "1000", doc="MIME parts limit"),
     Option(_AV, "ICheckerSize", "ichecker_size", parse_int, "100000",
@@ -721,6 +723,7 @@ class Config:
     message_timeout: float
     scan_attempts: int
     max_object_size: int
+    max_unpacked_size: int
     max_depth: int
     max_parts: int
     ichecker_size: int

@@ -127,6 +127,9 @@ class Inspector:
                     found.append(verdict)
                     if cache is not None:
                         cache.put(digest, engine.db_version, *verdict, kind)
+        bomb = attachments.archive_bomb(obj.data, config.max_unpacked_size)
+        if bomb is not None:
+            found.append(("unscannable", bomb))
         ban = attachments.check(config, obj.name, kind)
         if ban is not None:
             found.append(("banned", ban.detail))

@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import email
 import hashlib
+import io
 import json
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -294,3 +296,19 @@ def test_cure_keeps_structure_headers_and_other_parts():
     assert parts[1].get_payload(decode=True) == b"removed: eicar.com\r\n"
     assert EICAR not in cured and base64.b64encode(EICAR)[:40] not in cured
     assert b"\n" not in cured.replace(b"\r\n", b"")
+
+
+def test_a_zip_bomb_is_unscannable(scan):
+    bomb = io.BytesIO()
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as z, z.open("zeros.bin", "w") as f:
+        for _ in range(120):
+            f.write(bytes(1 << 20))
+    code, verdicts, stderr = scan(
+        {"bomb.eml": multipart([TEXT, part(bomb.getvalue(), "application/zip", "bomb.zip")])},
+        "MaxUnpackedSize=100M\n",
+    )
+    assert code == 0, stderr
+    verdict = verdicts["bomb.eml"]
+    assert verdict["status"] == "unscannable"
+    assert "unpacks to 125829120 bytes" in bad(verdict)[0]["detail"]
+    assert verdict["action"] == "block,quarantine"  # kept in quarantine, not delivered
