@@ -35,6 +35,47 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class RawSession:
+    """An SMTP session on a bare socket, for what smtplib will not do (odd commands, a chosen
+    source address, half a DATA). ``banner`` is the server's first line."""
+
+    def __init__(self, port: int, source: str = "127.0.0.1", timeout: float = 30):
+        self.sock = socket.create_connection(
+            ("127.0.0.1", port), source_address=(source, 0), timeout=timeout
+        )
+        self.file = self.sock.makefile("rwb")
+        self.banner = self.file.readline().decode(errors="replace").strip()
+
+    def reply(self) -> str:
+        """The last line of the next (possibly multi-line) reply."""
+        line = self.file.readline()
+        while line[3:4] == b"-":
+            line = self.file.readline()
+        return line.decode(errors="replace").strip()
+
+    def cmd(self, line: str | bytes) -> str:
+        self.file.write((line.encode() if isinstance(line, str) else line) + b"\r\n")
+        self.file.flush()
+        return self.reply()
+
+    def start_data(self, rcpt: str = "user@company.com") -> str:
+        """EHLO, MAIL, RCPT, DATA; the reply to DATA (354 when all went well)."""
+        self.cmd("EHLO client.example.org")
+        self.cmd("MAIL FROM:<a@example.org>")
+        self.cmd(f"RCPT TO:<{rcpt}>")
+        return self.cmd("DATA")
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+    def __enter__(self) -> RawSession:
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.close()
+
+
 def mailgate(*args, timeout: float = 300) -> subprocess.CompletedProcess:
     """``python -m mailgate ARGS…``, its output captured as text (a command-line check)."""
     return subprocess.run(

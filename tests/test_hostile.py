@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support import free_port
+from support import RawSession, free_port
 
 from mailgate import config as configmod
 from mailgate import mime
@@ -159,23 +159,10 @@ def test_random_bytes_leave_the_receiver_serving(held_gateway, junk):
 
 def test_a_client_gone_in_the_middle_of_data_queues_nothing(held_gateway):
     before = set(held_gateway.entries("incoming"))
-    with socket.create_connection(("127.0.0.1", held_gateway.port), timeout=10) as s:
-        f = s.makefile("rwb")
-        f.readline()
-        for line in (
-            b"EHLO x.example.org",
-            b"MAIL FROM:<a@example.org>",
-            b"RCPT TO:<user@company.com>",
-            b"DATA",
-        ):
-            f.write(line + b"\r\n")
-            f.flush()
-            reply = f.readline()
-            while reply[3:4] == b"-":
-                reply = f.readline()
-        assert reply.startswith(b"354")
-        f.write(b"Subject: half\r\n\r\nand then the client is gone\r\n")
-        f.flush()
+    with RawSession(held_gateway.port, timeout=10) as s:
+        assert s.start_data().startswith("354")
+        s.file.write(b"Subject: half\r\n\r\nand then the client is gone\r\n")
+        s.file.flush()
     with socket.create_connection(("127.0.0.1", held_gateway.port), timeout=10) as s:
         assert s.recv(100).startswith(b"220")
     assert set(held_gateway.entries("incoming")) == before
@@ -312,21 +299,9 @@ def test_bare_lf_dot_does_not_end_data_smtp_smuggling(held_gateway):
 
 def test_data_lines_keep_a_slow_transfer_alive_but_a_stall_times_out(make_gateway, sink):
     gw = make_gateway("[smtpgw.network]\nSessionTimeout=1s\nDataTimeout=1s\n").start()
-    with socket.create_connection(("127.0.0.1", gw.port), timeout=30) as s:
-        f = s.makefile("rwb")
-        f.readline()
-        for line in (
-            b"EHLO x.example.org",
-            b"MAIL FROM:<a@example.org>",
-            b"RCPT TO:<user@company.com>",
-            b"DATA",
-        ):
-            f.write(line + b"\r\n")
-            f.flush()
-            reply = f.readline()
-            while reply[3:4] == b"-":
-                reply = f.readline()
-        assert reply.startswith(b"354")
+    with RawSession(gw.port) as s:
+        f = s.file
+        assert s.start_data().startswith("354")
         started = time.monotonic()
         f.write(b"Subject: slow\r\n\r\n")
         f.flush()

@@ -5,30 +5,14 @@ from __future__ import annotations
 
 import concurrent.futures
 import smtplib
-import socket
 import threading
 
-from support import make_message, wait_for
+from support import RawSession, make_message, wait_for
 
 
-def connect(port: int, source: str) -> tuple[socket.socket, str]:
-    s = socket.create_connection(("127.0.0.1", port), source_address=(source, 0), timeout=30)
-    return s, s.makefile("rb").readline().decode().strip()
-
-
-def session(port: int, source: str):
-    s, banner = connect(port, source)
-    f = s.makefile("rwb")
-
-    def cmd(line: str) -> str:
-        f.write(line.encode() + b"\r\n")
-        f.flush()
-        lines = [f.readline()]
-        while lines[-1][3:4] == b"-":
-            lines.append(f.readline())
-        return lines[-1].decode().strip()
-
-    return s, banner, cmd, f
+def connect(port: int, source: str) -> tuple[RawSession, str]:
+    session = RawSession(port, source)
+    return session, session.banner
 
 
 def test_client_deny_and_allow_lists(make_gateway, tmp_path):
@@ -78,14 +62,13 @@ def test_errors_messages_and_bytes_per_session(make_gateway, sink):
     gw = make_gateway(
         "[smtpgw.limits]\nMaxErrors=3\nMaxMessagesPerSession=2\nMaxSessionBytes=1M\n"
     ).start()
-    s, _banner, cmd, f = session(gw.port, "127.0.0.2")
-    assert cmd("EHLO x").startswith("250")
-    assert cmd("BOGUS").startswith("500")
-    assert cmd("MAIL FROM:<a@example.org> SIZE=zz").startswith("5")
-    assert cmd("RCPT TO:<x@company.com>").startswith("503")  # the third error
-    assert f.readline() == b"421 4.7.0 Too many errors, closing the session\r\n"
-    assert f.readline() == b""  # closed
-    s.close()
+    with RawSession(gw.port, "127.0.0.2") as s:
+        assert s.cmd("EHLO x").startswith("250")
+        assert s.cmd("BOGUS").startswith("500")
+        assert s.cmd("MAIL FROM:<a@example.org> SIZE=zz").startswith("5")
+        assert s.cmd("RCPT TO:<x@company.com>").startswith("503")  # the third error
+        assert s.file.readline() == b"421 4.7.0 Too many errors, closing the session\r\n"
+        assert s.file.readline() == b""  # closed
     with smtplib.SMTP(
         "127.0.0.1", gw.port, "client.example.org", source_address=("127.0.0.2", 0)
     ) as smtp:
@@ -107,8 +90,7 @@ def test_a_flood_from_one_address_leaves_another_served(make_gateway, sink):
     gw = make_gateway("[smtpgw.limits]\nMaxSessionsPerClient=10\nConnectionRate=100\n").start()
     banners: list[str] = []
     lock = threading.Lock()
-    stop = threading.Event()
-    open_sockets: list[socket.socket] = []
+    open_sessions: list[RawSession] = []
 
     def flood(_n: int) -> None:
         try:
@@ -119,7 +101,7 @@ def test_a_flood_from_one_address_leaves_another_served(make_gateway, sink):
         with lock:
             banners.append(banner[:3])
             if s is not None:
-                open_sockets.append(s)
+                open_sessions.append(s)
 
     accepted_ids = []
 
@@ -135,8 +117,7 @@ def test_a_flood_from_one_address_leaves_another_served(make_gateway, sink):
         good = pool.submit(legitimate)
         list(pool.map(flood, range(300)))
         good.result(timeout=120)
-    stop.set()
-    for s in open_sockets:
+    for s in open_sessions:
         s.close()
     assert len(banners) == 300
     assert banners.count("220") <= 100  # ConnectionRate=100 per minute for 127.0.0.2

@@ -7,10 +7,8 @@ where mail actually went.
 
 from __future__ import annotations
 
-import socket
-
 import pytest
-from support import make_message, wait_for
+from support import RawSession, make_message, wait_for
 
 # (address, accepted from an untrusted client?) — the decisions the README documents.
 FORMS = [
@@ -43,28 +41,16 @@ FORMS = [
 
 def dialogue(port: int, source: str, forms: list[str]) -> dict[str, str]:
     replies = {}
-    with socket.create_connection(("127.0.0.1", port), source_address=(source, 0)) as s:
-        f = s.makefile("rwb")
-        assert f.readline().startswith(b"220")
-
-        def cmd(line: str) -> str:
-            f.write(line.encode() + b"\r\n")
-            f.flush()
-            lines = [f.readline()]
-            while lines[-1][3:4] == b"-":
-                lines.append(f.readline())
-            return lines[-1].decode().strip()
-
-        cmd("EHLO client.example.org")
-        assert cmd("MAIL FROM:<a@example.org>").startswith("250")
+    with RawSession(port, source) as s:
+        assert s.banner.startswith("220")
+        s.cmd("EHLO client.example.org")
+        assert s.cmd("MAIL FROM:<a@example.org>").startswith("250")
         for form in forms:
-            replies[form] = cmd(f"RCPT TO:<{form}>")
+            replies[form] = s.cmd(f"RCPT TO:<{form}>")
         if any(r.startswith("250") for r in replies.values()):
-            assert cmd("DATA").startswith("354")
-            f.write(make_message("battery@test") + b".\r\n")
-            f.flush()
-            assert f.readline().startswith(b"250")
-        cmd("QUIT")
+            assert s.cmd("DATA").startswith("354")
+            assert s.cmd(make_message("battery@test") + b".").startswith("250")
+        s.cmd("QUIT")
     return replies
 
 

@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
-from support import dnsmasq, free_port, make_message, wait_for
+from support import RawSession, dnsmasq, free_port, make_message, wait_for
 
 
 def dialogue(port: int, source: str, lines: list[str]) -> list[str]:
-    with socket.create_connection(("127.0.0.1", port), source_address=(source, 0)) as s:
-        f = s.makefile("rwb")
-        replies = [f.readline().decode().strip()]
-        if not replies[0].startswith("220"):
-            return replies
-        for line in lines:
-            f.write(line.encode() + b"\r\n")
-            f.flush()
-            got = [f.readline()]
-            while got[-1][3:4] == b"-":
-                got.append(f.readline())
-            replies.append(got[-1].decode().strip())
-        return replies
+    """The banner and the reply to each line (only the banner if it refuses)."""
+    with RawSession(port, source) as s:
+        if not s.banner.startswith("220"):
+            return [s.banner]
+        return [s.banner] + [s.cmd(line) for line in lines]
 
 
 def test_helo_claiming_to_be_us_or_invalid(make_gateway):
