@@ -16,6 +16,7 @@ import collections
 import fnmatch
 import ipaddress
 import time
+from pathlib import Path
 
 from mailgate.config import Config, client_address
 
@@ -42,7 +43,8 @@ class AccessList:
 
 
 class Anvil:
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, paused: Path | None = None):
+        self.paused = paused  # a file whose presence means "accept nothing now"
         self.configure(config)
         self.sessions: collections.Counter[str] = collections.Counter()
         self.total = 0
@@ -57,6 +59,8 @@ class Anvil:
     def admit(self, ip: str) -> str | None:
         """None to let the client in (and count it), else the reply that refuses it."""
         config = self.config
+        if self.paused is not None and self.paused.exists():
+            return self._refuse("paused", "421 4.3.2 Service paused, try again later")
         if ip not in self.allow:
             if ip in self.deny:
                 return self._refuse("denied", f"554 5.7.1 Access denied for {ip}")

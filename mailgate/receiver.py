@@ -259,7 +259,7 @@ class Listener:
         self.handler = Receiver(config, self.spool)
         self.log = logmod.get()
         self.sessions: set[GatewaySMTP] = set()
-        self.anvil = Anvil(config)
+        self.anvil = Anvil(config, self.spool.paused_flag)
         self.stopped = asyncio.Event()
 
     def factory(self) -> GatewaySMTP:

@@ -15,6 +15,7 @@ and delivery status, client, times, attempts, history). Its state is the directo
                             one version directory, replaced by a rename (``update``).
     cache/                  iChecker's memory of objects already scanned.
     spamdb/                 the spam filter's token table (``tokens.tsv.gz``) and its origin.
+    control/                files an administrator drops to control ``mailgate run``.
 
 Invariants:
 - A state change is one ``rename(2)`` of the message directory; the destination directory is
@@ -166,8 +167,28 @@ class Spool:
     def create(self) -> None:
         for state in STATES:
             (self.root / state).mkdir(parents=True, exist_ok=True, mode=0o700)
-        for extra in ("run", QUARANTINE, "avdb", "cache"):
+        for extra in ("run", QUARANTINE, "avdb", "cache", "control"):
             (self.root / extra).mkdir(exist_ok=True, mode=0o700)
+
+    def control_requests(self) -> list[str]:
+        """Names of the files waiting in ``control/`` (each is removed once acted upon)."""
+        folder = self.root / "control"
+        try:
+            return sorted(n for n in os.listdir(folder) if not n.startswith("."))
+        except FileNotFoundError:
+            return []
+
+    def take_control_request(self, name: str) -> None:
+        (self.root / "control" / name).unlink(missing_ok=True)
+
+    @property
+    def paused_flag(self) -> Path:
+        """Present while the receiver must not accept mail (``pause`` control file)."""
+        return self.root / "run" / "paused"
+
+    def requeue_all_deferred(self) -> list[str]:
+        """Every deferred message into ready/ now (``flush``)."""
+        return self.promote_due(now=float("inf"))[0]
 
     def cache_path(self, name: str) -> Path:
         if "/" in name or name.startswith("."):

@@ -294,6 +294,7 @@ class Supervisor:
                 "supervisor_started",
                 spool=str(self.spool.root),
                 listen=[f"{h}:{p}" for h, p in self.config.listen],
+                paused=self.spool.paused_flag.exists(),
             )
             if self._managed_clamd():
                 self._start_engine()
@@ -311,11 +312,41 @@ class Supervisor:
                 elif signum == signal.SIGUSR1:
                     self.statistics()
                 self._reap()
+                for request in self.spool.control_requests():
+                    if self._control(request):
+                        return self.stop()
                 if time.monotonic() >= next_sweep:
                     self._sweep()
                     next_sweep = time.monotonic() + SWEEP_INTERVAL
         finally:
             lock.release()
+
+    def _control(self, request: str) -> bool:
+        """Act on a file dropped in ``control/``, then remove it; True for ``stop``.
+
+        The action comes first, so once the file is gone the request has taken effect (and a
+        crash in between repeats it, which is harmless for all of them); ``stop`` is removed
+        before the stop, or the next start would stop again at once.
+        """
+        self.log.info("control", request=request)
+        if request == "stop":
+            self.spool.take_control_request(request)
+            return True
+        if request == "reload":
+            self.reload()
+        elif request == "flush":
+            moved = self.spool.requeue_all_deferred()
+            self.log.info("flushed", messages=len(moved))
+        elif request == "pause":
+            self.spool.paused_flag.touch()
+        elif request == "resume":
+            self.spool.paused_flag.unlink(missing_ok=True)
+        else:
+            self.log.warning(
+                "control_unknown", request=request, known="reload, flush, pause, resume, stop"
+            )
+        self.spool.take_control_request(request)
+        return False
 
     def _start_engine(self) -> None:
         """Start clamd and wait for its PING before any scanner starts."""
