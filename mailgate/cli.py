@@ -114,6 +114,25 @@ def _parser() -> argparse.ArgumentParser:
         "expire", parents=[again], help="delete what is older than [smtpgw.quarantine] Retention"
     )
 
+    arch = command("archive", "list, search, show and export archived mail")
+    arch_sub = arch.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, help_text in (("list", "list archived messages"), ("search", "search them")):
+        a = arch_sub.add_parser(name, parents=[again], help=help_text)
+        a.add_argument("--kind", choices=("received", "sent"))
+        a.add_argument("--json", action="store_true")
+        if name == "search":
+            a.add_argument("--sender", help="address mask, e.g. *@example.org")
+            a.add_argument("--recipient", help="address mask")
+            a.add_argument("--subject", help="text in the Subject")
+            a.add_argument("--since", help="first day, YYYY-MM-DD")
+            a.add_argument("--until", help="last day, YYYY-MM-DD")
+            a.add_argument("--id", dest="queue_id", help="queue ID")
+    for name, help_text in (("show", "show one archived message"), ("export", "print its .eml")):
+        a = arch_sub.add_parser(name, parents=[again], help=help_text)
+        a.add_argument("id")
+        a.add_argument("--kind", choices=("received", "sent"))
+    arch_sub.add_parser("expire", parents=[again], help="remove days older than Retention")
+
     update = command("update", "install a new anti-virus database and have clamd reload it")
     update.add_argument("--from", dest="source", type=Path, required=True, metavar="DIR")
     update.add_argument("--watch", action="store_true", help="keep applying new databases")
@@ -167,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
             return _quarantine(args, config, Spool(config.spool_path))
         if args.command == "update":
             return _update(args, config, Spool(config.spool_path))
+        if args.command == "archive":
+            return _archive(args, config, Spool(config.spool_path))
         if args.command == "train":
             return _train(args, config)
         if args.command == "learn":
@@ -557,4 +578,59 @@ def _learn(args: argparse.Namespace, config: configmod.Config, spool: Spool) -> 
         f"learned {len(args.files)} message(s) as {what}; {path} now has "
         f"{model.nspam} spam and {model.nham} ham"
     )
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- archive
+
+
+def _archive(args: argparse.Namespace, config: configmod.Config, spool: Spool) -> int:
+    import re
+
+    from mailgate import archive
+    from mailgate.spool import check_id
+
+    if args.action == "expire":
+        for day in spool.expire_archive(config.archive_retention):
+            print(f"archive/{day}: expired")
+        return EXIT_OK
+    if args.action in ("list", "search"):
+        filters = {}
+        if args.action == "search":
+            for day in (args.since, args.until):
+                if day and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", day):
+                    raise CommandError(f"a day is YYYY-MM-DD, got {day!r}", EXIT_USAGE)
+            filters = {
+                "sender": args.sender,
+                "recipient": args.recipient,
+                "subject": args.subject,
+                "since": args.since,
+                "until": args.until,
+                "queue_id": args.queue_id,
+            }
+        rows = list(archive.search(spool, args.kind, **filters))
+        if args.json:
+            print(json.dumps(rows, indent=1))
+        else:
+            for row in rows:
+                print(
+                    f"{row['id']}  {row['kind']:<8} {row['date']}  {row['sender'] or '<>'} -> "
+                    f"{', '.join(row['recipients'])}  {row['subject']!r}"
+                )
+        return EXIT_OK
+    try:
+        check_id(args.id)
+    except InvalidQueueID as exc:
+        raise CommandError(str(exc), EXIT_USAGE) from None
+    found = archive.find(spool, args.id, args.kind)
+    if found is None:
+        raise CommandError(f"no message {args.id} in the archive", EXIT_NOT_FOUND)
+    kind, day, entry = found
+    if args.action == "export":
+        sys.stdout.buffer.write(entry.read_message())
+        sys.stdout.buffer.flush()
+        return EXIT_OK
+    row = archive.summary(kind, day, entry)
+    row["envelope"] = entry.read_envelope()
+    print(json.dumps(row, indent=1))
     return EXIT_OK

@@ -471,6 +471,7 @@ _NET, _FWD, _PATH, _LIM, _RETRY, _LOG = (
     "smtpgw.log",
 )
 _SPAM = "smtpgw.spamtest"
+_ARCH = "smtpgw.archive"
 _SCAN, _AV, _ATT, _NOTE, _QUAR = (
     "smtpgw.scan",
     "smtpgw.antivirus",
@@ -622,6 +623,12 @@ _TABLE = [
            doc="strftime format of ${date}"),
     Option(_QUAR, "Retention", "quarantine_retention", parse_duration, "30d",
            doc="age at which quarantine expire removes"),
+    Option(_ARCH, "Received", "archive_received", parse_bool, "no",
+           doc="keep a copy of every accepted message"),
+    Option(_ARCH, "Sent", "archive_sent", parse_bool, "no",
+           doc="keep a copy of every delivered message, as sent"),
+    Option(_ARCH, "Retention", "archive_retention", parse_duration, "30d",
+           doc="archived days older than this are removed"),
     Option(_SPAM, "Enabled", "spam_enabled", parse_bool, "yes", doc="the spam filter"),
     Option(_SPAM, "Intensity", "intensity", parse_intensity, "",
            doc="low, medium or high; default: Mode"),
@@ -745,6 +752,9 @@ class Config:
     templates: str
     date_format: str
     quarantine_retention: float
+    archive_received: bool
+    archive_sent: bool
+    archive_retention: float
     spam_enabled: bool
     intensity: str
     spam_rules: str

@@ -206,7 +206,7 @@ class Receiver:
         )
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self.executor, self.spool.enqueue, message, env)
+            await loop.run_in_executor(self.executor, self._store, message, env)
         except Exception as exc:
             self.counters["store_failed"] += 1
             self.log.error("store_failed", qid=queue_id, error=repr(exc))
@@ -223,6 +223,15 @@ class Receiver:
             size=len(message),
         )
         return f"250 2.0.0 Ok: queued as {queue_id}"
+
+    def _store(self, message: bytes, env: dict) -> None:
+        """Queue the message durably; then, if asked, keep a copy in the received archive."""
+        self.spool.enqueue(message, env)
+        if self.config.archive_received:
+            try:
+                self.spool.archive("received", message, env, env["received_at"])
+            except OSError as exc:
+                self.log.error("archive_failed", qid=env["id"], error=repr(exc))
 
     def _received_header(self, server, session, envelope, queue_id: str) -> bytes:
         proto = "ESMTP" if session.extended_smtp else "SMTP"

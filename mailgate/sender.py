@@ -281,6 +281,13 @@ class Sender(Worker):
                 )
             envelope["warned"] = True
         if not pending:
+            delivered = [
+                r
+                for r in envelope["recipients"]
+                if r["status"] in (envmod.DELIVERED, envmod.RELAYED)
+            ]
+            if delivered and self.config.archive_sent:
+                self._archive_sent(envelope, message)
             self.spool.remove(entry)
             self.log.info(
                 "done",
@@ -307,6 +314,13 @@ class Sender(Worker):
             retry_in=round(next_attempt - now, 1),
             error=envelope.get("last_error"),
         )
+
+    def _archive_sent(self, envelope: dict, message: bytes) -> None:
+        sent = "".join(h + "\r\n" for h in envelope.get("headers", [])).encode() + message
+        try:
+            self.spool.archive("sent", sent, envelope, time.time())
+        except OSError as exc:
+            self.log.error("archive_failed", qid=envelope["id"], error=repr(exc))
 
     def _report(
         self,

@@ -16,6 +16,7 @@ and delivery status, client, times, attempts, history). Its state is the directo
     cache/                  iChecker's memory of objects already scanned.
     spamdb/                 the spam filter's token table (``tokens.tsv.gz``) and its origin.
     control/                files an administrator drops to control ``mailgate run``.
+    archive/<kind>/<day>/ID copies of received and of sent mail (kind ``received``/``sent``).
 
 Invariants:
 - A state change is one ``rename(2)`` of the message directory; the destination directory is
@@ -50,6 +51,8 @@ CLAIMS = {"incoming": "scanning", "ready": "sending"}
 RETURNS = {claimed: queue for queue, claimed in CLAIMS.items()}
 STATES = ("tmp", "incoming", "scanning", "ready", "sending", "deferred", "hold", "corrupt")
 QUARANTINE = "quarantine"
+ARCHIVES = ("received", "sent")
+_DAY_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _STATUS_RE = re.compile(r"^[a-z][a-z-]{0,30}$")
 MESSAGE = "message.eml"
 ENVELOPE = "envelope.json"
@@ -189,6 +192,52 @@ class Spool:
     def requeue_all_deferred(self) -> list[str]:
         """Every deferred message into ready/ now (``flush``)."""
         return self.promote_due(now=float("inf"))[0]
+
+    # ------------------------------------------------------------ archive
+
+    def archive(self, kind: str, message: bytes, envelope: dict, when: float) -> None:
+        """Keep a copy in ``archive/<kind>/<YYYY-MM-DD>/ID`` (not fsync'd: a copy, not mail)."""
+        if kind not in ARCHIVES:
+            raise ValueError(f"bad archive kind {kind!r}")
+        queue_id = check_id(envelope["id"])
+        day = time.strftime("%Y-%m-%d", time.localtime(when))
+        folder = self.root / "archive" / kind / day
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        work = self.state_dir("tmp") / f"{queue_id}.archive-{kind}@{self.pid}"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(mode=0o700)
+        write_file(work / MESSAGE, message, durable=False)
+        write_file(work / ENVELOPE, _dump(envelope), durable=False)
+        try:
+            os.rename(work, folder / queue_id)
+        except OSError:
+            shutil.rmtree(work, ignore_errors=True)  # already archived (a repeated delivery)
+
+    def archived(self, kind: str | None = None) -> Iterator[tuple[str, str, Entry]]:
+        """(kind, day, entry) of every archived message, oldest day first."""
+        for name in [kind] if kind else ARCHIVES:
+            base = self.root / "archive" / name
+            days = sorted(d for d in os.listdir(base) if _DAY_RE.match(d)) if base.is_dir() else []
+            for day in days:
+                for queue_id in sorted(os.listdir(base / day)):
+                    if ID_RE.match(queue_id):
+                        yield name, day, Entry("archive", queue_id, base / day / queue_id)
+
+    def expire_archive(self, retention: float, now: float | None = None) -> list[str]:
+        """Remove whole days older than ``retention`` seconds; the ``kind/day`` removed."""
+        cutoff = time.strftime(
+            "%Y-%m-%d", time.localtime((time.time() if now is None else now) - retention)
+        )
+        removed = []
+        for kind in ARCHIVES:
+            base = self.root / "archive" / kind
+            for day in sorted(os.listdir(base)) if base.is_dir() else []:
+                if _DAY_RE.match(day) and day < cutoff:
+                    grave = self.state_dir("tmp") / f"archive-{kind}-{day}.removed.{self.pid}"
+                    os.rename(base / day, grave)
+                    shutil.rmtree(grave, ignore_errors=True)
+                    removed.append(f"{kind}/{day}")
+        return removed
 
     def cache_path(self, name: str) -> Path:
         if "/" in name or name.startswith("."):

@@ -374,6 +374,8 @@ class Supervisor:
         )
         for queue_id, state in moved:
             self.log.warning("claim_recovered", qid=queue_id, to=state, child="not ours")
+        for day in self.spool.expire_archive(self.config.archive_retention):
+            self.log.info("archive_expired", day=day)
 
 
 def is_worker_alive(pid: int) -> bool:
