@@ -255,6 +255,17 @@ class Scanner(Worker):
         self, entry: Entry, envelope: dict, raw: bytes, inspection: Inspection, verdict: Verdict
     ) -> None:
         decision = inspection.decision
+        cured = b""
+        if decision.deliver and decision.cure:
+            try:
+                cured = self._cured(envelope, inspection)
+            except mime.CureError as exc:
+                # What had to go cannot be cut out: keep the original, deliver nothing.
+                self.counters["cure_failed"] += 1
+                self.log.warning("cure_failed", qid=entry.id, error=str(exc))
+                decision = inspection.decision = Decision(
+                    decision.status, ("block", "quarantine"), False, [], decision.status
+                )
         envelope["verdict"] = inspection.public()
         if decision.quarantine:
             self.spool.quarantine(
@@ -277,17 +288,7 @@ class Scanner(Worker):
             return
         message, changed = raw, False
         if decision.cure:
-            try:
-                message, changed = self._cured(envelope, inspection), True
-            except mime.CureError as exc:
-                # What had to go cannot be cut out: keep the original, deliver nothing.
-                self.spool.quarantine(
-                    raw, {**envelope, "quarantined_at": time.time()}, decision.status
-                )
-                self.spool.remove(entry)
-                self.counters["cure_failed"] += 1
-                self.log.warning("scanned", **log_fields, error=str(exc), to="quarantine")
-                return
+            message, changed = cured, True
             self.counters["cured"] += 1
         untrusted = mime.UNTRUSTED if self.config.spam_enabled else (b"x-mailgate-",)
         if mime.has_untrusted_headers(message, untrusted):

@@ -373,6 +373,9 @@ def test_a_message_that_cannot_be_cured_is_quarantined_not_delivered(gateway, si
     raw = raw.replace(b"Subject: test\r\n", b"Subject: test\r\n:\r\n", 1)
     qid = gateway.send(raw)
     wait_for(lambda: gateway.entries("quarantine/infected") == [qid], what="the quarantined copy")
+    assert "event='cure_failed'" in gateway.log()
     assert "cannot rewrite the message" in gateway.log()
-    assert all(EICAR not in r.content for r in sink.received)
-    assert gateway.entries("incoming") == [] and gateway.entries("ready") == []
+    notice = sink.wait_count(1)[0]  # the recipients are told it was blocked
+    assert notice.mail_from == "" and "block,quarantine" in notice.message.get_payload()
+    wait_for(lambda: not gateway.queue(), what="an empty queue")
+    assert all(EICAR not in r.content and r.message_id != "<uncurable@test>" for r in sink.received)
