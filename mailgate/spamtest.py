@@ -48,7 +48,6 @@ class SpamVerdict:
     score: float
     required: float
     rules: dict[str, float] = field(default_factory=dict)
-    probable: float = 0.0
 
     def public(self) -> dict:
         return {
@@ -225,7 +224,7 @@ class Spamtest:
         facts = _facts(split, envelope, config)
         listed = self._lists(envelope, facts)
         if listed:
-            return SpamVerdict(listed[0], 0.0, spam_at, {listed[1]: 0.0}, probable_at)
+            return SpamVerdict(listed[0], 0.0, spam_at, {listed[1]: 0.0})
         if self.spool is not None:
             self._load_model()
         probability, clues = self.model.score(bayes.tokens(split.message, decode_words))
@@ -251,7 +250,7 @@ class Spamtest:
             status = "probable-spam"
         else:
             status = "clean"
-        return SpamVerdict(status, score, spam_at, rules, probable_at)
+        return SpamVerdict(status, score, spam_at, rules)
 
 
 def ensure_seeded(spool: Spool, shipped: Path) -> Path:
