@@ -84,6 +84,16 @@ def start_discard(port: int) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", DISCARD_SERVER, str(port)])
 
 
+def start_gateway(conf: Path, log_path: Path) -> subprocess.Popen:
+    """``mailgate run -c conf``, everything it logs going to ``log_path``."""
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(
+            [str(ROOT / ".venv/bin/mailgate"), "run", "-c", str(conf)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
 def source_command(
     port: int, messages: int, sessions: int, reuse: bool, message_file: Path | None = None
 ) -> list[str]:
@@ -282,12 +292,7 @@ def main() -> int:
             )
         )
         log_path = work / "mailgate.log"
-        with open(log_path, "wb") as log:
-            gateway = subprocess.Popen(
-                [str(ROOT / ".venv/bin/mailgate"), "run", "-c", str(conf)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        gateway = start_gateway(conf, log_path)
         wait_port(gw_port)
         time.sleep(1.0)  # let every worker finish starting before the clock runs
 

@@ -18,7 +18,6 @@ import signal
 import smtplib
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -26,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import free_port, start_sink, wait_port
+from bench import free_port, start_gateway, start_sink, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,12 +59,7 @@ def main() -> int:
         "[smtpgw.spamtest]\nEnabled=no\n"
     )
     log_path = work / "mailgate.log"
-    with open(log_path, "wb") as log:
-        gateway = subprocess.Popen(
-            [str(ROOT / ".venv/bin/mailgate"), "run", "-c", str(conf)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    gateway = start_gateway(conf, log_path)
     try:
         wait_port(sink_port)
         wait_port(gw_port)
