@@ -13,13 +13,13 @@ import fnmatch
 from collections.abc import Iterator
 
 from mailgate.mime import POLICY, decode_words
-from mailgate.quarantine import _head
+from mailgate.quarantine import read_header
 from mailgate.spool import Entry, Spool
 
 
 def summary(kind: str, day: str, entry: Entry) -> dict:
     envelope = entry.read_envelope()
-    header = email.message_from_bytes(_head(entry), policy=POLICY)
+    header = email.message_from_bytes(read_header(entry), policy=POLICY)
     return {
         "id": entry.id,
         "kind": kind,

@@ -311,11 +311,13 @@ def _queue(args: argparse.Namespace, spool: Spool) -> int:
         if entry.read_reason():
             print(f"reason: {entry.read_reason().strip()}")
         print()
-        head = entry.read_message().split(b"\r\n\r\n", 1)[0]
+        from mailgate.mime import header_block
+
+        head = header_block(entry.read_message()).rstrip(b"\r\n")
         print(head.decode("utf-8", "replace").replace("\r\n", "\n"))
         return EXIT_OK
     if action == "requeue" and args.deferred:
-        moved, _ = spool.promote_due(now=float("inf"))
+        moved = spool.requeue_all_deferred()
         print(f"{len(moved)} message(s) requeued")
         return EXIT_OK
     entry = _find(spool, args.id)

@@ -12,6 +12,7 @@ import time
 from datetime import UTC, datetime
 from email.utils import format_datetime, formatdate, make_msgid
 
+from mailgate.mime import header_block
 from mailgate.smtpserver import xtext_decode
 
 ACTIONS = {
@@ -44,11 +45,6 @@ def _date(epoch: float) -> str:
 
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
-
-
-def header_block(message: bytes) -> bytes:
-    end = message.find(b"\r\n\r\n")
-    return message if end < 0 else message[: end + 2]
 
 
 def build(

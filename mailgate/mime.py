@@ -64,6 +64,12 @@ class Split:
     subject: str = ""
 
 
+def header_block(message: bytes) -> bytes:
+    """The top-level header lines of a message (CRLF line ends), without the blank line."""
+    end = message.find(b"\r\n\r\n")
+    return message if end < 0 else message[: end + 2]
+
+
 def decode_words(value: str | None) -> str:
     """A header value or file name with RFC 2047 encoded words decoded; never raises."""
     if not value:
@@ -228,6 +234,5 @@ def edit_headers(
 
 
 def has_untrusted_headers(raw: bytes, untrusted: tuple[bytes, ...] = UNTRUSTED) -> bool:
-    end = raw.find(b"\r\n\r\n")
-    head = (raw if end < 0 else raw[:end]).lower()
+    head = header_block(raw).lower()
     return any(b"\n" + name in head for name in untrusted) or head.startswith(untrusted)

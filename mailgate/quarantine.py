@@ -13,13 +13,13 @@ import email
 import time
 
 from mailgate import envelope as envmod
-from mailgate.mime import POLICY, decode_words
+from mailgate.mime import POLICY, decode_words, header_block
 from mailgate.spool import Entry, Spool, new_queue_id
 
 
 def summary(status: str, entry: Entry) -> dict:
     envelope = entry.read_envelope()
-    header = email.message_from_bytes(_head(entry), policy=POLICY)
+    header = email.message_from_bytes(read_header(entry), policy=POLICY)
     verdict = envelope.get("verdict") or {}
     return {
         "id": entry.id,
@@ -34,11 +34,10 @@ def summary(status: str, entry: Entry) -> dict:
     }
 
 
-def _head(entry: Entry, limit: int = 65536) -> bytes:
+def read_header(entry: Entry, limit: int = 65536) -> bytes:
+    """The header of a stored message, reading no more than ``limit`` bytes of it."""
     with open(entry.message_path, "rb") as f:
-        data = f.read(limit)
-    end = data.find(b"\r\n\r\n")
-    return data if end < 0 else data[: end + 4]
+        return header_block(f.read(limit))
 
 
 def release(spool: Spool, status: str, entry: Entry) -> str:

@@ -31,6 +31,7 @@ from mailgate import log as logmod
 from mailgate import restrictions
 from mailgate.anvil import Anvil
 from mailgate.dnsbl import Checker
+from mailgate.mime import header_block
 from mailgate.smtpserver import GatewaySMTP
 from mailgate.spool import Spool, new_queue_id
 
@@ -101,18 +102,22 @@ class Receiver:
 
     # ------------------------------------------------------------ aiosmtpd hooks
 
-    async def handle_HELO(self, server, session, envelope, hostname):
+    def helo_refusal(self, session: Session, hostname: str) -> str | None:
         refusal = restrictions.helo_refusal(self.config, hostname, session.peer[0])
         if refusal:
             self.counters["rejected_helo"] += 1
+        return refusal
+
+    async def handle_HELO(self, server, session, envelope, hostname):
+        refusal = self.helo_refusal(session, hostname)
+        if refusal:
             return refusal
         session.host_name = hostname
         return f"250 {server.hostname}"
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
-        refusal = restrictions.helo_refusal(self.config, hostname, session.peer[0])
+        refusal = self.helo_refusal(session, hostname)
         if refusal:
-            self.counters["rejected_helo"] += 1
             return [refusal]
         session.host_name = hostname
         lines = [r[4:] for r in responses[1:] if not r[4:].startswith(("AUTH", "HELP"))]
@@ -155,8 +160,7 @@ class Receiver:
     def header_refusal(self, data: bytes) -> str | None:
         """Too many header fields, too large a header block, or too many hops (a loop)."""
         config = self.config
-        end = data.find(b"\r\n\r\n")
-        head = data if end < 0 else data[: end + 2]
+        head = header_block(data)
         if config.max_header_size and len(head) > config.max_header_size:
             return "552 5.3.4 Message header too large"
         fields = [line for line in head.split(b"\r\n") if line and line[:1] not in b" \t"]
@@ -168,13 +172,13 @@ class Receiver:
         return None
 
     async def handle_DATA(self, server, session, envelope: Envelope):
-        refusal = self.header_refusal(envelope.original_content or b"")
+        data = envelope.original_content or b""
+        refusal = self.header_refusal(data)
         if refusal:
             self.counters["rejected_header"] += 1
             self.log.info("data_refused", client=session.peer[0], reply=refusal)
             return refusal
         queue_id = new_queue_id()
-        data = envelope.original_content or b""
         if not data.endswith(b"\r\n"):
             data += b"\r\n"
         message = self._received_header(server, session, envelope, queue_id) + data

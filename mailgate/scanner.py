@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from mailgate import __version__, attachments, avdb, mime, notify, policy
 from mailgate import envelope as envmod
@@ -160,15 +160,6 @@ def status_header(inspection: Inspection) -> str:
     return f"{status} ({', '.join(names)})" if names and status != "clean" else status
 
 
-@dataclass
-class Verdict:
-    """What the scanner tells the sender: headers to prepend to the message as queued."""
-
-    queue_id: str
-    envelope: dict
-    headers: list[str] = field(default_factory=list)
-
-
 class Scanner(Worker):
     role = "scanner"
     source = "incoming"
@@ -218,17 +209,22 @@ class Scanner(Worker):
             self.counters["clamd_ms"] = round(self.engine.scan_seconds * 1000)
 
     def process(self, entry: Entry) -> None:
+        """``headers`` collects what the sender prepends to the message as queued."""
         envelope = entry.read_envelope()
-        raw = entry.read_message()
-        verdict = Verdict(entry.id, envelope, [f"X-Mailgate-Queue-ID: {entry.id}"])
+        headers = [f"X-Mailgate-Queue-ID: {entry.id}"]
         rbl = (envelope.get("client") or {}).get("rbl")
         if rbl:
-            verdict.headers.append(f"X-Mailgate-RBL: listed in {rbl}")
+            headers.append(f"X-Mailgate-RBL: listed in {rbl}")
         if not (
             self.config.av_enabled or self.config.attachments_enabled or self.config.spam_enabled
         ):
-            self._pass(entry, envelope, verdict)
+            self._to_ready(entry, envelope, headers)
+            self.counters["scanned"] += 1
+            self.log.info(
+                "scanned", qid=entry.id, status="not-scanned", action="deliver", to="ready"
+            )
             return
+        raw = entry.read_message()
         failures = envelope.get("scan_failures", 0)
         try:
             inspection = self.inspector.inspect(
@@ -249,10 +245,10 @@ class Scanner(Worker):
                 "scan_failed", qid=entry.id, error=str(exc), attempt=failures + 1, to="incoming"
             )
             return
-        self._carry_out(entry, envelope, raw, inspection, verdict)
+        self._carry_out(entry, envelope, raw, inspection, headers)
 
     def _carry_out(
-        self, entry: Entry, envelope: dict, raw: bytes, inspection: Inspection, verdict: Verdict
+        self, entry: Entry, envelope: dict, raw: bytes, inspection: Inspection, headers: list[str]
     ) -> None:
         decision = inspection.decision
         cured = b""
@@ -268,9 +264,7 @@ class Scanner(Worker):
                 )
         envelope["verdict"] = inspection.public()
         if decision.quarantine:
-            self.spool.quarantine(
-                raw, {**envelope, "quarantined_at": time.time()}, decision.quarantine
-            )
+            self.spool.quarantine(raw, envelope, decision.quarantine)
             self.counters["quarantined"] += 1
         if decision.status != "clean":
             self._notify(envelope, inspection)
@@ -294,13 +288,13 @@ class Scanner(Worker):
         if mime.has_untrusted_headers(message, untrusted):
             message, changed = mime.edit_headers(message, untrusted=untrusted), True
         if self.engine is not None and self.config.av_headers:
-            verdict.headers += self._headers(inspection)
+            headers += self._headers(inspection)
         spam = inspection.spam
         if spam is not None:
             self.counters[f"spam_{spam.status}"] += 1
             log_fields.update(spam=spam.status, score=round(spam.score, 2))
             if self.config.spam_headers:
-                verdict.headers += spam_headers(spam)
+                headers += spam_headers(spam)
         outcomes = policy.spam_outcomes(self.config, envelope, spam.status if spam else "clean")
         kept = [r for r in envelope["recipients"] if r.get("status", "pending") != "pending"]
         delivered = [o for o in outcomes if o.deliver]
@@ -308,10 +302,10 @@ class Scanner(Worker):
             if outcome.quarantine:
                 queue_id = entry.id if index == 0 else new_queue_id()
                 copy = {**envelope, "id": queue_id, "recipients": outcome.recipients}
-                self.spool.quarantine(raw, {**copy, "quarantined_at": time.time()}, "spam")
+                self.spool.quarantine(raw, copy, "spam")
                 self.counters["quarantined"] += 1
         for outcome in delivered[1:]:
-            self._split_off(envelope, message, verdict, outcome, spam)
+            self._split_off(envelope, message, headers, outcome, spam)
         if not delivered:
             self.spool.remove(entry)
             self.counters["blocked"] += 1
@@ -323,10 +317,7 @@ class Scanner(Worker):
         if changed:
             self.spool.replace_message(entry, message)
         envelope["recipients"] = kept + first.recipients
-        envelope["headers"] = verdict.headers
-        envelope["scanned"] = True
-        envmod.record(envelope, "ready", self.role)
-        self.spool.release(entry, "ready", envelope, durable=False)
+        self._to_ready(entry, envelope, headers)
         if spam is not None:
             log_fields["spam_action"] = ",".join(first.actions)
         self.log.info("scanned", **log_fields, to="ready")
@@ -351,23 +342,20 @@ class Scanner(Worker):
     def _prefix(self, spam: SpamVerdict | None) -> str:
         if spam is None:
             return ""
-        return (
-            self.config.probable_prefix
-            if spam.status == "probable-spam"
-            else (self.config.subject_prefix)
-        )
+        if spam.status == "probable-spam":
+            return self.config.probable_prefix
+        return self.config.subject_prefix
 
-    def _split_off(self, envelope: dict, message: bytes, verdict: Verdict, outcome, spam) -> None:
+    def _split_off(self, envelope: dict, message: bytes, headers: list[str], outcome, spam) -> None:
         """Queue a copy for the recipients of another group, with that group's treatment."""
         queue_id = new_queue_id()
         if outcome.mark:
             message = mime.edit_headers(message, self._prefix(spam), ())
-        headers = [f"X-Mailgate-Queue-ID: {queue_id}", *verdict.headers[1:]]
         copy = {
             **envelope,
             "id": queue_id,
             "recipients": outcome.recipients,
-            "headers": headers,
+            "headers": [f"X-Mailgate-Queue-ID: {queue_id}", *headers[1:]],
             "scanned": True,
             "split_from": envelope["id"],
             "size": len(message),
@@ -384,14 +372,12 @@ class Scanner(Worker):
             spam_action=",".join(outcome.actions),
         )
 
-    def _pass(self, entry: Entry, envelope: dict, verdict: Verdict) -> None:
-        """Both filters off: only the queue ID is stamped."""
-        envelope["headers"] = verdict.headers
+    def _to_ready(self, entry: Entry, envelope: dict, headers: list[str]) -> None:
+        """Hand the message to the senders, marked scanned, with the headers to prepend."""
+        envelope["headers"] = headers
         envelope["scanned"] = True
         envmod.record(envelope, "ready", self.role)
         self.spool.release(entry, "ready", envelope, durable=False)
-        self.counters["scanned"] += 1
-        self.log.info("scanned", qid=entry.id, status="not-scanned", action="deliver", to="ready")
 
     def _headers(self, inspection: Inspection) -> list[str]:
         if not self.engine_name:

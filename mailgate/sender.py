@@ -124,8 +124,7 @@ class Sender(Worker):
             self.log.warning("not_scanned", qid=entry.id, to="incoming")
             return
         message = entry.read_message()
-        data = "".join(h + "\r\n" for h in envelope.get("headers", [])).encode() + message
-        data = fold_long_lines(data)
+        data = as_sent(envelope, message)
         envelope["attempts"] = envelope.get("attempts", 0) + 1
         groups: dict[tuple[Target, ...], list[dict]] = defaultdict(list)
         for rcpt in envmod.pending(envelope):
@@ -316,9 +315,8 @@ class Sender(Worker):
         )
 
     def _archive_sent(self, envelope: dict, message: bytes) -> None:
-        sent = "".join(h + "\r\n" for h in envelope.get("headers", [])).encode() + message
         try:
-            self.spool.archive("sent", sent, envelope, time.time())
+            self.spool.archive("sent", as_sent(envelope, message), envelope, time.time())
         except OSError as exc:
             self.log.error("archive_failed", qid=envelope["id"], error=repr(exc))
 
@@ -366,6 +364,12 @@ class Sender(Worker):
 
 
 SMTP_LINE = 998  # octets of text per line, CRLF not counted (RFC 5321 4.5.3.1.6)
+
+
+def as_sent(envelope: dict, message: bytes) -> bytes:
+    """The bytes a next hop receives: the scanner's headers, then the message, folded."""
+    headers = "".join(h + "\r\n" for h in envelope.get("headers", [])).encode()
+    return fold_long_lines(headers + message)
 
 
 def fold_long_lines(data: bytes) -> bytes:

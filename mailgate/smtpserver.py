@@ -192,8 +192,7 @@ class GatewaySMTP(SMTP):
         if not GatewaySMTP.stopping:
             return False
         await self.push("421 4.3.2 Service shutting down, try again later")
-        if self.transport is not None:
-            self.transport.close()
+        self._close()
         return True
 
     async def smtp_DATA(self, arg: str) -> None:

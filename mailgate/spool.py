@@ -382,7 +382,8 @@ class Spool:
         return self.root / QUARANTINE / status
 
     def quarantine(self, message: bytes, envelope: dict, status: str) -> Entry:
-        """Keep a durable copy in ``quarantine/<status>/ID``; a copy already there is kept.
+        """Keep a durable copy in ``quarantine/<status>/ID``, its envelope stamped with
+        ``quarantined_at``; a copy already there is kept.
 
         A scanner that dies after quarantining scans the message again and comes here a
         second time: the existing copy is the same message, so the call is idempotent.
@@ -397,7 +398,7 @@ class Spool:
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(mode=0o700)
         write_file(work / MESSAGE, message)
-        write_file(work / ENVELOPE, _dump(envelope))
+        write_file(work / ENVELOPE, _dump({**envelope, "quarantined_at": time.time()}))
         fsync_dir(work)
         os.rename(work, target)
         fsync_dir(target_dir)

@@ -82,17 +82,20 @@ class Supervisor:
         )
         os.replace(self.spool.run_path("mailgate.conf.new"), self.spool.run_path("mailgate.conf"))
 
-    def _clamd_config(self) -> Path:
-        conf = self.spool.run_path("clamd.conf")
-        work = self.spool.run_path("clamd-tmp")
-        work.mkdir(exist_ok=True, mode=0o700)
-        text = clamd.config_text(
+    def _clamd_config_text(self) -> str:
+        return clamd.config_text(
             self.config.clamd_socket_path,
             avdb.current(self.spool),
-            work,
+            self.spool.run_path("clamd-tmp"),
             self.config.max_object_size,
             self.spool.run_path("clamd.log"),
         )
+
+    def _clamd_config(self) -> Path:
+        """Write ``run/clamd.conf`` for the current configuration (if it changed)."""
+        conf = self.spool.run_path("clamd.conf")
+        self.spool.run_path("clamd-tmp").mkdir(exist_ok=True, mode=0o700)
+        text = self._clamd_config_text()
         if not conf.exists() or conf.read_text() != text:
             conf.write_text(text)
         return conf
@@ -229,12 +232,14 @@ class Supervisor:
             self.config.tls_certificate,
             self.config.tls_key,
         )
-        clamd_before = self._clamd_config().read_text() if self._managed_clamd() else None
+        clamd_before = self._clamd_config_text() if self._managed_clamd() else None
         self.config = config
         self._snapshot()
         self._signal_all(signal.SIGHUP)
         if self._managed_clamd():
-            restart = clamd_before is not None and self._clamd_config().read_text() != clamd_before
+            restart = clamd_before is not None and self._clamd_config_text() != clamd_before
+            if restart:
+                self._clamd_config()
             self._signal_all(signal.SIGTERM if restart else signal.SIGUSR2, ("clamd",))
         if network_changed:
             for slot in self.slots:
@@ -400,8 +405,7 @@ def exit_with_parent() -> None:
     supervisor = os.environ.get(SUPERVISOR_ENV)
     if not supervisor:
         return  # started by hand, not by ``mailgate run``
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    _die_with_parent()
     if os.getppid() != int(supervisor):  # it died before the request took effect
         os.kill(os.getpid(), signal.SIGTERM)
 
