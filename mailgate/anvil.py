@@ -18,6 +18,7 @@ import ipaddress
 import time
 from pathlib import Path
 
+from mailgate import stats
 from mailgate.config import Config, client_address
 
 RATE_WINDOW = 60.0
@@ -100,4 +101,5 @@ class Anvil:
 
     def _refuse(self, reason: str, reply: str) -> str:
         self.refused[reason] += 1
+        stats.rejected(reason)
         return reply

@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 
 from mailgate import config as configmod
-from mailgate import envelope as envmod
 from mailgate import log as logmod
-from mailgate.spool import RETURNS, STATES, Entry, InvalidQueueID, NotFound, Spool
+from mailgate import queueops, stats
+from mailgate.spool import STATES, Entry, InvalidQueueID, NotFound, Spool
 
 EXIT_OK, EXIT_CONFIG, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_BUSY = 0, 1, 2, 3, 4
 EXIT_ENGINE = 3
@@ -133,6 +133,18 @@ def _parser() -> argparse.ArgumentParser:
         a.add_argument("--kind", choices=("received", "sent"))
     arch_sub.add_parser("expire", parents=[again], help="remove days older than Retention")
 
+    st = command("stats", "print the counters of every process: totals and since start")
+    st.add_argument("--json", action="store_true", help="print the JSON document")
+
+    rep = command("report", "traffic report: volumes per hour, top viruses, top spam senders")
+    rep.add_argument("--since", default="1d", help="1d, 12h, ... ago, or a day YYYY-MM-DD")
+    rep.add_argument("--format", choices=("text", "json", "html"), default="text")
+    rep.add_argument("--top", type=int, default=10, help="rows in each top list")
+    rep.add_argument("--mail", action="store_true", help="also mail it to the Administrator")
+
+    pw = command("passwd", "set the web console password ([smtpgw.admin] PasswordHash)")
+    pw.add_argument("--stdin", action="store_true", help="read the password from standard input")
+
     update = command("update", "install a new anti-virus database and have clamd reload it")
     update.add_argument("--from", dest="source", type=Path, required=True, metavar="DIR")
     update.add_argument("--watch", action="store_true", help="keep applying new databases")
@@ -170,7 +182,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config":
         print(f"{config.path}: OK")
         return EXIT_OK
-    logmod.setup(getattr(args, "role", None) or args.command, config.log_level)
+    logmod.setup(
+        getattr(args, "role", None) or args.command,
+        config.log_level,
+        _log_file(config) if args.command in ("run", "worker") else None,
+    )
     if args.command == "run":
         from mailgate import supervisor
 
@@ -188,6 +204,12 @@ def main(argv: list[str] | None = None) -> int:
             return _update(args, config, Spool(config.spool_path))
         if args.command == "archive":
             return _archive(args, config, Spool(config.spool_path))
+        if args.command == "stats":
+            return _stats(args, Spool(config.spool_path))
+        if args.command == "report":
+            return _report(args, config, Spool(config.spool_path))
+        if args.command == "passwd":
+            return _passwd(args, config)
         if args.command == "train":
             return _train(args, config)
         if args.command == "learn":
@@ -198,10 +220,18 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code
 
 
+def _log_file(config: configmod.Config) -> Path | None:
+    """``[smtpgw.log] File``: none, a path, or by default the spool's log."""
+    if config.log_file.lower() == "none":
+        return None
+    return config.resolve(config.log_file) if config.log_file else Spool(config.spool_path).log_path
+
+
 def _worker(role: str, config: configmod.Config, snapshot: Path | None) -> int:
     from mailgate.supervisor import exit_with_parent
 
     exit_with_parent()
+    stats.start(Spool(config.spool_path))
     if role == "receiver":
         from mailgate import receiver
 
@@ -228,29 +258,6 @@ def _find(spool: Spool, queue_id: str, states: tuple[str, ...] = STATES[1:]) -> 
         raise CommandError(f"no message {queue_id} in {where}", EXIT_NOT_FOUND) from None
 
 
-def _summary(entry: Entry) -> dict:
-    try:
-        env = entry.read_envelope()
-    except (OSError, ValueError):
-        env = {}
-    return {
-        "id": entry.id,
-        "state": entry.state,
-        "owner": entry.owner,
-        "size": env.get("size"),
-        "sender": env.get("mail_from"),
-        "recipients": [r["address"] for r in env.get("recipients", [])],
-        "pending": [
-            r["address"] for r in env.get("recipients", []) if r["status"] == envmod.PENDING
-        ],
-        "received_at": env.get("received_at"),
-        "attempts": env.get("attempts"),
-        "next_attempt": env.get("next_attempt"),
-        "last_error": env.get("last_error"),
-        "reason": entry.read_reason(),
-    }
-
-
 def _age(seconds: float | None) -> str:
     if seconds is None:
         return "?"
@@ -268,7 +275,11 @@ def _queue(args: argparse.Namespace, spool: Spool) -> int:
         )
     action = args.action
     if action == "list":
-        rows = [_summary(e) for state in (args.state or STATES[1:]) for e in spool.entries(state)]
+        rows = [
+            queueops.summary(e)
+            for state in (args.state or STATES[1:])
+            for e in spool.entries(state)
+        ]
         if args.json:
             print(json.dumps(rows, indent=1))
             return EXIT_OK
@@ -321,45 +332,10 @@ def _queue(args: argparse.Namespace, spool: Spool) -> int:
         print(f"{len(moved)} message(s) requeued")
         return EXIT_OK
     entry = _find(spool, args.id)
-    if entry.state in RETURNS:
-        raise CommandError(
-            f"{entry.id} is being processed by pid {entry.owner}; try again", EXIT_BUSY
-        )
     try:
-        return _act(spool, action, entry)
-    except FileNotFoundError:
-        raise CommandError(
-            f"{entry.id} was taken by a worker meanwhile; try again", EXIT_BUSY
-        ) from None
-
-
-def _act(spool: Spool, action: str, entry: Entry) -> int:
-    if action == "delete":
-        spool.remove(entry)
-        print(f"{entry.id}: deleted from {entry.state}")
-        return EXIT_OK
-    if action == "hold":
-        if entry.state not in ("incoming", "ready", "deferred"):
-            raise CommandError(
-                f"{entry.id} is in {entry.state}; only queued mail can be held", EXIT_BUSY
-            )
-        spool.move(entry.id, (entry.state,), "hold")
-        print(f"{entry.id}: held")
-        return EXIT_OK
-    if action == "release" and entry.state != "hold":
-        raise CommandError(f"{entry.id} is in {entry.state}, not held", EXIT_BUSY)
-    if entry.state in ("incoming", "ready"):
-        print(f"{entry.id}: already queued in {entry.state}")
-        return EXIT_OK
-    envelope = entry.read_envelope()
-    target = "ready" if envelope.get("scanned") else "incoming"
-    if entry.state == "corrupt":
-        envelope["crashes"] = 0
-        target = "incoming"
-        spool.clear_reason(entry)
-    envmod.record(envelope, target, action)
-    spool.release(entry, target, envelope)
-    print(f"{entry.id}: {entry.state} -> {target}")
+        print(queueops.act(spool, action, entry))
+    except queueops.Refused as exc:
+        raise CommandError(str(exc), EXIT_BUSY) from None
     return EXIT_OK
 
 
@@ -580,6 +556,65 @@ def _learn(args: argparse.Namespace, config: configmod.Config, spool: Spool) -> 
         f"learned {len(args.files)} message(s) as {what}; {path} now has "
         f"{model.nspam} spam and {model.nham} ham"
     )
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def _stats(args: argparse.Namespace, spool: Spool) -> int:
+    snapshot = stats.Snapshot(spool)
+    if args.json:
+        print(json.dumps(snapshot.as_json(), indent=1))
+    else:
+        sys.stdout.write(stats.text_report(snapshot))
+    return EXIT_OK
+
+
+def _report(args: argparse.Namespace, config: configmod.Config, spool: Spool) -> int:
+    from mailgate import report
+
+    try:
+        since = report.parse_since(args.since)
+    except configmod.BadValue as exc:
+        raise CommandError(f"--since: {exc}", EXIT_USAGE) from None
+    doc = report.build(spool, since, top=args.top)
+    text = report.render(doc, args.format)
+    sys.stdout.write(text)
+    if args.mail:
+        content_type = {"html": "text/html", "json": "application/json"}.get(
+            args.format, "text/plain"
+        )
+        try:
+            qid = report.mail(
+                spool, config, f"mailgate report since {doc['from']}", text, content_type
+            )
+        except ValueError as exc:
+            raise CommandError(str(exc), EXIT_CONFIG) from None
+        print(f"mailed to {config.administrator} as {qid}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _passwd(args: argparse.Namespace, config: configmod.Config) -> int:
+    import getpass
+
+    from mailgate import passwords
+
+    if args.stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass("New console password: ")
+        if getpass.getpass("Again: ") != password:
+            raise CommandError("the two passwords differ; nothing changed", EXIT_USAGE)
+    if len(password) < passwords.MIN_LENGTH:
+        raise CommandError(
+            f"a password needs at least {passwords.MIN_LENGTH} characters; nothing changed",
+            EXIT_USAGE,
+        )
+    text = passwords.with_hash(config.text, passwords.hash_password(password))
+    configmod.parse(text, config.path)  # the edit must leave a valid file
+    passwords.write_config(config.path, text)
+    print(f"{config.path}: PasswordHash written; 'mailgate run' picks it up on reload (SIGHUP)")
     return EXIT_OK
 
 

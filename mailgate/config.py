@@ -163,6 +163,25 @@ def parse_listen(text: str) -> list[tuple[str, int]]:
     return result
 
 
+def parse_admin_address(text: str) -> tuple[str, int] | None:
+    """One ``host:port`` for the console or the metrics endpoint; empty turns it off."""
+    if not text.strip():
+        return None
+    addresses = parse_listen(text)
+    if len(addresses) != 1:
+        raise BadValue(f"expected one host:port, got {text!r}")
+    return addresses[0]
+
+
+def parse_password_hash(text: str) -> str:
+    from mailgate import passwords
+
+    text = text.strip()
+    if text and not passwords.well_formed(text):
+        raise BadValue("PasswordHash is not a hash written by 'mailgate passwd'")
+    return text
+
+
 def parse_masks(text: str) -> list[str]:
     masks = []
     for item in split_list(text):
@@ -472,6 +491,7 @@ _NET, _FWD, _PATH, _LIM, _RETRY, _LOG = (
 )
 _SPAM = "smtpgw.spamtest"
 _ARCH = "smtpgw.archive"
+_ADMIN = "smtpgw.admin"
 _SCAN, _AV, _ATT, _NOTE, _QUAR = (
     "smtpgw.scan",
     "smtpgw.antivirus",
@@ -567,6 +587,8 @@ _TABLE = [
     Option(_RETRY, "MaxQueueLifetime", "max_queue_lifetime", parse_duration, "5d"),
     Option(_RETRY, "DelayWarningAfter", "delay_warning_after", parse_duration, "4h"),
     Option(_LOG, "Level", "log_level", parse_level, "info"),
+    Option(_LOG, "File", "log_file", parse_path, "",
+           doc="log file of every process; default: log/mailgate.log in the spool; none: off"),
     Option(_SCAN, "Mode", "mode", parse_mode, "recommended",
            doc="preset of actions: speed, recommended or protection"),
     Option(_AV, "Enabled", "av_enabled", parse_bool, "yes", doc="scan with clamd"),
@@ -629,6 +651,22 @@ _TABLE = [
            doc="keep a copy of every delivered message, as sent"),
     Option(_ARCH, "Retention", "archive_retention", parse_duration, "30d",
            doc="archived days older than this are removed"),
+    Option(_ADMIN, "Listen", "admin_listen", parse_admin_address, "127.0.0.1:9825",
+           doc="web console address; empty: no console"),
+    Option(_ADMIN, "MetricsListen", "metrics_listen", parse_admin_address, "127.0.0.1:9825",
+           doc="Prometheus /metrics address (may equal Listen); empty: none"),
+    Option(_ADMIN, "PasswordHash", "password_hash", parse_password_hash, "",
+           doc="console password, written by mailgate passwd; empty: nobody logs in"),
+    Option(_ADMIN, "StatsRetention", "stats_retention", parse_duration, "90d",
+           doc="days of the message journal (reports, alerts) kept"),
+    Option(_ADMIN, "DailyTrafficLimit", "daily_traffic_limit", parse_size, "0",
+           doc="alert when a day's accepted bytes pass this; 0: off"),
+    Option(_ADMIN, "DailyMessageLimit", "daily_message_limit", parse_int, "0",
+           doc="alert when a day's accepted messages pass this; 0: off"),
+    Option(_ADMIN, "ProtectedAddressLimit", "protected_address_limit", parse_int, "0",
+           doc="alert when more protected addresses got mail in AddressWindow; 0: off"),
+    Option(_ADMIN, "AddressWindow", "address_window", parse_duration, "30d",
+           doc="period over which protected addresses are counted"),
     Option(_SPAM, "Enabled", "spam_enabled", parse_bool, "yes", doc="the spam filter"),
     Option(_SPAM, "Intensity", "intensity", parse_intensity, "",
            doc="low, medium or high; default: Mode"),
@@ -755,6 +793,15 @@ class Config:
     archive_received: bool
     archive_sent: bool
     archive_retention: float
+    admin_listen: tuple[str, int] | None
+    metrics_listen: tuple[str, int] | None
+    password_hash: str
+    stats_retention: float
+    daily_traffic_limit: int
+    daily_message_limit: int
+    protected_address_limit: int
+    address_window: float
+    log_file: str
     spam_enabled: bool
     intensity: str
     spam_rules: str

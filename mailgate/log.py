@@ -7,11 +7,16 @@ processes could interleave their events on one line).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+from pathlib import Path
 
 import structlog
+
+_file_path: Path | None = None
+_file_fd: int | None = None
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -21,8 +26,49 @@ _LEVELS = {
 }
 
 
-def setup(role: str, level: str = "info") -> None:
-    """Configure structlog for this process; every line names the role and the pid."""
+class _Tee:
+    """Writes each event line to stderr and, when one is set, appends it to the log file.
+
+    The file is opened with O_APPEND and each line leaves in one write(2), so the processes
+    sharing it never interleave inside a line (and ``reopen`` follows a log rotation).
+    """
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def msg(self, message: str) -> None:
+        line = message + "\n"
+        self.stream.write(line)
+        self.stream.flush()
+        if _file_fd is not None:
+            with contextlib.suppress(OSError):  # a full disk must not stop mail
+                os.write(_file_fd, line.encode("utf-8", "backslashreplace"))
+
+    debug = info = warning = warn = error = critical = exception = fatal = log = msg
+
+
+def reopen() -> None:
+    """Open the log file again (after a rotation moved it away); SIGHUP calls this."""
+    global _file_fd
+    if _file_fd is not None:
+        os.close(_file_fd)
+        _file_fd = None
+    if _file_path is not None:
+        try:
+            _file_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            _file_fd = os.open(_file_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        except OSError as exc:
+            sys.stderr.write(f"mailgate: cannot open log file {_file_path}: {exc}\n")
+
+
+def setup(role: str, level: str = "info", file: Path | None = None) -> None:
+    """Configure structlog for this process; every line names the role and the pid.
+
+    ``file``: also append every event there (``mailgate run`` and its workers).
+    """
+    global _file_path
+    _file_path = file
+    reopen()
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -34,7 +80,7 @@ def setup(role: str, level: str = "info") -> None:
             ),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.WriteLoggerFactory(sys.stderr),
+        logger_factory=lambda *args: _Tee(sys.stderr),
         cache_logger_on_first_use=False,
     )
     structlog.contextvars.clear_contextvars()

@@ -128,7 +128,14 @@ def variables(config: Config, envelope: dict, subject: str, decision, objects) -
     }
 
 
-def compose(config: Config, headers: dict[str, str], body: str, to: list[str], qid: str) -> bytes:
+def compose(
+    config: Config,
+    headers: dict[str, str],
+    body: str,
+    to: list[str],
+    qid: str,
+    content_type: str = "text/plain",
+) -> bytes:
     subject = headers.pop("Subject", "mailgate notice")
     lines = [
         f"From: mailgate <{config.sender_address}>",
@@ -138,7 +145,7 @@ def compose(config: Config, headers: dict[str, str], body: str, to: list[str], q
         f"Message-ID: <{qid}@{config.hostname}>",
         "Auto-Submitted: auto-generated",
         "MIME-Version: 1.0",
-        'Content-Type: text/plain; charset="utf-8"',
+        f'Content-Type: {content_type}; charset="utf-8"',
     ]
     lines += [f"{k}: {v}" for k, v in headers.items() if k.lower() not in ("from", "to")]
     data = body.encode("utf-8")

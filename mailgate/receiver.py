@@ -28,9 +28,10 @@ from aiosmtpd.smtp import Envelope, Session
 from mailgate import config as configmod
 from mailgate import envelope as envmod
 from mailgate import log as logmod
-from mailgate import restrictions
+from mailgate import restrictions, stats
 from mailgate.anvil import Anvil
 from mailgate.dnsbl import Checker
+from mailgate.journal import Journal
 from mailgate.mime import header_block
 from mailgate.smtpserver import GatewaySMTP
 from mailgate.spool import Spool, new_queue_id
@@ -48,6 +49,8 @@ class Receiver:
         self.log = logmod.get()
         self.executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="store")
         self.counters: collections.Counter[str] = collections.Counter()
+        self.metrics = stats.metrics()
+        self.journal = Journal(spool, "receiver")
         self._load_checked = 0.0
         self._overloaded: str | None = None
         self.recipients = restrictions.Recipients(config)
@@ -68,11 +71,17 @@ class Receiver:
             return None
         zone, why = hit
         self.counters["rbl_listed"] += 1
+        if config.connect_rbl_action != "mark":
+            self.refused("rbl")
         self.log.info("rbl_listed", client=ip, zone=zone, why=why, action=config.connect_rbl_action)
         if config.connect_rbl_action == "mark":
             server.rbl = f"{zone} ({why})"
             return None
         return f"554 5.7.1 Service unavailable; client [{ip}] blocked using {zone}"
+
+    def refused(self, reason: str) -> None:
+        self.counters[f"rejected_{reason}"] += 1
+        stats.rejected(reason)
 
     # ------------------------------------------------------------ checks
 
@@ -105,7 +114,7 @@ class Receiver:
     def helo_refusal(self, session: Session, hostname: str) -> str | None:
         refusal = restrictions.helo_refusal(self.config, hostname, session.peer[0])
         if refusal:
-            self.counters["rejected_helo"] += 1
+            self.refused("helo")
         return refusal
 
     async def handle_HELO(self, server, session, envelope, hostname):
@@ -129,7 +138,7 @@ class Receiver:
     async def handle_MAIL(self, server, session, envelope: Envelope, address, mail_options):
         reason = self.overloaded()
         if reason:
-            self.counters["deferred_overload"] += 1
+            self.refused("overload")
             self.log.warning("backpressure", client=session.peer[0], reason=reason)
             return "452 4.3.1 Insufficient system storage, try again later"
         dsn = getattr(session, "dsn_mail", {})
@@ -141,14 +150,15 @@ class Receiver:
 
     async def handle_RCPT(self, server, session, envelope: Envelope, address, rcpt_options):
         if len(envelope.rcpt_tos) >= self.config.max_recipients:
+            self.refused("recipients")
             return "452 4.5.3 Too many recipients"
         refusal = self.relay_refusal(session, address)
         if refusal:
-            self.counters["rejected_relay"] += 1
+            self.refused("relay")
             self.log.info("rcpt_refused", client=session.peer[0], to=address, reply=refusal)
             return refusal
         if self.recipients.unknown(address):
-            self.counters["rejected_unknown_user"] += 1
+            self.refused("unknown_user")
             self.log.info("rcpt_refused", client=session.peer[0], to=address, reply="unknown")
             return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
         params = getattr(session, "dsn_rcpt", {})
@@ -175,7 +185,7 @@ class Receiver:
         data = envelope.original_content or b""
         refusal = self.header_refusal(data)
         if refusal:
-            self.counters["rejected_header"] += 1
+            self.refused("header")
             self.log.info("data_refused", client=session.peer[0], reply=refusal)
             return refusal
         queue_id = new_queue_id()
@@ -216,6 +226,16 @@ class Receiver:
             self.log.error("store_failed", qid=queue_id, error=repr(exc))
             return "451 4.3.0 Local error in processing, try again later"
         self.counters["received"] += 1
+        self.metrics.received_messages.inc()
+        self.metrics.received_bytes.inc(len(message))
+        self.journal.write(
+            "received",
+            queue_id,
+            **{"from": mail_from},
+            to=envelope.rcpt_tos,
+            size=len(message),
+            client=session.peer[0],
+        )
         server.messages += 1
         server.bytes += len(message)
         self.log.info(
@@ -297,6 +317,7 @@ class Listener:
         return smtp
 
     def reload(self) -> None:
+        logmod.reopen()
         config = configmod.reload(self.config, self.snapshot, self.log)
         if config is not None:
             self.config = config

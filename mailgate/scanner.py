@@ -21,11 +21,12 @@ import hashlib
 import time
 from dataclasses import dataclass
 
-from mailgate import __version__, attachments, avdb, mime, notify, policy
+from mailgate import __version__, attachments, avdb, mime, notify, policy, stats
 from mailgate import envelope as envmod
 from mailgate.antivirus import Engine, EngineUnavailable, ObjectError
 from mailgate.config import Config
 from mailgate.ichecker import IChecker
+from mailgate.journal import Journal
 from mailgate.policy import Decision, ObjectVerdict
 from mailgate.spamtest import Spamtest, SpamVerdict
 from mailgate.spool import Entry, new_queue_id
@@ -172,6 +173,9 @@ class Scanner(Worker):
         self.inspector = Inspector(config, self.engine, self._installed, spam=self.spamtest)
         self.engine_down = False
         self.engine_name = ""
+        self.metrics = stats.metrics()
+        self.journal = Journal(self.spool, "scanner")
+        self._ichecker_seen = (0, 0)
 
     def reconfigure(self, config: Config) -> None:
         super().reconfigure(config)
@@ -220,12 +224,14 @@ class Scanner(Worker):
         ):
             self._to_ready(entry, envelope, headers)
             self.counters["scanned"] += 1
+            self._account(envelope, "not-scanned", [], None, ["deliver"])
             self.log.info(
                 "scanned", qid=entry.id, status="not-scanned", action="deliver", to="ready"
             )
             return
         raw = entry.read_message()
         failures = envelope.get("scan_failures", 0)
+        started = time.monotonic()
         try:
             inspection = self.inspector.inspect(
                 raw, last_try=failures + 1 >= self.config.scan_attempts, envelope=envelope
@@ -245,7 +251,41 @@ class Scanner(Worker):
                 "scan_failed", qid=entry.id, error=str(exc), attempt=failures + 1, to="incoming"
             )
             return
+        self.metrics.scan_seconds.observe(time.monotonic() - started)
         self._carry_out(entry, envelope, raw, inspection, headers)
+
+    def _account(
+        self, envelope: dict, status: str, found: list[str], spam, actions: list[str]
+    ) -> None:
+        """Count one scanned message and write its journal line."""
+        m = self.metrics
+        m.scanned.inc()
+        m.virus_status.labels(status).inc()
+        if spam is not None:
+            m.spam_status.labels(spam.status).inc()
+        for action in dict.fromkeys(actions):
+            m.actions.labels(action).inc()
+        hits, misses = self.ichecker.hits, self.ichecker.misses
+        seen_hits, seen_misses = self._ichecker_seen
+        m.ichecker_hits.inc(max(0, hits - seen_hits))
+        m.ichecker_lookups.inc(max(0, hits + misses - seen_hits - seen_misses))
+        self._ichecker_seen = (hits, misses)
+        self.journal.write(
+            "scanned",
+            envelope["id"],
+            **{"from": envelope["mail_from"]},
+            to=[r["address"] for r in envelope["recipients"]],
+            virus=status,
+            viruses=found,
+            spam=spam.status if spam is not None else None,
+            score=round(spam.score, 2) if spam is not None else None,
+            actions=list(dict.fromkeys(actions)),
+        )
+
+    def _quarantine(self, raw: bytes, envelope: dict, status: str) -> None:
+        self.spool.quarantine(raw, envelope, status)
+        self.counters["quarantined"] += 1
+        self.metrics.quarantined.labels(status).inc()
 
     def _carry_out(
         self, entry: Entry, envelope: dict, raw: bytes, inspection: Inspection, headers: list[str]
@@ -264,18 +304,20 @@ class Scanner(Worker):
                 )
         envelope["verdict"] = inspection.public()
         if decision.quarantine:
-            self.spool.quarantine(raw, envelope, decision.quarantine)
-            self.counters["quarantined"] += 1
+            self._quarantine(raw, envelope, decision.quarantine)
         if decision.status != "clean":
             self._notify(envelope, inspection)
         self.counters[f"status_{decision.status}"] += 1
         self.counters["scanned"] += 1
         log_fields = dict(qid=entry.id, status=decision.status, action=decision.action)
+        found = sorted({o.detail for o in inspection.objects if o.status != "clean" and o.detail})
+        actions = decision.action.split(",")
         if decision.status != "clean":
             log_fields["found"] = status_header(inspection)
         if not decision.deliver:
             self.spool.remove(entry)
             self.counters["blocked"] += 1
+            self._account(envelope, decision.status, found, inspection.spam, actions)
             self.log.info(
                 "scanned", **log_fields, to="quarantine" if decision.quarantine else "nowhere"
             )
@@ -302,13 +344,16 @@ class Scanner(Worker):
             if outcome.quarantine:
                 queue_id = entry.id if index == 0 else new_queue_id()
                 copy = {**envelope, "id": queue_id, "recipients": outcome.recipients}
-                self.spool.quarantine(raw, copy, "spam")
-                self.counters["quarantined"] += 1
+                self._quarantine(raw, copy, "spam")
         for outcome in delivered[1:]:
             self._split_off(envelope, message, headers, outcome, spam)
+        if spam is not None:
+            actions = [*(actions if decision.status != "clean" else [])]
+            actions += [a for o in outcomes for a in o.actions] or ["deliver"]
         if not delivered:
             self.spool.remove(entry)
             self.counters["blocked"] += 1
+            self._account(envelope, decision.status, found, spam, actions)
             self.log.info("scanned", **log_fields, spam_action="block", to="nowhere")
             return
         first = delivered[0]
@@ -316,6 +361,7 @@ class Scanner(Worker):
             message, changed = mime.edit_headers(message, self._prefix(spam), untrusted), True
         if changed:
             self.spool.replace_message(entry, message)
+        self._account(envelope, decision.status, found, spam, actions)
         envelope["recipients"] = kept + first.recipients
         self._to_ready(entry, envelope, headers)
         if spam is not None:
@@ -415,6 +461,7 @@ class Scanner(Worker):
             )
             if qid:
                 self.counters[f"notice_{kind}"] += 1
+                self.metrics.notifications.labels(kind).inc()
                 self.log.info(
                     "notice_queued", qid=envelope["id"], notice=qid, kind=kind, to=",".join(to)
                 )

@@ -23,9 +23,10 @@ import ssl
 import time
 from collections import defaultdict
 
-from mailgate import dsn
+from mailgate import dsn, stats
 from mailgate import envelope as envmod
 from mailgate.config import Config
+from mailgate.journal import Journal
 from mailgate.routing import RouteError, Router, Target
 from mailgate.spool import Entry, new_queue_id
 from mailgate.worker import RESCAN_INTERVAL, Worker
@@ -92,6 +93,8 @@ class Sender(Worker):
         super().__init__(config, snapshot)
         self.router = Router(config)
         self.connections = Connections(config)
+        self.metrics = stats.metrics()
+        self.journal = Journal(self.spool, "sender")
 
     def reconfigure(self, config: Config) -> None:
         super().reconfigure(config)
@@ -148,6 +151,7 @@ class Sender(Worker):
         if reply[0] == "2":
             rcpt["status"] = envmod.DELIVERED
             self.counters["delivered"] += 1
+            self.metrics.delivered.inc()
         elif reply[0] == "5":
             rcpt["status"] = envmod.FAILED
             self.counters["failed_rcpt"] += 1
@@ -261,6 +265,9 @@ class Sender(Worker):
             for r in envelope["recipients"]
             if r["status"] == envmod.FAILED and not r.get("reported")
         ]
+        if newly_failed:
+            self.metrics.bounced.inc(len(newly_failed))
+            self.journal.write("bounced", entry.id, to=[r["address"] for r in newly_failed])
         self._report(envelope, message, newly_failed, "failed")
         relayed = [
             r
@@ -285,6 +292,9 @@ class Sender(Worker):
                 for r in envelope["recipients"]
                 if r["status"] in (envmod.DELIVERED, envmod.RELAYED)
             ]
+            if delivered:
+                self.metrics.latency_seconds.observe(max(0.0, now - envelope["received_at"]))
+                self.journal.write("delivered", entry.id, to=[r["address"] for r in delivered])
             if delivered and self.config.archive_sent:
                 self._archive_sent(envelope, message)
             self.spool.remove(entry)
@@ -306,6 +316,7 @@ class Sender(Worker):
         envmod.record(envelope, "deferred", self.role)
         self.spool.defer(entry, envelope, next_attempt)
         self.counters["deferred"] += 1
+        self.metrics.deferred.inc()
         self.log.info(
             "deferred",
             qid=entry.id,

@@ -16,6 +16,8 @@ import re
 
 from aiosmtpd.smtp import SMTP
 
+from mailgate import stats
+
 _ENHANCED_RE = re.compile(r"^[245]\d\d[ -][245]\.\d{1,3}\.\d{1,3}\b")
 _DEFAULT_ENHANCED = {
     "221": "2.0.0",
@@ -157,6 +159,8 @@ class GatewaySMTP(SMTP):
         """Say why before hanging up on an idle (or one-byte-a-minute) client."""
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(b"421 4.4.2 Timeout exceeded, closing the session\r\n")
+            if self.limits is not None:
+                stats.rejected("timeout")
         super()._timeout_cb()
 
     def _close(self) -> None:
@@ -164,12 +168,15 @@ class GatewaySMTP(SMTP):
             self.transport.close()
 
     async def push(self, status):
+        if self.limits is not None and isinstance(status, str) and status.startswith("552 Error"):
+            stats.rejected("size")  # aiosmtpd's own SIZE and DATA size refusals
         if isinstance(status, str) and (not self._plain_replies or status[:1] in "45"):
             status = with_enhanced_code(status)  # EHLO's 250 lines stay plain, errors do not
         result = await super().push(status)
         if isinstance(status, str) and status[:1] == "5" and self.limits is not None:
             self.errors += 1
             if self.limits.max_errors and self.errors >= self.limits.max_errors:
+                stats.rejected("errors")
                 await super().push("421 4.7.0 Too many errors, closing the session")
                 self._close()
         return result
@@ -225,6 +232,7 @@ class GatewaySMTP(SMTP):
             (limits.max_messages_per_session and self.messages >= limits.max_messages_per_session)
             or (limits.max_session_bytes and self.bytes >= limits.max_session_bytes)
         ):
+            stats.rejected("session_limit")
             await self.push("421 4.7.0 Too much mail in one session, reconnect to send more")
             self._close()
             return

@@ -17,6 +17,9 @@ and delivery status, client, times, attempts, history). Its state is the directo
     spamdb/                 the spam filter's token table (``tokens.tsv.gz``) and its origin.
     control/                files an administrator drops to control ``mailgate run``.
     archive/<kind>/<day>/ID copies of received and of sent mail (kind ``received``/``sent``).
+    stats/                  counters of every process (``live/``, ``history.json``) and the
+                            per-day journal of message events (``journal/<day>/``).
+    log/                    ``mailgate.log``, every process's log events.
 
 Invariants:
 - A state change is one ``rename(2)`` of the message directory; the destination directory is
@@ -170,7 +173,7 @@ class Spool:
     def create(self) -> None:
         for state in STATES:
             (self.root / state).mkdir(parents=True, exist_ok=True, mode=0o700)
-        for extra in ("run", QUARANTINE, "avdb", "cache", "control"):
+        for extra in ("run", QUARANTINE, "avdb", "cache", "control", "stats", "log"):
             (self.root / extra).mkdir(exist_ok=True, mode=0o700)
 
     def control_requests(self) -> list[str]:
@@ -254,6 +257,27 @@ class Spool:
     def avdb_root(self) -> Path:
         """Where the anti-virus database versions live (see ``avdb``)."""
         return self.root / "avdb"
+
+    def stats_path(self, name: str) -> Path:
+        """A file or folder of the statistics (see ``stats``) under ``stats/``."""
+        if "/" in name or name.startswith("."):
+            raise ValueError(f"bad stats name {name!r}")
+        return self.root / "stats" / name
+
+    def journal_dir(self, day: str) -> Path:
+        """The journal files of one day (``YYYY-MM-DD``), one per writing process."""
+        if not _DAY_RE.match(day):
+            raise ValueError(f"bad journal day {day!r}")
+        return self.root / "stats" / "journal" / day
+
+    def journal_days(self) -> list[str]:
+        base = self.root / "stats" / "journal"
+        return sorted(d for d in os.listdir(base) if _DAY_RE.match(d)) if base.is_dir() else []
+
+    @property
+    def log_path(self) -> Path:
+        """The log every process of ``mailgate run`` appends its events to."""
+        return self.root / "log" / "mailgate.log"
 
     def state_dir(self, state: str) -> Path:
         if state not in STATES:

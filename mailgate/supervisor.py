@@ -36,10 +36,10 @@ from pathlib import Path
 
 import filelock
 
-from mailgate import avdb, clamd
+from mailgate import avdb, clamd, journal, stats
 from mailgate import config as configmod
 from mailgate import log as logmod
-from mailgate.spool import STATES, Spool, write_file_replacing
+from mailgate.spool import Spool, write_file_replacing
 
 SIGNALS = (signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 STOP_TIMEOUT = 40.0
@@ -217,6 +217,7 @@ class Supervisor:
     # ------------------------------------------------------------ signals
 
     def reload(self) -> None:
+        logmod.reopen()
         config = configmod.reload(self.config, None, self.log)
         if config is None:
             return
@@ -250,9 +251,16 @@ class Supervisor:
         self.log.info("config_reloaded", receiver_restarted=network_changed)
 
     def statistics(self) -> None:
-        depths = {state: self.spool.count(state) for state in STATES}
+        """SIGUSR1: log every counter (totals and since start), then ask workers for theirs."""
+        snapshot = stats.Snapshot(self.spool).as_json()
         restarts = {s.name: s.restarts for s in self.slots}
-        self.log.info("statistics", queues=depths, restarts=restarts)
+        self.log.info(
+            "statistics",
+            queues=snapshot["queues"],
+            restarts=restarts,
+            totals=snapshot["totals"],
+            since_start=snapshot["since_start"],
+        )
         self._signal_all(signal.SIGUSR1)
 
     def stop(self) -> int:
@@ -295,6 +303,7 @@ class Supervisor:
             ):
                 self.log.warning("claim_recovered", qid=queue_id, to=state, child="previous run")
             self._snapshot()
+            stats.fold(self.spool)
             self.log.info(
                 "supervisor_started",
                 spool=str(self.spool.root),
@@ -381,6 +390,8 @@ class Supervisor:
             self.log.warning("claim_recovered", qid=queue_id, to=state, child="not ours")
         for day in self.spool.expire_archive(self.config.archive_retention):
             self.log.info("archive_expired", day=day)
+        for day in journal.expire(self.spool, self.config.stats_retention):
+            self.log.info("journal_expired", day=day)
 
 
 def is_worker_alive(pid: int) -> bool:

@@ -141,6 +141,7 @@ class Worker:
             self.log.info("statistics", **self.counters)
 
     def reload(self) -> None:
+        logmod.reopen()
         config = configmod.reload(self.config, self.snapshot, self.log)
         if config is not None:
             self.reconfigure(config)

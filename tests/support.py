@@ -253,6 +253,8 @@ class Gateway:
             ],
             "smtpgw.path": ["SpoolDir=spool"],
         }
+        if "[smtpgw.admin]" not in extra:
+            sections["smtpgw.admin"] = ["Listen=", "MetricsListen="]  # tests run side by side
         if "[smtpgw.spamtest]" not in extra:
             # The relay and anti-virus tests compare bytes; the spam tests turn it on.
             sections["smtpgw.spamtest"] = ["Enabled=no"]

@@ -1,0 +1,271 @@
+"""Statistics: counters and histograms each process keeps alone, summed by whoever reads them.
+
+Workers never talk to each other, so each one writes its own numbers into memory-mapped files
+(prometheus_client's multiprocess mode) under ``stats/live/`` of the spool; a reader
+(``mailgate stats``, the metrics endpoint, the supervisor's SIGUSR1) adds up every file.
+
+Invariants:
+- "Since start" is what ``stats/live/`` holds: the supervisor folds the files of the previous
+  run into ``stats/history.json`` before any worker starts, so totals = history + live and
+  nothing counted is ever lost by a restart (a worker killed mid-message keeps what it wrote).
+- Queue depths are not counted but read from the spool when asked, so they cannot drift.
+- Only counter and histogram samples are folded; every labelled metric has one label.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from mailgate.spool import STATES, Spool, write_file_replacing
+
+PREFIX = "mailgate_"
+ENV = "PROMETHEUS_MULTIPROC_DIR"
+SCAN_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400)
+
+# name: (kind, help, label) -- the contract of ``mailgate stats --json`` and of /metrics
+METRICS = {
+    "received_messages": ("counter", "Messages accepted (250 after DATA)", None),
+    "received_bytes": ("counter", "Bytes of accepted messages", None),
+    "rejected": ("counter", "SMTP refusals, by reason", "reason"),
+    "scanned": ("counter", "Messages scanned", None),
+    "virus_status": ("counter", "Scanned messages by anti-virus status", "status"),
+    "spam_status": ("counter", "Scanned messages by spam status", "status"),
+    "actions": ("counter", "Policy actions carried out", "action"),
+    "quarantined": ("counter", "Copies put in quarantine, by status", "status"),
+    "ichecker_hits": ("counter", "Objects iChecker knew to be clean (not sent to clamd)", None),
+    "ichecker_lookups": ("counter", "Objects looked up in iChecker", None),
+    "delivered": ("counter", "Recipients delivered to the next hop", None),
+    "deferred": ("counter", "Delivery attempts deferred", None),
+    "bounced": ("counter", "Recipients that failed permanently", None),
+    "notifications": ("counter", "Notices queued, by kind", "kind"),
+    "scan_seconds": ("histogram", "Time to scan one message", None),
+    "latency_seconds": ("histogram", "From acceptance to delivery", None),
+}
+
+
+class _Metrics:
+    """The live metric objects of this process (created once, by ``metrics()``)."""
+
+    def __init__(self):
+        from prometheus_client import Counter, Histogram
+
+        for name, (kind, text, label) in METRICS.items():
+            labels = (label,) if label else ()
+            if kind == "counter":
+                metric = Counter(PREFIX + name, text, labels, registry=None)
+            else:
+                buckets = SCAN_BUCKETS if name == "scan_seconds" else LATENCY_BUCKETS
+                metric = Histogram(PREFIX + name, text, labels, registry=None, buckets=buckets)
+            setattr(self, name, metric)
+
+
+_metrics: _Metrics | None = None
+
+
+def start(spool: Spool) -> None:
+    """Make this process count into the spool's ``stats/live/`` (call before ``metrics()``)."""
+    from prometheus_client import values
+
+    live = spool.stats_path("live")
+    live.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.environ[ENV] = str(live)
+    values.ValueClass = values.MultiProcessValue()
+    global _metrics
+    _metrics = None
+
+
+def metrics() -> _Metrics:
+    """This process's metrics; in a process that never called ``start`` they stay in memory."""
+    global _metrics
+    if _metrics is None:
+        _metrics = _Metrics()
+    return _metrics
+
+
+def rejected(reason: str) -> None:
+    """Count one SMTP refusal (``reason`` is one of the README's rejection reasons)."""
+    metrics().rejected.labels(reason).inc()
+
+
+# ------------------------------------------------------------------ reading
+
+Samples = dict[tuple[str, str, tuple[tuple[str, str], ...]], float]
+
+
+def _read_live(live: Path) -> Samples:
+    """Every counter and histogram sample in ``live``, summed over the processes."""
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    files = [str(p) for p in live.glob("*.db") if p.name.startswith(("counter_", "histogram_"))]
+    samples: Samples = defaultdict(float)
+    for family in MultiProcessCollector.merge(files, accumulate=True):
+        for sample in family.samples:
+            key = (family.name, sample.name, tuple(sorted(sample.labels.items())))
+            samples[key] += sample.value
+    return samples
+
+
+def _read_history(path: Path) -> Samples:
+    samples: Samples = defaultdict(float)
+    with contextlib.suppress(FileNotFoundError):
+        for family, name, labels, value in json.loads(path.read_text()):
+            samples[(family, name, tuple(tuple(x) for x in labels))] += value
+    return samples
+
+
+def fold(spool: Spool) -> None:
+    """Add the previous run's live files to the history and start a new run (supervisor only).
+
+    The history is written (and renamed into place) before the live files go, so a crash in
+    between can at worst count the previous run twice, never lose it.
+    """
+    live = spool.stats_path("live")
+    live.mkdir(parents=True, exist_ok=True, mode=0o700)
+    history = spool.stats_path("history.json")
+    total = _read_history(history)
+    for key, value in _read_live(live).items():
+        total[key] += value
+    rows = [[f, n, [list(x) for x in labels], v] for (f, n, labels), v in sorted(total.items())]
+    write_file_replacing(history.with_suffix(".new"), json.dumps(rows).encode())
+    os.replace(history.with_suffix(".new"), history)
+    for path in live.glob("*.db"):
+        path.unlink(missing_ok=True)
+    started = spool.stats_path("started")
+    write_file_replacing(started.with_suffix(".new"), str(time.time()).encode())
+    os.replace(started.with_suffix(".new"), started)
+
+
+def queue_depths(spool: Spool) -> dict[str, int]:
+    return {state: spool.count(state) for state in STATES if state != "tmp"}
+
+
+class Snapshot:
+    """What the counters say now: ``since_start`` (this run) and ``totals`` (every run)."""
+
+    def __init__(self, spool: Spool):
+        self.live = _read_live(spool.stats_path("live"))
+        self.totals = _read_history(spool.stats_path("history.json"))
+        for key, value in self.live.items():
+            self.totals[key] += value
+        try:
+            self.started = float(spool.stats_path("started").read_text())
+        except (OSError, ValueError):
+            self.started = None
+        self.queues = queue_depths(spool)
+
+    def as_json(self) -> dict:
+        """The ``mailgate stats --json`` document (see the README for its fields)."""
+        return {
+            "started": _iso(self.started) if self.started else None,
+            "queues": self.queues,
+            "totals": summarize(self.totals),
+            "since_start": summarize(self.live),
+        }
+
+    def prometheus_text(self) -> bytes:
+        """The totals and queue depths in Prometheus' text exposition format."""
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
+        from prometheus_client.exposition import generate_latest
+
+        families = []
+        for name, (kind, text, label) in METRICS.items():
+            full = PREFIX + name
+            mine = {k: v for k, v in self.totals.items() if k[0] == full}
+            if kind == "counter":
+                family = CounterMetricFamily(full, text, labels=[label] if label else [])
+                for (_, sample, labels), value in sorted(mine.items()):
+                    if sample.endswith("_total"):
+                        family.add_metric([v for _, v in labels], value)
+            else:
+                family = HistogramMetricFamily(full, text)
+                buckets = sorted(
+                    (
+                        (dict(labels)["le"], v)
+                        for (_, s, labels), v in mine.items()
+                        if s.endswith("_bucket")
+                    ),
+                    key=lambda b: float(b[0]),
+                )
+                total_sum = sum(v for (_, s, _), v in mine.items() if s.endswith("_sum"))
+                if buckets:
+                    family.add_metric([], buckets, total_sum)
+            families.append(family)
+        depth = GaugeMetricFamily(
+            PREFIX + "queue_messages", "Messages per spool state", labels=["state"]
+        )
+        for state, count in self.queues.items():
+            depth.add_metric([state], count)
+        families.append(depth)
+
+        class _Fixed:
+            def collect(self):
+                return families
+
+        return generate_latest(_Fixed())  # type: ignore[arg-type]
+
+
+def summarize(samples: Samples) -> dict:
+    """Samples as ``{name: number}``, ``{name: {label: number}}`` or a histogram's summary."""
+    out: dict = {}
+    for name, (kind, _text, label) in METRICS.items():
+        full = PREFIX + name
+        mine = {k: v for k, v in samples.items() if k[0] == full}
+        if kind == "histogram":
+            count = sum(v for (_, s, _), v in mine.items() if s.endswith("_count"))
+            total = sum(v for (_, s, _), v in mine.items() if s.endswith("_sum"))
+            out[name] = {
+                "count": int(count),
+                "sum": round(total, 6),
+                "mean": round(total / count, 6) if count else None,
+            }
+        elif label:
+            out[name] = {
+                dict(labels)[label]: _number(v)
+                for (_, s, labels), v in sorted(mine.items())
+                if s.endswith("_total")
+            }
+        else:
+            out[name] = _number(sum(v for (_, s, _), v in mine.items() if s.endswith("_total")))
+    return out
+
+
+def _number(value: float) -> int | float:
+    return int(value) if float(value).is_integer() else value
+
+
+def _iso(when: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(when))
+
+
+def text_report(snapshot: Snapshot) -> str:
+    """``mailgate stats`` without --json: one line per figure, totals then this run."""
+    doc = snapshot.as_json()
+    lines = [f"running since: {doc['started'] or 'never started'}", ""]
+    lines.append("queues: " + "  ".join(f"{k}={v}" for k, v in doc["queues"].items()))
+    lines.append("")
+    lines.append(f"{'':28} {'total':>12} {'since start':>12}")
+    for name in METRICS:
+        total, live = doc["totals"][name], doc["since_start"][name]
+        if isinstance(total, dict) and "count" in total:
+            lines.append(f"{name + ' (count)':28} {total['count']:>12} {live['count']:>12}")
+            mean = total["mean"]
+            lines.append(f"{name + ' (mean)':28} {'-' if mean is None else f'{mean:.4f}':>12}")
+        elif isinstance(total, dict):
+            if not total:
+                lines.append(f"{name:28} {0:>12} {0:>12}")
+            for key in sorted(total):
+                label = f"{name}[{key}]"
+                lines.append(f"{label:28} {total[key]:>12} {live.get(key, 0):>12}")
+        else:
+            lines.append(f"{name:28} {total:>12} {live:>12}")
+    return "\n".join(lines) + "\n"
