@@ -63,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     command("run", "run the gateway in the foreground (supervisor and workers)")
     command("check-config", "validate the configuration; print FILE:LINE: message per error")
     worker = command("worker", "run one worker process (started by 'mailgate run')")
-    worker.add_argument("role", choices=("receiver", "scanner", "sender"))
+    worker.add_argument("role", choices=("receiver", "scanner", "sender", "admin"))
     worker.add_argument("--snapshot", type=Path, default=None)
 
     queue = command("queue", "inspect and manage the queue")
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     logmod.setup(
         getattr(args, "role", None) or args.command,
         config.log_level,
-        _log_file(config) if args.command in ("run", "worker") else None,
+        logmod.file_for(config) if args.command in ("run", "worker") else None,
     )
     if args.command == "run":
         from mailgate import supervisor
@@ -220,13 +220,6 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code
 
 
-def _log_file(config: configmod.Config) -> Path | None:
-    """``[smtpgw.log] File``: none, a path, or by default the spool's log."""
-    if config.log_file.lower() == "none":
-        return None
-    return config.resolve(config.log_file) if config.log_file else Spool(config.spool_path).log_path
-
-
 def _worker(role: str, config: configmod.Config, snapshot: Path | None) -> int:
     from mailgate.supervisor import exit_with_parent
 
@@ -236,6 +229,10 @@ def _worker(role: str, config: configmod.Config, snapshot: Path | None) -> int:
         from mailgate import receiver
 
         return receiver.run(config, snapshot)
+    if role == "admin":
+        from mailgate import console
+
+        return console.run(config, snapshot)
     if role == "scanner":
         from mailgate.scanner import Scanner
 

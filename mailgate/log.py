@@ -87,5 +87,14 @@ def setup(role: str, level: str = "info", file: Path | None = None) -> None:
     structlog.contextvars.bind_contextvars(proc=role, pid=os.getpid())
 
 
+def file_for(config) -> Path | None:
+    """``[smtpgw.log] File``: ``none``, a path, or by default ``log/mailgate.log`` in the spool."""
+    from mailgate.spool import Spool
+
+    if config.log_file.lower() == "none":
+        return None
+    return config.resolve(config.log_file) if config.log_file else Spool(config.spool_path).log_path
+
+
 def get(**bound) -> structlog.typing.FilteringBoundLogger:
     return structlog.get_logger().bind(**bound)

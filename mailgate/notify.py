@@ -40,6 +40,9 @@ VARIABLES = {
     "hostname": "this gateway's Hostname",
     "administrator": "the Administrator address",
     "client_ip": "IP address of the client that sent the message",
+    "threshold": "traffic alerts: the threshold passed (DailyTrafficLimit, ...)",
+    "value": "traffic alerts: the figure that passed it",
+    "limit": "traffic alerts: the configured limit",
 }
 KINDS = ("admin", "sender", "recipient")
 _HEADER_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]*:")

@@ -186,6 +186,8 @@ class Snapshot:
                 for (_, sample, labels), value in sorted(mine.items()):
                     if sample.endswith("_total"):
                         family.add_metric([v for _, v in labels], value)
+                if not label and not family.samples:
+                    family.add_metric([], 0.0)
             else:
                 family = HistogramMetricFamily(full, text)
                 buckets = sorted(

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import filelock
 
-from mailgate import avdb, clamd, journal, stats
+from mailgate import alerts, avdb, clamd, journal, stats
 from mailgate import config as configmod
 from mailgate import log as logmod
 from mailgate.spool import Spool, write_file_replacing
@@ -73,6 +73,7 @@ class Supervisor:
         self.log = logmod.get()
         self.slots: list[Slot] = []
         self.stopping = False
+        self.traffic = alerts.TrafficWatch(self.spool)
 
     # ------------------------------------------------------------ processes
 
@@ -145,6 +146,7 @@ class Supervisor:
             "receiver": 1,
             "scanner": self.config.scanners,
             "sender": self.config.senders,
+            "admin": 1 if self.config.admin_listen or self.config.metrics_listen else 0,
         }
 
     def _fit_slots(self) -> None:
@@ -209,7 +211,9 @@ class Supervisor:
         if changed:
             self._write_table()
 
-    def _signal_all(self, signum: int, roles: tuple[str, ...] = ("receiver", "scanner", "sender")):
+    def _signal_all(
+        self, signum: int, roles: tuple[str, ...] = ("receiver", "scanner", "sender", "admin")
+    ):
         for slot in self.slots:
             if slot.role in roles and slot.process is not None and slot.process.returncode is None:
                 slot.process.send_signal(signum)
@@ -233,6 +237,10 @@ class Supervisor:
             self.config.tls_certificate,
             self.config.tls_key,
         )
+        console_moved = (config.admin_listen, config.metrics_listen) != (
+            self.config.admin_listen,
+            self.config.metrics_listen,
+        )
         clamd_before = self._clamd_config_text() if self._managed_clamd() else None
         self.config = config
         self._snapshot()
@@ -242,9 +250,9 @@ class Supervisor:
             if restart:
                 self._clamd_config()
             self._signal_all(signal.SIGTERM if restart else signal.SIGUSR2, ("clamd",))
-        if network_changed:
+        for role, moved in (("receiver", network_changed), ("admin", console_moved)):
             for slot in self.slots:
-                if slot.role == "receiver" and slot.process is not None:
+                if moved and slot.role == role and slot.process is not None:
                     slot.process.send_signal(signal.SIGTERM)
                     slot.backoff, slot.started = 0.0, time.monotonic() - STABLE_AFTER
         self._fit_slots()
@@ -392,6 +400,10 @@ class Supervisor:
             self.log.info("archive_expired", day=day)
         for day in journal.expire(self.spool, self.config.stats_retention):
             self.log.info("journal_expired", day=day)
+        for threshold in self.traffic.check(self.config):
+            self.log.warning(
+                "threshold_passed", threshold=threshold, notified=self.config.administrator or None
+            )
 
 
 def is_worker_alive(pid: int) -> bool:
