@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 from mimebuild import EICAR, TEXT, multipart, part
-from support import free_port, make_message, mailgate, wait_for
+from support import free_port, mailgate, make_message, wait_for
 
 from mailgate import alerts, passwords
 from mailgate import config as configmod
@@ -106,9 +106,7 @@ def test_report_counts_hours_viruses_and_spam_senders_and_is_mailed(make_gateway
         b"Hello from the tests.", gtube.encode()
     )
     gw.send(spam, sender="spammer@spam.example", to=["user@company.com", "boss@company.com"])
-    wait_for(
-        lambda: len(list((gw.spool / "quarantine").glob("*/*"))) == 2, what="two quarantined"
-    )
+    wait_for(lambda: len(list((gw.spool / "quarantine").glob("*/*"))) == 2, what="two quarantined")
     wait_for(lambda: stats(gw)["totals"]["scanned"] >= 3, what="three scanned")
 
     doc = json.loads(gw.cli("report", "--since", "1d", "--format", "json", check=True).stdout)
