@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -40,7 +41,8 @@ def _parser() -> argparse.ArgumentParser:
         description="SMTP mail gateway: run it, check its configuration, manage its queue.",
         epilog="Exit codes: 0 ok, 1 invalid configuration or template, 2 usage, 3 no such "
         "message (or engine unavailable, or no database to install), 4 busy or not applicable, "
-        "5 already running, 6 database rejected, 7 clamd did not confirm the reload.",
+        "5 already running, 6 database rejected, 7 clamd did not confirm the reload, "
+        "8 run: cannot listen or cannot run as User.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -182,11 +184,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config":
         print(f"{config.path}: OK")
         return EXIT_OK
+    if args.command in ("run", "worker"):
+        os.umask(0o077)  # spool, logs, quarantine, caches: readable by the gateway alone
     logmod.setup(
         getattr(args, "role", None) or args.command,
         config.log_level,
         logmod.file_for(config) if args.command in ("run", "worker") else None,
     )
+    if args.command in ("queue", "quarantine", "archive", "update", "learn", "report", "stats"):
+        from mailgate import privileges
+
+        privileges.act_as_spool_owner(config.user, config.spool_path)
     if args.command == "run":
         from mailgate import supervisor
 

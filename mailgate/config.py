@@ -492,6 +492,7 @@ _NET, _FWD, _PATH, _LIM, _RETRY, _LOG = (
 _SPAM = "smtpgw.spamtest"
 _ARCH = "smtpgw.archive"
 _ADMIN = "smtpgw.admin"
+_PROC = "smtpgw.process"
 _SCAN, _AV, _ATT, _NOTE, _QUAR = (
     "smtpgw.scan",
     "smtpgw.antivirus",
@@ -587,6 +588,8 @@ _TABLE = [
     Option(_RETRY, "MaxQueueLifetime", "max_queue_lifetime", parse_duration, "5d"),
     Option(_RETRY, "DelayWarningAfter", "delay_warning_after", parse_duration, "4h"),
     Option(_LOG, "Level", "log_level", parse_level, "info"),
+    Option(_PROC, "User", "user", parse_text, "mailgate",
+           doc="started as root, run as this user (after binding ListenOn); empty: stay root"),
     Option(_LOG, "File", "log_file", parse_path, "",
            doc="log file of every process; default: log/mailgate.log in the spool; none: off"),
     Option(_SCAN, "Mode", "mode", parse_mode, "recommended",
@@ -802,6 +805,7 @@ class Config:
     protected_address_limit: int
     address_window: float
     log_file: str
+    user: str
     spam_enabled: bool
     intensity: str
     spam_rules: str

@@ -28,7 +28,7 @@ from aiosmtpd.smtp import Envelope, Session
 from mailgate import config as configmod
 from mailgate import envelope as envmod
 from mailgate import log as logmod
-from mailgate import restrictions, stats
+from mailgate import privileges, restrictions, stats
 from mailgate.anvil import Anvil
 from mailgate.dnsbl import Checker
 from mailgate.journal import Journal
@@ -328,9 +328,16 @@ class Listener:
     async def serve(self) -> int:
         loop = asyncio.get_running_loop()
         servers = []
-        for host, port in self.config.listen:
-            servers.append(await loop.create_server(self.factory, host, port))
-            self.log.info("listening", address=f"{host}:{port}")
+        inherited = privileges.inherited_sockets()
+        if inherited is not None:  # bound by the supervisor (perhaps as root, before User)
+            for sock in inherited:
+                servers.append(await loop.create_server(self.factory, sock=sock))
+                host, port = sock.getsockname()[:2]
+                self.log.info("listening", address=f"{host}:{port}", passed=True)
+        else:
+            for host, port in self.config.listen:
+                servers.append(await loop.create_server(self.factory, host, port))
+                self.log.info("listening", address=f"{host}:{port}")
         loop.add_signal_handler(signal.SIGTERM, self.stopped.set)
         loop.add_signal_handler(signal.SIGINT, self.stopped.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)

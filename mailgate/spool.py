@@ -171,6 +171,7 @@ class Spool:
     # ------------------------------------------------------------ layout
 
     def create(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         for state in STATES:
             (self.root / state).mkdir(parents=True, exist_ok=True, mode=0o700)
         for extra in ("run", QUARANTINE, "avdb", "cache", "control", "stats", "log"):

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import filelock
 
-from mailgate import alerts, avdb, clamd, journal, stats
+from mailgate import alerts, avdb, clamd, journal, privileges, stats
 from mailgate import config as configmod
 from mailgate import log as logmod
 from mailgate.spool import Spool, write_file_replacing
@@ -46,6 +46,7 @@ STOP_TIMEOUT = 40.0
 STABLE_AFTER = 60.0
 SWEEP_INTERVAL = 10.0
 EXIT_ALREADY_RUNNING = 5
+EXIT_CANNOT_START = 8
 PR_SET_PDEATHSIG = 1
 SUPERVISOR_ENV = "MAILGATE_SUPERVISOR_PID"
 
@@ -74,6 +75,7 @@ class Supervisor:
         self.slots: list[Slot] = []
         self.stopping = False
         self.traffic = alerts.TrafficWatch(self.spool)
+        self.listeners: list = []
 
     # ------------------------------------------------------------ processes
 
@@ -134,9 +136,12 @@ class Supervisor:
             "--snapshot",
             str(self.spool.run_path("mailgate.conf")),
         ]
-        slot.process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, env={**os.environ, SUPERVISOR_ENV: str(os.getpid())}
-        )
+        env = {**os.environ, SUPERVISOR_ENV: str(os.getpid())}
+        fds = ()
+        if slot.role == "receiver":
+            fds = tuple(sock.fileno() for sock in self.listeners)
+            env[privileges.LISTEN_FDS_ENV] = ",".join(map(str, fds))
+        slot.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, env=env, pass_fds=fds)
         slot.started = time.monotonic()
         self.log.info("worker_spawned", worker=slot.name, child=slot.process.pid)
 
@@ -241,6 +246,19 @@ class Supervisor:
             self.config.admin_listen,
             self.config.metrics_listen,
         )
+        if network_changed and config.listen != self.config.listen:
+            try:
+                listeners = privileges.bind(config.listen)
+            except OSError as exc:
+                self.log.error(
+                    "config_reload_failed",
+                    problems=[f"ListenOn: {exc.strerror}"],
+                    note="keeping the running configuration",
+                )
+                return
+            for sock in self.listeners:
+                sock.close()
+            self.listeners = listeners
         clamd_before = self._clamd_config_text() if self._managed_clamd() else None
         self.config = config
         self._snapshot()
@@ -305,6 +323,12 @@ class Supervisor:
             self.log.error("already_running", spool=str(self.spool.root))
             return EXIT_ALREADY_RUNNING
         try:
+            try:
+                self._take_privileged_resources()
+            except (OSError, privileges.PrivilegeError) as exc:
+                self.log.error("cannot_start", error=str(exc))
+                print(f"mailgate: {exc}", file=sys.stderr)
+                return EXIT_CANNOT_START
             signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
             for queue_id, state in self.spool.recover(
                 self.config.max_attempts, alive=is_worker_alive
@@ -315,6 +339,7 @@ class Supervisor:
             self.log.info(
                 "supervisor_started",
                 spool=str(self.spool.root),
+                uid=os.getuid(),
                 listen=[f"{h}:{p}" for h, p in self.config.listen],
                 paused=self.spool.paused_flag.exists(),
             )
@@ -342,6 +367,17 @@ class Supervisor:
                     next_sweep = time.monotonic() + SWEEP_INTERVAL
         finally:
             lock.release()
+
+    def _take_privileged_resources(self) -> None:
+        """Bind ListenOn; then, if root and User is set, hand the spool over and become User."""
+        self.listeners = privileges.bind(self.config.listen)
+        acct = privileges.account(self.config.user)
+        if acct is None:
+            return
+        privileges.hand_over(self.spool.root, acct)
+        privileges.probe(acct, self.spool.root, self.config.path)
+        privileges.drop(acct)
+        self.log.info("privileges_dropped", user=acct.name, uid=acct.uid)
 
     def _control(self, request: str) -> bool:
         """Act on a file dropped in ``control/``, then remove it; True for ``stop``.

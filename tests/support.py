@@ -253,6 +253,8 @@ class Gateway:
             ],
             "smtpgw.path": ["SpoolDir=spool"],
         }
+        if "[smtpgw.process]" not in extra:
+            sections["smtpgw.process"] = ["User="]  # tmp_path is root's; test_privileges drops
         if "[smtpgw.admin]" not in extra:
             sections["smtpgw.admin"] = ["Listen=", "MetricsListen="]  # tests run side by side
         if "[smtpgw.spamtest]" not in extra:

@@ -256,3 +256,32 @@ def test_without_a_password_nobody_logs_in(make_gateway, sink):
     assert status == 200 and b"mailgate passwd" in body
     assert client.log_in("") == 401
     assert client.log_in("anything at all") == 401
+
+
+def test_queue_pages_hold_release_requeue_and_delete(make_gateway, sink):
+    gw = console_gateway(make_gateway, "[smtpgw.limits]\nSenders=0\n[smtpgw.archive]\nSent=no\n")
+    first = gw.send(make_message("first@test"))
+    second = gw.send(make_message("second@test", subject="find me"))
+    wait_for(lambda: set(gw.entries("ready")) == {first, second}, what="both scanned")
+    client = Client(gw.console)
+    assert client.log_in() == 302
+
+    status, _, body = client.request(f"/queue?state=ready&q={second[-8:]}")
+    assert status == 200 and second.encode() in body and first.encode() not in body
+    status, _, body = client.request(f"/queue/{second}")
+    assert status == 200 and b"find me" in body and b"user@company.com" in body
+
+    token = client.csrf("/queue")
+    status, _, body = client.request(f"/queue/{first}/hold", {"csrf": token})
+    assert status == 200 and b"held" in body
+    assert gw.entries("hold") == [first]
+    status, _, body = client.request(f"/queue/{first}/hold", {"csrf": token})
+    assert status == 409  # only queued mail can be held
+    assert client.request(f"/queue/{first}/release", {"csrf": token})[0] == 200
+    assert first in gw.entries("ready")
+    assert client.request(f"/queue/{second}/delete", {"csrf": token})[0] == 200
+    assert gw.entries("ready") == [first]
+    assert client.request(f"/queue/{first}/explode", {"csrf": token})[0] == 404
+
+    status, _, body = client.request(f"/logs?qid={first}")
+    assert status == 200 and b"event=&#39;queued&#39;" in body

@@ -27,6 +27,7 @@ def test_every_exit_code_is_documented():
         cli.EXIT_NOT_FOUND,
         cli.EXIT_BUSY,
         supervisor.EXIT_ALREADY_RUNNING,
+        supervisor.EXIT_CANNOT_START,
         cli.EXIT_ENGINE,
         avdb.NO_SOURCE,
         avdb.NOT_MANAGED,

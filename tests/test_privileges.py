@@ -1,0 +1,100 @@
+"""Started as root, mailgate binds its ports, then everything runs as ``User`` (mailgate)."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import socket
+import stat
+import tempfile
+from pathlib import Path
+
+import pytest
+from mimebuild import EICAR, TEXT, multipart, part
+from support import Gateway, make_message, wait_for
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root")
+
+USER = "[smtpgw.process]\nUser=mailgate\n"
+
+
+def privileged_port() -> int:
+    """A free port below 1024: only root may bind it."""
+    for port in range(1000, 600, -1):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free port below 1024")
+
+
+def uids(pid: int) -> set[int]:
+    """Real, effective, saved and file-system uid of a process."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return {int(x) for x in line.split()[1:]}
+    raise AssertionError(f"no Uid line for {pid}")
+
+
+@pytest.fixture
+def open_base():
+    """A directory the mailgate user can reach (pytest's tmp_path is root's alone)."""
+    base = Path(tempfile.mkdtemp(prefix="mailgate-user-", dir="/tmp"))
+    base.chmod(0o755)
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def test_root_binds_port_below_1024_then_every_process_runs_as_mailgate(open_base, sink):
+    mailgate = pwd.getpwnam("mailgate")
+    gw = Gateway(
+        open_base, privileged_port(), sink.port_number, USER + "[smtpgw.scan]\nMode=protection\n"
+    )
+    try:
+        gw.start()
+        table = gw.workers()
+        pids = [table["supervisor"]] + [w["pid"] for w in table["workers"]]
+        roles = {w["role"] for w in table["workers"]}
+        assert {"clamd", "receiver", "scanner", "sender"} <= roles
+        for pid in pids:
+            assert uids(pid) == {mailgate.pw_uid}, pid
+
+        gw.send(make_message("clean@test"))
+        qid = gw.send(multipart([TEXT, part(EICAR, filename="eicar.com")], msgid="v@test"))
+        wait_for(lambda: "<clean@test>" in sink.ids(), 60, "the clean message")
+        wait_for(lambda: gw.entries("quarantine/infected") == [qid], 60, "the quarantined copy")
+
+        # root's CLI acts as the spool's owner: what it writes, the workers can use
+        assert gw.cli("quarantine", "release", qid).returncode == 0
+        got = wait_for(
+            lambda: [r for r in sink.received if r.message_id == "<v@test>"], 60, "the release"
+        )[0]
+        assert qid in got.message["X-Mailgate-Released"]
+
+        for folder, dirs, files in os.walk(gw.spool):
+            for name in [folder] + [os.path.join(folder, n) for n in dirs + files]:
+                st = os.lstat(name)
+                assert st.st_uid == mailgate.pw_uid, name
+                if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode):
+                    assert st.st_mode & 0o077 == 0, f"{name} is {oct(st.st_mode)}"
+        assert "privileges_dropped" in gw.log()
+    finally:
+        assert gw.stop() == 0
+
+
+def test_a_missing_user_or_an_unreachable_spool_stops_the_start(open_base, tmp_path, sink):
+    nobody_here = Gateway(
+        open_base / "a", privileged_port(), sink.port_number, "[smtpgw.process]\nUser=nobody-x\n"
+    )
+    nobody_here.start(wait=False)
+    assert nobody_here.process.wait(60) == 8
+    assert "no such user 'nobody-x'" in nobody_here.log()
+
+    hidden = Gateway(tmp_path / "b", privileged_port(), sink.port_number, USER)  # under 0700
+    hidden.start(wait=False)
+    assert hidden.process.wait(60) == 8
+    assert "user 'mailgate' cannot run mailgate" in hidden.log()
+    assert "cannot use the spool" in hidden.log()
