@@ -169,19 +169,34 @@ def queue(
     if not to:
         return None
     headers, body = render(find(config, kind, status), values)
+    return send(spool, config, headers, body, to, about=about)
+
+
+def send(
+    spool: Spool,
+    config: Config,
+    headers: dict[str, str],
+    body: str,
+    to: list[str],
+    kind: str = "notification",
+    content_type: str = "text/plain",
+    who: str = "scanner",
+    **fields,
+) -> str:
+    """Queue a message of ours from the null sender straight into ready/; its queue ID."""
     qid = new_queue_id()
-    message = compose(config, headers, body, to, qid)
+    message = compose(config, headers, body, to, qid, content_type)
     env = envmod.new(
         qid,
         "",
         [envmod.recipient(a) for a in to],
         size=len(message),
-        kind="notification",
-        about=about,
+        kind=kind,
         scanned=True,
         headers=[f"X-Mailgate-Queue-ID: {qid}"],
         body="8BITMIME",
-        first_state=("ready", "scanner"),
+        first_state=("ready", who),
+        **fields,
     )
     spool.enqueue(message, env, state="ready")
     return qid

@@ -105,9 +105,10 @@ def probe(acct: Account, spool_root: Path, config_path: Path) -> None:
     if result.returncode != 0:
         why = (result.stderr.strip().splitlines() or ["no reason given"])[-1]
         raise PrivilegeError(
-            f"user {acct.name!r} cannot run mailgate ({sys.executable}): {why}. Install "
-            "mailgate where that user can read it (scripts/setup builds .venv on "
-            "/usr/bin/python3), or set [smtpgw.process] User= to keep running as root"
+            f"user {acct.name!r} cannot run the gateway ({sys.executable}): {why}. Put "
+            "mailgate, its spool and its configuration where that user can reach them "
+            "(scripts/setup builds .venv on /usr/bin/python3), or set [smtpgw.process] "
+            "User= to keep running as root"
         )
 
 

@@ -13,10 +13,9 @@ import json
 import re
 import time
 
-from mailgate import envelope as envmod
 from mailgate import journal, notify
 from mailgate.config import BadValue, Config, parse_duration
-from mailgate.spool import Spool, new_queue_id
+from mailgate.spool import Spool
 
 SPAM = ("spam", "probable-spam", "blacklisted")
 VIRUS = ("infected", "suspicious")
@@ -204,20 +203,13 @@ def mail(spool: Spool, config: Config, subject: str, text: str, content_type: st
     """Queue ``text`` to the Administrator; the queue ID. Raises ValueError with no address."""
     if not config.administrator:
         raise ValueError("no [smtpgw.notify] Administrator address to mail the report to")
-    qid = new_queue_id()
-    message = notify.compose(
-        config, {"Subject": subject}, text, [config.administrator], qid, content_type
-    )
-    env = envmod.new(
-        qid,
-        "",
-        [envmod.recipient(config.administrator)],
-        size=len(message),
+    return notify.send(
+        spool,
+        config,
+        {"Subject": subject},
+        text,
+        [config.administrator],
         kind="report",
-        scanned=True,
-        headers=[f"X-Mailgate-Queue-ID: {qid}"],
-        body="8BITMIME",
-        first_state=("ready", "report"),
+        content_type=content_type,
+        who="report",
     )
-    spool.enqueue(message, env, state="ready")
-    return qid

@@ -1,7 +1,21 @@
 from __future__ import annotations
 
+import shutil
+import tempfile
+from pathlib import Path
+
 import pytest
 from support import Gateway, Sink, free_port
+
+
+@pytest.fixture
+def open_base():
+    """A directory the mailgate user can reach (pytest's tmp_path is root's alone), for a
+    gateway that, started as root, runs as that user."""
+    base = Path(tempfile.mkdtemp(prefix="mailgate-user-", dir="/tmp"))
+    base.chmod(0o755)
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture

@@ -98,7 +98,8 @@ def test_log_in_see_a_quarantined_eicar_message_and_release_it(make_gateway, sin
 
     with browser() as driver:
         log_in(driver, gw, "not the password")
-        assert driver.find_element(By.ID, "login-error").text == "Wrong password."
+        refusal = wait_for(lambda: driver.find_elements(By.ID, "login-error"), what="refusal")
+        assert refusal[0].text == "Wrong password."
         assert driver.current_url.endswith("/login")
 
         log_in(driver, gw)

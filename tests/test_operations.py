@@ -128,10 +128,10 @@ def test_check_config_reports_file_and_line(tmp_path):
     assert "port must be 1-65535" in lines[3]
 
 
-def test_minimal_config_works_from_any_directory(tmp_path, sink):
+def test_minimal_config_works_from_any_directory(open_base, sink):
     from support import Gateway, free_port
 
-    gw = Gateway(tmp_path / "min", free_port(), sink.port_number)
+    gw = Gateway(open_base / "min", free_port(), sink.port_number)
     gw.conf.write_text(
         f"[smtpgw.network]\nListenOn=127.0.0.1:{gw.port}\n"
         "ProtectedDomains=company.com\nTrustedNetworks=127.0.0.1\n"
@@ -149,7 +149,7 @@ def test_minimal_config_works_from_any_directory(tmp_path, sink):
         gw.start()  # cwd is / : nothing may depend on the working directory
         gw.send(make_message("minimal@test"), to="someone@company.com")
         assert sink.wait_count(1)[0].message_id == "<minimal@test>"
-        assert (tmp_path / "min" / "spool" / "incoming").is_dir()
+        assert (open_base / "min" / "spool" / "incoming").is_dir()
     finally:
         gw.stop()
 
