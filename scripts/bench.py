@@ -271,6 +271,7 @@ def main() -> int:
         extra.setdefault(section, []).append(setting)
 
     work = Path(tempfile.mkdtemp(prefix="mailgate-bench-"))
+    work.chmod(0o755)  # started as root, the gateway runs as [smtpgw.process] User
     sink_port, direct_port, gw_port, discard_port = (free_port() for _ in range(4))
     sinks = [start_sink(sink_port), start_sink(direct_port), start_discard(discard_port)]
     try:
@@ -286,6 +287,7 @@ def main() -> int:
             "ProtectedDomains=company.com\nTrustedNetworks=127.0.0.0/8\n"
             f"[smtpgw.forward]\nForwardRoute=* [127.0.0.1:{sink_port}]\n"
             "[smtpgw.path]\nSpoolDir=spool\n"
+            "[smtpgw.admin]\nListen=\nMetricsListen=\n"
             + "".join(
                 f"[{section}]\n" + "".join(f"{item}\n" for item in items)
                 for section, items in extra.items()

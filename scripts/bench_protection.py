@@ -46,6 +46,7 @@ def main() -> int:
     parser.add_argument("messages", nargs="?", type=int, default=300)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mailgate-bench-protection-"))
+    work.chmod(0o755)  # started as root, the gateway runs as [smtpgw.process] User
     sink_port, gw_port = free_port(), free_port()
     sink = start_sink(sink_port)
     conf = work / "mailgate.conf"
@@ -53,7 +54,7 @@ def main() -> int:
         f"[smtpgw.network]\nListenOn=127.0.0.1:{gw_port}\nProtectedDomains=company.com\n"
         "TrustedNetworks=127.0.0.1/32\nClientDeny=127.0.0.5\n"
         f"[smtpgw.forward]\nForwardRoute=* [127.0.0.1:{sink_port}]\n"
-        "[smtpgw.path]\nSpoolDir=spool\n"
+        "[smtpgw.path]\nSpoolDir=spool\n[smtpgw.admin]\nListen=\nMetricsListen=\n"
         "[smtpgw.limits]\nConnectionRate=120\nMaxSessionsPerClient=10\n"
         "[smtpgw.antivirus]\nEnabled=no\n[smtpgw.attachments]\nEnabled=no\n"
         "[smtpgw.spamtest]\nEnabled=no\n"
