@@ -68,6 +68,9 @@ class Throttle:
             now = time.monotonic()
             while window and window[0] <= now - FAILURE_WINDOW:
                 window.popleft()
+            if window is not None and not window:
+                del self.failures[ip]  # forget addresses whose failures have all expired
+                return False
             return bool(window) and len(window) >= MAX_FAILURES
 
     def failed(self, ip: str) -> None:

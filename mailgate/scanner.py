@@ -347,9 +347,9 @@ class Scanner(Worker):
                 self._quarantine(raw, copy, "spam")
         for outcome in delivered[1:]:
             self._split_off(envelope, message, headers, outcome, spam)
-        if spam is not None:
-            actions = [*(actions if decision.status != "clean" else [])]
-            actions += [a for o in outcomes for a in o.actions] or ["deliver"]
+        if spam is not None:  # the spam actions, after the anti-virus ones if it found any
+            virus_actions = actions if decision.status != "clean" else []
+            actions = virus_actions + ([a for o in outcomes for a in o.actions] or ["deliver"])
         if not delivered:
             self.spool.remove(entry)
             self.counters["blocked"] += 1
