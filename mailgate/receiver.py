@@ -71,12 +71,11 @@ class Receiver:
             return None
         zone, why = hit
         self.counters["rbl_listed"] += 1
-        if config.connect_rbl_action != "mark":
-            self.refused("rbl")
         self.log.info("rbl_listed", client=ip, zone=zone, why=why, action=config.connect_rbl_action)
         if config.connect_rbl_action == "mark":
             server.rbl = f"{zone} ({why})"
             return None
+        self.refused("rbl")
         return f"554 5.7.1 Service unavailable; client [{ip}] blocked using {zone}"
 
     def refused(self, reason: str) -> None:

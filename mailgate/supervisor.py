@@ -4,8 +4,14 @@ One receiver, ``Scanners`` scanners and ``Senders`` senders, each its own proces
 ``mailgate worker ROLE``, and with ManageClamd a clamd on the spool's database (``avdb``),
 started first and waited for (PING) before the scanners, stopped last, restarted like a
 worker when it dies. Scanners pause while it is down; nothing is delivered unscanned.
+Beside them the ``admin`` process serves the web console and ``/metrics``.
 The supervisor never touches a message itself except to recover the claims of a worker it
 has just reaped (and all claims at start, when no worker runs).
+
+At start it binds the ListenOn sockets (and, started as root, then becomes User: see
+``privileges``), keeps them, and passes them to every receiver it starts; it folds the last
+run's counters into the history (``stats``); its sweep also expires the journal and checks
+the traffic thresholds (``alerts``).
 
 Invariants:
 - One supervisor per spool (a file lock in ``run/``); workers die with their supervisor, and
@@ -19,7 +25,8 @@ Invariants:
 - ``run/workers.json`` lists the live workers (role, slot, pid), for administrators and tests.
 
 Signals: SIGHUP re-reads the configuration (kept when invalid), SIGTERM/SIGINT stop gracefully
-and exit 0, SIGUSR1 logs queue depths and asks every worker to log its counters.
+and exit 0, SIGUSR1 logs the queue depths and every counter and asks every worker to log its
+own.
 """
 
 from __future__ import annotations
