@@ -51,6 +51,7 @@ MAX_FAILURES = 5
 FAILURE_WINDOW = 300.0
 SESSION_HOURS = 8
 LOG_LINES = 500
+LOG_TAIL = 64 * 1024 * 1024
 _STATUS_RE = re.compile(r"^[a-z][a-z-]{0,30}$")
 CONSOLE_ETC = configmod.SHIPPED_ETC / "console"
 
@@ -452,7 +453,8 @@ def _alive(pid) -> bool:
 
 
 def _log_lines(path: Path | None, queue_id: str) -> list[str]:
-    """The log lines that mention ``queue_id`` (rotated ``.1`` first), the last LOG_LINES."""
+    """The log lines that mention ``queue_id`` (rotated ``.1`` first), the last LOG_LINES,
+    looking at no more than the last ``LOG_TAIL`` bytes of each file (a page stays quick)."""
     if path is None:
         return []
     found: collections.deque[str] = collections.deque(maxlen=LOG_LINES)
@@ -460,6 +462,10 @@ def _log_lines(path: Path | None, queue_id: str) -> list[str]:
     for candidate in (path.with_name(path.name + ".1"), path):
         try:
             with open(candidate, "rb") as handle:
+                size = handle.seek(0, os.SEEK_END)
+                handle.seek(max(0, size - LOG_TAIL))
+                if size > LOG_TAIL:
+                    handle.readline()  # a partial first line
                 for line in handle:
                     if needle in line:
                         found.append(line.decode("utf-8", "replace").rstrip("\n"))
