@@ -33,7 +33,7 @@ from pathlib import Path
 from flask import Flask, Response, abort, redirect, render_template, request, session, url_for
 from werkzeug.serving import WSGIRequestHandler, make_server
 
-from mailgate import archive, passwords, quarantine, queueops, report, stats
+from mailgate import archive, journal, passwords, quarantine, queueops, report, stats
 from mailgate import config as configmod
 from mailgate import log as logmod
 from mailgate.mime import POLICY, decode_words, header_block
@@ -209,8 +209,9 @@ def create_app(config: configmod.Config, serve_metrics: bool = True) -> Flask:
     def dashboard():
         now = time.time()
         midnight = report.parse_since(time.strftime("%Y-%m-%d", time.localtime(now)))
-        today = report.build(spool, midnight, now, top=5)
-        last24 = report.build(spool, now - 86400, now, top=0)["hourly"][-24:]
+        events = list(journal.read(spool, now - 86400, now))  # covers today as well
+        today = report.build(spool, midnight, now, top=5, events=events)
+        last24 = report.build(spool, now - 86400, now, top=0, events=events)["hourly"][-24:]
         peak = max([h["received"] for h in last24] or [0]) or 1
         quarantined = collections.Counter(status for status, _ in spool.quarantined())
         return render_template(

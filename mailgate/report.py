@@ -41,9 +41,21 @@ def _hour(when: float) -> str:
     return time.strftime("%Y-%m-%d %H:00", time.localtime(when))
 
 
-def build(spool: Spool, since: float, until: float | None = None, top: int = 10) -> dict:
-    """The report document for ``since <= t < until`` (see the README for its fields)."""
+def build(
+    spool: Spool,
+    since: float,
+    until: float | None = None,
+    top: int = 10,
+    events: list[dict] | None = None,
+) -> dict:
+    """The report document for ``since <= t < until`` (see the README for its fields).
+
+    ``events``: journal events already read (covering the period), so that several reports
+    over overlapping periods read the journal once.
+    """
     until = time.time() if until is None else until
+    if events is None:
+        events = list(journal.read(spool, since, until))
     received = {"messages": 0, "bytes": 0}
     virus_status: collections.Counter = collections.Counter()
     spam_status: collections.Counter = collections.Counter()
@@ -56,7 +68,9 @@ def build(spool: Spool, since: float, until: float | None = None, top: int = 10)
     start = since - since % 3600
     for hour_start in range(int(start), int(until) + 1, 3600):
         hourly[_hour(hour_start)] = collections.Counter()
-    for event in journal.read(spool, since, until):
+    for event in events:
+        if not since <= event["t"] < until:
+            continue
         hour = hourly.setdefault(_hour(event["t"]), collections.Counter())
         kind = event.get("ev")
         if kind == "received":
