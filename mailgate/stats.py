@@ -180,7 +180,7 @@ class Snapshot:
         families = []
         for name, (kind, text, label) in METRICS.items():
             full = PREFIX + name
-            mine = {k: v for k, v in self.totals.items() if k[0] == full}
+            mine = _of(self.totals, name)
             if kind == "counter":
                 family = CounterMetricFamily(full, text, labels=[label] if label else [])
                 for (_, sample, labels), value in sorted(mine.items()):
@@ -216,12 +216,17 @@ class Snapshot:
         return generate_latest(_Fixed())  # type: ignore[arg-type]
 
 
+def _of(samples: Samples, name: str) -> Samples:
+    """The samples of one metric of ``METRICS``."""
+    full = PREFIX + name
+    return {k: v for k, v in samples.items() if k[0] == full}
+
+
 def summarize(samples: Samples) -> dict:
     """Samples as ``{name: number}``, ``{name: {label: number}}`` or a histogram's summary."""
     out: dict = {}
     for name, (kind, _text, label) in METRICS.items():
-        full = PREFIX + name
-        mine = {k: v for k, v in samples.items() if k[0] == full}
+        mine = _of(samples, name)
         if kind == "histogram":
             count = sum(v for (_, s, _), v in mine.items() if s.endswith("_count"))
             total = sum(v for (_, s, _), v in mine.items() if s.endswith("_sum"))
