@@ -27,7 +27,6 @@ class TrafficWatch:
         self.messages: dict[str, int] = defaultdict(int)
         self.bytes: dict[str, int] = defaultdict(int)
         self.addresses: dict[str, set[str]] = defaultdict(set)
-        self.loaded_since: float | None = None
 
     def wanted(self, config: Config) -> bool:
         return bool(
@@ -41,9 +40,11 @@ class TrafficWatch:
         if not self.wanted(config):
             return []
         now = time.time() if now is None else now
-        self._read(config, now)
+        earliest = journal.day_of(now - max(config.address_window, 86400))
+        self._forget_before(earliest)
+        self._read(config, earliest)
         today = journal.day_of(now)
-        first = min(journal.day_of(now - config.address_window + 1), today)
+        first = journal.day_of(now - config.address_window + 1)
         addresses = set().union(*(a for d, a in self.addresses.items() if first <= d <= today))
         passed = []
         for name, value, limit in (
@@ -55,11 +56,17 @@ class TrafficWatch:
                 passed.append(name)
         return passed
 
-    def _read(self, config: Config, now: float) -> None:
+    def _forget_before(self, day: str) -> None:
+        """Drop the figures and file offsets of days no threshold looks at any more."""
+        for table in (self.messages, self.bytes, self.addresses):
+            for old in [d for d in table if d < day]:
+                del table[old]
+        self.offsets = {p: o for p, o in self.offsets.items() if p.parent.name >= day}
+
+    def _read(self, config: Config, earliest: str) -> None:
         """Take in what was written since the last call (at the first, the whole window)."""
-        since = now - max(config.address_window, 86400)
         for day in self.spool.journal_days():
-            if day < journal.day_of(since):
+            if day < earliest:
                 continue
             folder = self.spool.journal_dir(day)
             for name in os.listdir(folder):
