@@ -20,6 +20,7 @@ import ipaddress
 import os
 import re
 import socket
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -1045,6 +1046,14 @@ def parse(text: str, path: Path) -> Config:
     for key, name in (("TLSCertificate", config.tls_certificate), ("TLSKey", config.tls_key)):
         if name and not config.resolve(name).is_file():
             problem(line_of(key), f"{key}: no such file {name!r}")
+    tls_files = (config.tls_certificate, config.tls_key)
+    if all(tls_files) and all(config.resolve(name).is_file() for name in tls_files):
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+                config.resolve(config.tls_certificate), config.resolve(config.tls_key)
+            )
+        except (OSError, ssl.SSLError) as exc:
+            problem(line_of("TLSCertificate"), f"TLSCertificate/TLSKey do not load: {exc}")
     if config.max_line_length < 1001:
         problem(line_of("MaxLineLength"), "MaxLineLength must be at least 1001 (RFC 5321)")
     if config.max_attempts < 1:

@@ -33,14 +33,14 @@ from mailgate.anvil import Anvil
 from mailgate.dnsbl import Checker
 from mailgate.journal import Journal
 from mailgate.mime import header_block
-from mailgate.smtpserver import GatewaySMTP
+from mailgate.smtpserver import GatewaySMTP, IntrospectedNames
 from mailgate.spool import Spool, new_queue_id
 
 STOP_GRACE = 30.0
 _LOAD_CACHE_SECONDS = 0.5
 
 
-class Receiver:
+class Receiver(IntrospectedNames):
     """aiosmtpd handler: policy at MAIL/RCPT, durable queueing at DATA."""
 
     def __init__(self, config: configmod.Config, spool: Spool):
@@ -293,6 +293,7 @@ class Listener:
         self.sessions: set[GatewaySMTP] = set()
         self.anvil = Anvil(config, self.spool.paused_flag)
         self.stopped = asyncio.Event()
+        self.tls = tls_context(config)  # loaded once, not per connection; again on reload
 
     def factory(self) -> GatewaySMTP:
         cfg = self.config
@@ -305,7 +306,7 @@ class Listener:
             decode_data=False,
             hostname=cfg.hostname,
             ident="ESMTP mailgate",
-            tls_context=tls_context(cfg),
+            tls_context=self.tls,
             timeout=cfg.session_timeout,
         )
         smtp.registry = self.sessions
@@ -319,6 +320,10 @@ class Listener:
         logmod.reopen()
         config = configmod.reload(self.config, self.snapshot, self.log)
         if config is not None:
+            try:
+                self.tls = tls_context(config)
+            except (OSError, ssl.SSLError) as exc:
+                self.log.error("tls_certificate_unusable", error=str(exc), kept="previous")
             self.config = config
             self.handler.reconfigure(config)
             self.anvil.configure(config)

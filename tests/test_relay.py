@@ -7,6 +7,7 @@ import smtplib
 import socket
 import ssl
 import subprocess
+import sys
 
 from support import make_message, wait_for
 
@@ -257,6 +258,23 @@ def test_starttls_when_a_certificate_is_configured(make_gateway, sink, tmp_path)
         smtp.sendmail("a@example.org", ["tls@company.com"], make_message("tls@test"))
     received = " ".join(sink.wait_count(1)[0].message["Received"].split())
     assert "with ESMTPS id" in received
+
+
+def test_check_config_refuses_a_certificate_that_does_not_load(tmp_path):
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    key.write_text("not a key\n")
+    cert.write_text("-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n")
+    conf = tmp_path / "tls.conf"
+    conf.write_text(
+        f"[smtpgw.network]\nListenOn=127.0.0.1:2525\nTLSCertificate={cert}\nTLSKey={key}\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "mailgate", "check-config", "-c", str(conf)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"{conf}:3: TLSCertificate/TLSKey do not load")
 
 
 def test_sigusr1_logs_statistics(gateway, sink):
