@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 import time
 from email._header_value_parser import get_addr_spec, get_angle_addr
@@ -140,6 +141,17 @@ class IntrospectedNames:
 
     _introspected = ("smtp_", "auth_", "handle_")
     _names_of: dict[type, list[str]] = {}
+
+    def __init_subclass__(cls, **kwargs):
+        """Give each ``handle_*`` hook its signature once (PEP 362 ``__signature__``).
+
+        aiosmtpd asks ``inspect.signature(handle_EHLO)`` per connection to tell its two
+        hook forms apart; a stored signature makes that an attribute read.
+        """
+        super().__init_subclass__(**kwargs)
+        for name, value in vars(cls).items():
+            if name.startswith("handle_") and inspect.isfunction(value):
+                value.__signature__ = inspect.signature(value)
 
     def __dir__(self):
         cls = type(self)

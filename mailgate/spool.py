@@ -460,7 +460,12 @@ class Spool:
         grave = self.state_dir("tmp") / f"{entry.id}.removed.{self.pid}"
         os.rename(entry.path, grave)
         fsync_dir(entry.path.parent)
-        shutil.rmtree(grave, ignore_errors=True)
+        try:
+            os.unlink(grave / MESSAGE)
+            os.unlink(grave / ENVELOPE)
+            os.rmdir(grave)
+        except OSError:  # not the usual two files: whatever is there goes
+            shutil.rmtree(grave, ignore_errors=True)
 
     def move(self, queue_id: str, from_states: tuple[str, ...], to_state: str) -> Entry:
         """Administrator's move of an unclaimed message, e.g. hold or requeue."""

@@ -317,6 +317,19 @@ def test_smtputf8_and_8bitmime_pass_through(gateway, sink):
     assert got.content.endswith("Grüße aus Köln\r\n".encode())
 
 
+def test_lines_starting_with_a_dot_and_quoted_addresses_arrive_unchanged(gateway, sink):
+    """The sender's own DATA stuffing and MAIL/RCPT commands against a real next hop."""
+    body = b".first line\r\n..\r\n.\r\nmiddle\r\n...three\r\nlast .\r\n"
+    message = b"Subject: dots\r\nMessage-ID: <dots@test>\r\n\r\n" + body
+    sender, rcpt = '"odd sender"@example.org', "dots@company.com"
+    with smtplib.SMTP("127.0.0.1", gateway.port) as smtp:
+        smtp.ehlo("c")
+        assert smtp.sendmail(f"<{sender}>", [rcpt], message) == {}
+    got = sink.wait_count(1)[0]
+    assert got.content.endswith(b"\r\n\r\n" + body)
+    assert (got.mail_from, got.rcpt_tos) == (sender, [rcpt])
+
+
 def test_listen_on_ipv6_loopback(make_gateway, sink):
     gw = make_gateway()
     gw.write_config(f"[smtpgw.network]\nListenOn=[::1]:{gw.port}\nTrustedNetworks=::1/128")
