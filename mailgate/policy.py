@@ -10,7 +10,7 @@ The message status is the worst object status, in the order of ``ORDER``.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 ORDER = ("infected", "suspicious", "banned", "unscannable", "corrupted", "encrypted", "clean")
 RANK = {status: rank for rank, status in enumerate(ORDER)}
@@ -28,8 +28,13 @@ class ObjectVerdict:
     curable: bool = True
 
     def public(self) -> dict:
-        data = asdict(self)
-        return {k: data[k] for k in ("name", "content_type", "true_type", "status", "detail")}
+        return {
+            "name": self.name,
+            "content_type": self.content_type,
+            "true_type": self.true_type,
+            "status": self.status,
+            "detail": self.detail,
+        }
 
 
 @dataclass
