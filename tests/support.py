@@ -144,9 +144,10 @@ class _SinkHandler:
         session.host_name = hostname
         with self.sink.cond:
             self.sink.sessions += 1
-        if self.sink.dsn:
-            return [*responses[:-1], "250-DSN", responses[-1]]
-        return responses
+        extra = ["250-DSN"] if self.sink.dsn else []
+        if self.sink.pipelining:  # as Postfix and Exim announce it; the sender pipelines
+            extra.append("250-PIPELINING")
+        return [*responses[:-1], *extra, responses[-1]]
 
     async def handle_MAIL(self, server, session, envelope, address, options):
         envelope.mail_from = address
@@ -187,9 +188,16 @@ class Sink(Controller):
     command (then 250), e.g. ["451 4.3.0 try later"] to defer the first attempt.
     """
 
-    def __init__(self, port: int | None = None, dsn: bool = False, host: str = "127.0.0.1"):
+    def __init__(
+        self,
+        port: int | None = None,
+        dsn: bool = False,
+        host: str = "127.0.0.1",
+        pipelining: bool = True,
+    ):
         self.port_number = port or free_port()
         self.dsn = dsn
+        self.pipelining = pipelining
         self.received: list[Received] = []
         self.sessions = 0  # EHLOs seen: how many SMTP sessions the gateway opened
         self.rcpt_replies: dict[str, list[str]] = {}
