@@ -7,11 +7,14 @@ than SMTP allows (998 octets) come out with those lines folded, as Postfix folds
 
 from __future__ import annotations
 
+import email
 import re
 import smtplib
 
 import pytest
 from support import ROOT, wait_for
+
+from mailgate import mime
 
 CORPUS = ROOT.parent / "shared" / "mime-torture"
 FILES = sorted(p for p in CORPUS.rglob("*") if p.is_file() and p.name != "README.md")
@@ -66,3 +69,36 @@ def test_every_torture_message_is_relayed_unchanged(make_gateway, sink):
     assert folded >= 1
     wait_for(lambda: not gw.queue(), 30, "an empty queue")
     assert gw.entries("corrupt") == []
+
+
+def _parser_split(raw: bytes) -> mime.Split:
+    """``mime.split`` with the parser's own full parse, the reference for the short cut."""
+    original = mime.parse
+    mime.parse = lambda data: email.message_from_bytes(data, policy=mime.POLICY)
+    try:
+        return mime.split(raw)
+    finally:
+        mime.parse = original
+
+
+@pytest.mark.skipif(not FILES, reason="../shared/mime-torture is not beside the repository")
+def test_single_part_short_cut_parses_as_the_parser_does():
+    """``mime.parse`` skips the parser's line loop for single-part bodies; on every torture
+    message and the whole training corpus, in LF and CRLF form, the objects, their
+    decoded bytes and defects, and the headers come out exactly as from the full parse."""
+    corpus = sorted((ROOT.parent / "shared" / "corpus" / "train").rglob("*.eml"))
+    short_cut = 0
+    for path in FILES + corpus:
+        raw = path.read_bytes()
+        for data in (raw, re.sub(rb"\r?\n", b"\r\n", raw)):
+            ours, reference = mime.split(data), _parser_split(data)
+            assert ours.message.items() == reference.message.items(), path
+            assert [type(d) for d in ours.message.defects] == [
+                type(d) for d in reference.message.defects
+            ], path
+            assert (ours.limit, ours.subject) == (reference.limit, reference.subject), path
+            assert [(o.path, o.name, o.content_type, o.data, o.defect) for o in ours.objects] == [
+                (o.path, o.name, o.content_type, o.data, o.defect) for o in reference.objects
+            ], path
+            short_cut += not ours.message.is_multipart()
+    assert short_cut > len(FILES)  # most messages took the short cut
