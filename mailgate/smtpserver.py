@@ -130,6 +130,9 @@ def parse_rcpt_dsn(arg: str) -> tuple[str, dict[str, str]]:
     return rest, params
 
 
+_SYNTAX_ATTRS = ("__smtp_syntax__", "__smtp_syntax_extended__", "__smtp_syntax_when__")
+
+
 class IntrospectedNames:
     """``dir()`` limited to the prefixes aiosmtpd's ``SMTP.__init__`` looks up by name.
 
@@ -143,15 +146,24 @@ class IntrospectedNames:
     _names_of: dict[type, list[str]] = {}
 
     def __init_subclass__(cls, **kwargs):
-        """Give each ``handle_*`` hook its signature once (PEP 362 ``__signature__``).
+        """Give each ``handle_*`` hook its signature once (PEP 362 ``__signature__``), and
+        each overridden ``smtp_*`` command the HELP text of the one it overrides.
 
         aiosmtpd asks ``inspect.signature(handle_EHLO)`` per connection to tell its two
-        hook forms apart; a stored signature makes that an attribute read.
+        hook forms apart; a stored signature makes that an attribute read. HELP lists only
+        commands carrying aiosmtpd's ``@syntax`` attributes, which an override lacks.
         """
         super().__init_subclass__(**kwargs)
         for name, value in vars(cls).items():
-            if name.startswith("handle_") and inspect.isfunction(value):
+            if not inspect.isfunction(value):
+                continue
+            if name.startswith("handle_"):
                 value.__signature__ = inspect.signature(value)
+            elif name.startswith("smtp_") and not hasattr(value, "__smtp_syntax__"):
+                inherited = getattr(super(cls, cls), name, None)
+                for attr in _SYNTAX_ATTRS:
+                    if hasattr(inherited, attr):
+                        setattr(value, attr, getattr(inherited, attr))
 
     def __dir__(self):
         cls = type(self)

@@ -49,6 +49,8 @@ def test_every_reply_has_an_enhanced_status_code(gateway):
             b"SMTPUTF8",
         } <= keywords
         assert b"STARTTLS" not in keywords  # no certificate configured
+        listed = cmd(b"HELP")[0].split(b":", 1)[1].split()
+        assert {b"EHLO", b"HELO", b"MAIL", b"RCPT", b"DATA", b"RSET", b"QUIT"} <= set(listed)
         for line, code in [
             (b"NOOP", b"250 2."),
             (b"RCPT TO:<a@company.com>", b"503 5."),
@@ -59,6 +61,7 @@ def test_every_reply_has_an_enhanced_status_code(gateway):
             (b"RCPT TO:<x@elsewhere.net>", b"250 2."),  # 127.0.0.1 is trusted
             (b"RSET", b"250 2."),
             (b"VRFY a", b"252 2."),
+            (b"HELP MAIL", b"250 2."),
             (b"QUIT", b"221 2."),
         ]:
             reply = cmd(line)
