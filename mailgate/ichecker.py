@@ -9,8 +9,10 @@ a detection), never errors.
 
 The cache is one SQLite file in the spool's ``cache/`` (WAL mode), shared by every scanner
 process through the file system alone. It is bounded: past ``size`` rows the least recently
-used tenth is deleted. It is only an optimisation; any SQLite error disables it for the call
-and the object is scanned.
+used tenth is deleted; "used" is refreshed on a hit only when older than ``TOUCH_AFTER``
+seconds, so a busy cache answers from a read alone instead of a write per hit (the order in
+which rows are evicted needs no finer clock). It is only an optimisation; any SQLite error
+disables it for the call and the object is scanned.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import contextlib
 import sqlite3
 import time
 from pathlib import Path
+
+TOUCH_AFTER = 60.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
@@ -57,7 +61,7 @@ class IChecker:
             return None
         try:
             row = self.db.execute(
-                "SELECT status, detail, kind FROM objects WHERE digest=? AND version=?",
+                "SELECT status, detail, kind, used FROM objects WHERE digest=? AND version=?",
                 (digest, version),
             ).fetchone()
         except sqlite3.Error:
@@ -66,8 +70,10 @@ class IChecker:
             self.misses += 1
             return None
         self.hits += 1
-        with contextlib.suppress(sqlite3.Error):
-            self.db.execute("UPDATE objects SET used=? WHERE digest=?", (time.time(), digest))
+        now = time.time()
+        if now - row[3] > TOUCH_AFTER:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("UPDATE objects SET used=? WHERE digest=?", (now, digest))
         return row[0], row[1], row[2]
 
     def put(self, digest: bytes, version: str, status: str, detail: str, kind: str) -> None:

@@ -7,6 +7,7 @@ import email
 import hashlib
 import io
 import json
+import time
 import zipfile
 from pathlib import Path
 
@@ -246,6 +247,21 @@ def test_ichecker_is_bounded(tmp_path):
     (count,) = cache.db.execute("SELECT COUNT(*) FROM objects").fetchone()
     assert count <= 200
     assert cache.get((999).to_bytes(32, "big"), "v1") == ("clean", "", "text/plain")
+
+
+def test_ichecker_hit_writes_only_when_the_row_is_stale(tmp_path):
+    cache = IChecker(tmp_path / "touch.sqlite3", 100)
+    digest = (7).to_bytes(32, "big")
+    cache.put(digest, "v1", "clean", "", "text/plain")
+    writes = cache.db.total_changes
+    assert cache.get(digest, "v1") == ("clean", "", "text/plain")
+    assert cache.db.total_changes == writes  # a fresh row: a read alone
+    cache.db.execute("UPDATE objects SET used=used-3600")
+    writes = cache.db.total_changes
+    assert cache.get(digest, "v1") == ("clean", "", "text/plain")
+    assert cache.db.total_changes == writes + 1
+    (used,) = cache.db.execute("SELECT used FROM objects").fetchone()
+    assert time.time() - used < 60
 
 
 def test_check_template(tmp_path):
