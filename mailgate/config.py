@@ -1011,6 +1011,15 @@ def _read_ini(
     return values
 
 
+def tls_context(config: Config) -> ssl.SSLContext | None:
+    """The receiver's STARTTLS context from TLSCertificate/TLSKey; None when not configured."""
+    if not config.tls_certificate:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(config.resolve(config.tls_certificate), config.resolve(config.tls_key))
+    return context
+
+
 def parse(text: str, path: Path) -> Config:
     """Parse and validate ``text`` as read from ``path``; raise ConfigError with every problem."""
     problems: list[tuple[int, str]] = []
@@ -1049,9 +1058,7 @@ def parse(text: str, path: Path) -> Config:
     tls_files = (config.tls_certificate, config.tls_key)
     if all(tls_files) and all(config.resolve(name).is_file() for name in tls_files):
         try:
-            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
-                config.resolve(config.tls_certificate), config.resolve(config.tls_key)
-            )
+            tls_context(config)
         except (OSError, ssl.SSLError) as exc:
             problem(line_of("TLSCertificate"), f"TLSCertificate/TLSKey do not load: {exc}")
     if config.max_line_length < 1001:

@@ -273,14 +273,6 @@ class Receiver(IntrospectedNames):
         return text.encode("utf-8", "surrogateescape")
 
 
-def tls_context(config: configmod.Config) -> ssl.SSLContext | None:
-    if not config.tls_certificate:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(config.resolve(config.tls_certificate), config.resolve(config.tls_key))
-    return context
-
-
 class Listener:
     """The receiver process: one asyncio loop, one server per ListenOn address."""
 
@@ -293,7 +285,7 @@ class Listener:
         self.sessions: set[GatewaySMTP] = set()
         self.anvil = Anvil(config, self.spool.paused_flag)
         self.stopped = asyncio.Event()
-        self.tls = tls_context(config)  # loaded once, not per connection; again on reload
+        self.tls = configmod.tls_context(config)  # loaded once, not per connection; again on reload
 
     def factory(self) -> GatewaySMTP:
         cfg = self.config
@@ -321,7 +313,7 @@ class Listener:
         config = configmod.reload(self.config, self.snapshot, self.log)
         if config is not None:
             try:
-                self.tls = tls_context(config)
+                self.tls = configmod.tls_context(config)
             except (OSError, ssl.SSLError) as exc:
                 self.log.error("tls_certificate_unusable", error=str(exc), kept="previous")
             self.config = config
