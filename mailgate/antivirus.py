@@ -14,6 +14,7 @@ its memory by that version. A clamd not fed by ``avdb`` is identified by its VER
 
 from __future__ import annotations
 
+import io
 import socket
 import time
 from pathlib import Path
@@ -144,7 +145,10 @@ class Engine:
         """clamd's answer to INSTREAM: None (clean) or (FOUND|ERROR, text)."""
         client = self._clamd()
         try:
-            result = client.scan_stream(data, chunk_size=CHUNK)
+            # As a file: pyclamd then ends the stream with one zero-length chunk. Given bytes,
+            # it sends a second one when the length is a multiple of CHUNK (an empty object),
+            # and that write fails (EPIPE) if clamd has already answered and closed.
+            result = client.scan_stream(io.BytesIO(data), chunk_size=CHUNK)
         except pyclamd.BufferTooLongError as exc:
             raise TooLarge(str(exc)) from exc
         except (pyclamd.ConnectionError, OSError) as exc:

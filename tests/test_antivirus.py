@@ -7,6 +7,7 @@ import email
 import hashlib
 import io
 import json
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -27,7 +28,7 @@ from support import ROOT, mailgate
 
 from mailgate import clamd, mime
 from mailgate import config as configmod
-from mailgate.antivirus import Engine
+from mailgate.antivirus import CHUNK, Engine
 from mailgate.ichecker import IChecker
 from mailgate.scanner import Inspector
 
@@ -247,6 +248,29 @@ def test_ichecker_is_bounded(tmp_path):
     (count,) = cache.db.execute("SELECT COUNT(*) FROM objects").fetchone()
     assert count <= 200
     assert cache.get((999).to_bytes(32, "big"), "v1") == ("clean", "", "text/plain")
+
+
+def test_empty_and_chunk_sized_objects_scan_clean_under_concurrency(clamd_socket):
+    """An empty object, or one a whole number of stream chunks long, ends its INSTREAM with
+    exactly one terminator: a second one could hit a connection clamd had already closed
+    (EPIPE, seen as 'unscannable' on a torture message with an empty part)."""
+    failures: list[BaseException] = []
+
+    def scan_many() -> None:
+        engine = Engine(clamd_socket, 10.0)
+        for _ in range(150):
+            for data in (b"", b"x" * CHUNK):
+                try:
+                    assert engine.scan(data) == ("clean", "")
+                except Exception as exc:
+                    failures.append(exc)
+
+    threads = [threading.Thread(target=scan_many) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
 
 
 def test_ichecker_hit_writes_only_when_the_row_is_stale(tmp_path):
