@@ -30,7 +30,7 @@ from pathlib import Path
 STRENGTH = 0.45
 UNKNOWN = 0.5
 MIN_STRENGTH = 0.1
-MAX_DISCRIMINATORS = 150
+MAX_DISCRIMINATORS = 50
 MIN_WORD, MAX_WORD = 3, 12
 MODEL_FILE = "tokens.tsv.gz"
 MIN_SAVED = 2  # tokens seen fewer times are not written: half the file, little evidence
