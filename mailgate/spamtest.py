@@ -236,7 +236,7 @@ class Spamtest:
                     rules[rule.name] = rule.weight
             except (ValueError, TypeError, LookupError, re.error):
                 continue
-        for rule in self.phrases.hits(facts.text):
+        for rule in self.phrases.hits(facts.text, facts.folded_text):
             rules[rule.name] = rule.weight
         if self.network and (config.rbl_zones or config.uribl_zones):
             for name, (weight, _why) in self.dns.check(
