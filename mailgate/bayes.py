@@ -34,6 +34,7 @@ MAX_DISCRIMINATORS = 50
 MIN_WORD, MAX_WORD = 3, 12
 MODEL_FILE = "tokens.tsv.gz"
 MIN_SAVED = 2  # tokens seen fewer times are not written: half the file, little evidence
+_UNSEEN = object()
 
 _WORD = re.compile(r"[^\s<>\"'()\[\]{},;:!?*=|\\]+")
 _URL = re.compile(r"""(?i)\b(?:https?://|www\.)([^\s"'<>()\[\]{}]+)""")
@@ -159,8 +160,13 @@ class Model:
     nspam: int = 0
     nham: int = 0
     counts: dict[str, list[int]] = field(default_factory=dict)
+    # Probabilities of the known tokens scored so far, valid for one state of the counts:
+    # a scanner scores thousands of messages between two changes of its model.
+    _known: dict[str, float | None] = field(default_factory=dict, repr=False, compare=False)
+    _known_for: tuple = field(default=(), repr=False, compare=False)
 
     def learn(self, toks: Iterable[str], is_spam: bool, weight: int = 1) -> None:
+        self._known_for = ()
         index = 0 if is_spam else 1
         if is_spam:
             self.nspam += weight
@@ -187,9 +193,17 @@ class Model:
 
     def score(self, toks: Iterable[str]) -> tuple[float, list[tuple[str, float]]]:
         """(spam probability 0..1, the discriminating tokens with their probabilities)."""
+        state = (id(self.counts), len(self.counts), self.nspam, self.nham)
+        if self._known_for != state:
+            self._known, self._known_for = {}, state
+        known, counts = self._known, self.counts
         clues = []
         for tok in toks:
-            prob = self.probability(tok)
+            prob = known.get(tok, _UNSEEN)
+            if prob is _UNSEEN:
+                if tok not in counts:
+                    continue
+                prob = known[tok] = self.probability(tok)
             if prob is not None and abs(prob - 0.5) >= MIN_STRENGTH:
                 clues.append((abs(prob - 0.5), tok, prob))
         clues.sort(reverse=True)

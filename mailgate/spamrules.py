@@ -62,6 +62,19 @@ class Facts:
     def folded_raw(self) -> str:
         return fold(self.raw_text)
 
+    @cached_property
+    def from_address(self) -> str:
+        return email.utils.parseaddr(self.headers.get("from", ""))[1]
+
+    @cached_property
+    def received(self) -> list[tuple[str, float | None]]:
+        """Each Received header, newest first, with its time stamp when it has a valid one."""
+        out = []
+        for value in self.message.get_all("received") or []:
+            text = str(value)
+            out.append((text, _received_time(text)))
+        return out
+
 
 # The characters that ``re.IGNORECASE`` matches to an ASCII letter although ``str.lower`` does
 # not give that letter (İ lowers to two characters); every other case-insensitive match of an
@@ -70,7 +83,8 @@ _FOLDS = str.maketrans({"\u0130": "i", "\u0131": "i", "\u017f": "s"})
 
 
 def fold(text: str) -> str:
-    """Lower case in which every case-insensitive match of an ASCII literal is a substring."""
+    """Lower case in which every case-insensitive match of an ASCII literal is a substring,
+    each character at the index it had (only İ lowers to two, and it is mapped first)."""
     if "\u0130" in text or "\u0131" in text or "\u017f" in text:
         text = text.translate(_FOLDS)
     return text.lower()
@@ -94,6 +108,27 @@ def literal_starts(pattern: re.Pattern) -> tuple[str, ...] | None:
     if not starts or any(len(x) < 2 for x in starts):
         return None
     return tuple(sorted(set(starts)))
+
+
+def first_start(folded: str, starts: tuple[str, ...]) -> int:
+    """Where the earliest of ``starts`` occurs in ``folded`` (-1: none does).
+
+    ``fold`` keeps every character in its place, so no match can begin before this index in
+    the original text either, and ``search(text, index)`` still sees the characters before it
+    for ``\\b`` and look-behinds: the result is the same as searching from the beginning.
+    """
+    found = [i for i in (folded.find(x) for x in starts) if i >= 0]
+    return min(found) if found else -1
+
+
+def _from_first_start(pattern: re.Pattern, starts: tuple[str, ...], attr: str):
+    folded_attr = "folded_text" if attr == "text" else "folded_raw"
+
+    def test(f: Facts) -> bool:
+        at = first_start(getattr(f, folded_attr), starts)
+        return at >= 0 and bool(pattern.search(getattr(f, attr), at))
+
+    return test
 
 
 def _starts(items: list) -> list[str] | None:
@@ -142,20 +177,46 @@ class RuleError(ValueError):
 
 
 class PhraseSet:
-    """All ``phrase`` rules together: a substring test on the folded text (fast, in C) picks
-    the few whose first word occurs at all; only those are searched with their regex."""
+    """All ``phrase`` rules together, each as fast as the engine allows.
+
+    An ASCII phrase ``\\bWORDS\\b`` is searched case-sensitively in the folded text without
+    its leading ``\\b``: a pattern that starts with a literal lets the engine jump from one
+    occurrence of it to the next (a C substring search) instead of trying every position;
+    the word boundary before a found occurrence is then checked by hand, and a failed one
+    resumes the search one character on, so overlapping occurrences are not skipped. The
+    matches are those of the case-insensitive search of the text. Other phrases are searched
+    as written."""
 
     def __init__(self, rules: list[Rule]):
-        self.rules = []
+        self.rules: list[tuple[Rule, re.Pattern, bool]] = []
         for rule in rules:
-            first = rule.phrase.split("\\s+")[0].replace("\\", "")
-            pattern = re.compile(rf"(?i)\b{rule.phrase}\b")
-            self.rules.append((rule, fold(first) if first.isascii() else "", pattern))
+            if rule.phrase.isascii():
+                self.rules.append((rule, re.compile(rf"{fold(rule.phrase)}\b"), True))
+            else:
+                self.rules.append((rule, re.compile(rf"(?i)\b{rule.phrase}\b"), False))
 
     def hits(self, text: str, folded: str) -> list[Rule]:
         return [
-            rule for rule, first, pattern in self.rules if first in folded and pattern.search(text)
+            rule
+            for rule, pattern, on_folded in self.rules
+            if (_bounded_search(pattern, folded) if on_folded else pattern.search(text))
         ]
+
+
+def _is_word(char: str) -> bool:
+    return char.isalnum() or char == "_"
+
+
+def _bounded_search(pattern: re.Pattern, text: str) -> bool:
+    """``pattern`` preceded by ``\\b`` (the same test as ``re``'s: word vs non-word)."""
+    at = 0
+    while (m := pattern.search(text, at)) is not None:
+        start = m.start()
+        before = _is_word(text[start - 1]) if start else False
+        if before != _is_word(text[start]):
+            return True
+        at = start + 1
+    return False
 
 
 # ---------------------------------------------------------------- built-in checks
@@ -194,8 +255,7 @@ def _date_far_from_received(f: Facts) -> bool:
         return False
     if sent is None or sent.tzinfo is None:
         return False
-    for text in f.message.get_all("received") or []:
-        received = _received_time(str(text))
+    for _text, received in f.received:
         if received is not None:
             return not -86400 <= received - sent.timestamp() <= 96 * 3600
     return False
@@ -207,15 +267,13 @@ def _message_id_malformed(f: Facts) -> bool:
 
 
 def _from_malformed(f: Facts) -> bool:
-    value = f.headers.get("from")
-    if value is None:
+    if "from" not in f.headers:
         return False
-    _name, addr = email.utils.parseaddr(value)
-    return not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", addr or "")
+    return not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", f.from_address)
 
 
 def _from_envelope_mismatch(f: Facts) -> bool:
-    _name, addr = email.utils.parseaddr(f.headers.get("from", ""))
+    addr = f.from_address
     if not addr or not f.mail_from or "@" not in addr:
         return False
     return addr.rpartition("@")[2].lower() != f.mail_from.rpartition("@")[2].lower()
@@ -239,13 +297,12 @@ def _received_forged(f: Facts) -> bool:
     or a hop that claims to be this gateway although the message has not reached it yet."""
     stamps = []
     host = f.hostname.lower()
-    chain = [str(v) for v in f.message.get_all("received") or []]
-    if chain and "(mailgate)" in chain[0]:
+    chain = f.received
+    if chain and "(mailgate)" in chain[0][0]:
         chain = chain[1:]  # our own trace header, added on receipt
-    for text in chain:
+    for text, stamp in chain:
         if host and host in text.lower() and re.search(rf"\bby\s+{re.escape(host)}\b", text, re.I):
             return True
-        stamp = _received_time(text)
         if stamp is not None:
             stamps.append(stamp)
     return any(older - newer > 86400 for newer, older in itertools.pairwise(stamps))
@@ -364,22 +421,10 @@ def parse_rule(line: str) -> Rule:
         starts = literal_starts(pattern)
         if kind == "body":
             if starts:
-                return Rule(
-                    name,
-                    weight,
-                    lambda f: (
-                        any(x in f.folded_text for x in starts) and bool(pattern.search(f.text))
-                    ),
-                )
+                return Rule(name, weight, _from_first_start(pattern, starts, "text"))
             return Rule(name, weight, lambda f: bool(pattern.search(f.text)))
         if starts:
-            return Rule(
-                name,
-                weight,
-                lambda f: (
-                    any(x in f.folded_raw for x in starts) and bool(pattern.search(f.raw_text))
-                ),
-            )
+            return Rule(name, weight, _from_first_start(pattern, starts, "raw_text"))
         return Rule(name, weight, lambda f: bool(pattern.search(f.raw_text)))
     if kind == "phrase":
         words = rest.split()

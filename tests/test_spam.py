@@ -111,47 +111,61 @@ def test_fraud_wording_and_a_date_far_from_its_delivery(tmp_path):
     assert far not in check(spam, undated).rules  # no Received stamp to compare with
 
 
-def shipped_body_patterns() -> list[tuple[str, re.Pattern]]:
+def shipped_patterns() -> list[tuple[str, str, re.Pattern]]:
+    """(name, kind, regex as written) of every shipped body, rawbody and phrase rule."""
     patterns = []
     for name in ("rules.conf", "phrases.conf"):
         for line in (ROOT / "etc" / "spamtest" / name).read_text().splitlines():
-            m = re.match(r"^([A-Z0-9_]+)\s+\S+\s+(?:raw)?body\s+=~\s+(.+)$", line)
+            m = re.match(r"^([A-Z0-9_]+)\s+\S+\s+(rawbody|body)\s+=~\s+(.+)$", line)
             if m:
-                patterns.append((m.group(1), spamrules._regex(m.group(2))))
+                patterns.append((m.group(1), m.group(2), spamrules._regex(m.group(3))))
+            m = re.match(r"^([A-Z0-9_]+)\s+\S+\s+phrase\s+(.+)$", line)
+            if m:
+                words = r"\s+".join(re.escape(w) for w in m.group(2).split())
+                patterns.append((m.group(1), "phrase", re.compile(rf"(?i)\b{words}\b")))
     return patterns
 
 
-def test_the_literal_filter_never_hides_a_match(tmp_path):
-    """A body rule is only searched when one of its leading literals occurs in the folded
-    text; over the training corpus and Unicode case-fold corner cases, that never drops a
-    match the regular expression alone would find."""
-    config = checker(tmp_path).config
-    patterns = shipped_body_patterns()
-    assert len(patterns) >= 10
-    filtered = [(n, p, spamrules.literal_starts(p)) for n, p in patterns]
+def test_the_literal_filters_never_change_a_verdict(tmp_path):
+    """Body rules run only from the first place one of their leading literals occurs in the
+    folded text, phrases are searched case-sensitively in it: over the training corpus and
+    Unicode case-fold corner cases, each rule fires exactly when its regular expression,
+    searched case-insensitively over the whole text, matches."""
+    spam = checker(tmp_path)
+    patterns = shipped_patterns()
+    assert sum(1 for _n, kind, _p in patterns if kind == "phrase") >= 10
+    filtered = [(n, p, spamrules.literal_starts(p)) for n, kind, p in patterns if kind != "phrase"]
     assert sum(1 for *_x, starts in filtered if starts) >= 5
-    texts = [
-        "DEAR S\u0130R",
-        "\u017fum of $3 M\u0130LL\u0131ON",
-        "\u212aIN",
-        "Next\nof\nkin",
-        "GUARANTEE\u0130D",
+    rules = {rule.name: rule for rule in spam.rules}
+    corner = (
+        "DEAR S\u0130R, Opt-\u0130n.  To BE Removed FRom",
+        "\u017fum of $3 M\u0130LL\u0131ON, \u212aIN; next of \u212a\u0130N GUARANTEED RESULT\u017f",
+    )
+    samples = [
+        b"From: a@example.org\r\nSubject: s\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+        + text.encode()
+        for text in corner
     ]
-    for path in sorted(TRAIN.glob("*/*"))[::3]:
-        facts = spamtest._facts(mime.split(path.read_bytes()), envelope(), config)
-        texts += [facts.text, facts.raw_text]
-    found = 0
-    for text in texts:
-        folded = spamrules.fold(text)
-        for name, pattern, starts in filtered:
-            if starts and pattern.search(text):
-                found += 1
-                assert any(s in folded for s in starts), (name, starts, text[:200])
-    assert found > 50
+    samples += [path.read_bytes() for path in sorted(TRAIN.glob("*/*"))[::3]]
+    fired = 0
+    for raw in samples:
+        facts = spamtest._facts(mime.split(raw), envelope(), spam.config)
+        phrases = {rule.name for rule in spam.phrases.hits(facts.text, facts.folded_text)}
+        for name, kind, pattern in patterns:
+            expected = bool(pattern.search(facts.raw_text if kind == "rawbody" else facts.text))
+            got = name in phrases if kind == "phrase" else rules[name].test(facts)
+            assert got == expected, (name, facts.text[:200])
+            fired += expected
+    assert fired > 300
+    verdicts = [set(check(spam, raw).rules) for raw in samples[:2]]
+    assert {"DEAR_SIR_MADAM", "PHRASE_OPT_IN", "PHRASE_REMOVE_LIST"} <= verdicts[0]
+    assert {"FRAUD_MILLIONS", "FRAUD_NEXT_OF_KIN", "GUARANTEED_RESULTS"} <= verdicts[1]
     starts = spamrules.literal_starts(re.compile(r"\b(sum|amount) of|million dollars", re.I))
     assert starts == ("amount", "million dollars", "sum")
     assert spamrules.literal_starts(re.compile(r"[ab]x|!{0,3}")) is None
     assert spamrules.literal_starts(re.compile(r"!{3,}")) == ("!!!",)
+    text = "a " * 50 + "Barrister"
+    assert spamrules.first_start(spamrules.fold(text), ("barrister", "kin")) == 100
 
 
 def test_the_verdict_explains_itself(tmp_path):
