@@ -85,13 +85,20 @@ FRAUD = (
     b"Message-ID: <f@lawyers.example>\r\n\r\n"
     b"Dear Sir/Madam,\r\nThis STRICTLY CONFIDENTIAL proposal concerns the sum of\r\n"
     b"US$ 25.5 million left by my late client, who died without a NEXT OF KIN!!!\r\n"
+    b"If you decline, we will not contact you again.\r\n"
 )
 
 
 def test_fraud_wording_and_a_date_far_from_its_delivery(tmp_path):
     spam = checker(tmp_path)
     rules = check(spam, FRAUD).rules
-    for name in ("FRAUD_NEXT_OF_KIN", "FRAUD_MILLIONS", "DEAR_SIR_MADAM", "BODY_EXCLAIM_MANY"):
+    for name in (
+        "FRAUD_NEXT_OF_KIN",
+        "FRAUD_MILLIONS",
+        "DEAR_SIR_MADAM",
+        "BODY_EXCLAIM_MANY",
+        "ONE_TIME_OFFER",
+    ):
         assert name in rules, (name, rules)
     assert "FRAUD_NEXT_OF_KIN" not in check(spam, make_message("kin@test")).rules
 
