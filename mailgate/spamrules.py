@@ -18,6 +18,7 @@ may be negative. ``load`` reports every malformed line as ``FILE:LINE: message``
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import ipaddress
 import itertools
@@ -61,6 +62,12 @@ class Facts:
     @cached_property
     def folded_raw(self) -> str:
         return fold(self.raw_text)
+
+    @cached_property
+    def date(self) -> datetime.datetime | None:
+        """The Date header parsed; None when absent or malformed."""
+        value = self.headers.get("date")
+        return _parse_date(value) if value else None
 
     @cached_property
     def from_address(self) -> str:
@@ -223,20 +230,19 @@ def _bounded_search(pattern: re.Pattern, text: str) -> bool:
 
 
 def _date_malformed(f: Facts) -> bool:
-    value = f.headers.get("date")
-    if not value:
-        return False
+    return bool(f.headers.get("date")) and f.date is None
+
+
+def _parse_date(value: str) -> datetime.datetime | None:
+    """An RFC 5322 date; None when it does not parse."""
     try:
-        return email.utils.parsedate_to_datetime(value) is None
+        return email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
-        return True
+        return None
 
 
 def _received_time(text: str) -> float | None:
-    try:
-        stamp = email.utils.parsedate_to_datetime(text.rpartition(";")[2].strip())
-    except (TypeError, ValueError, IndexError):
-        return None
+    stamp = _parse_date(text.rpartition(";")[2].strip())
     return stamp.timestamp() if stamp is not None and stamp.tzinfo is not None else None
 
 
@@ -246,13 +252,7 @@ def _date_far_from_received(f: Facts) -> bool:
     Real mailers stamp the time of sending; bulk senders reuse a template's date or send
     with a wrong clock. The newest stamp is the receiving side's (ours, once received).
     """
-    value = f.headers.get("date")
-    if not value:
-        return False
-    try:
-        sent = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return False
+    sent = f.date
     if sent is None or sent.tzinfo is None:
         return False
     for _text, received in f.received:
