@@ -79,6 +79,12 @@ def screenshot(driver, name: str) -> None:
         driver.save_screenshot(str(Path(folder) / name))
 
 
+def element(driver, element_id: str):
+    """The element once the page that holds it has loaded: a click that submits a form or
+    follows a link returns before the next page is there."""
+    return wait_for(lambda: driver.find_elements(By.ID, element_id), what=f"#{element_id}")[0]
+
+
 def log_in(driver, gw, password: str = PASSWORD) -> None:
     driver.get(gw.console + "/")
     assert driver.current_url.endswith("/login")
@@ -98,13 +104,11 @@ def test_log_in_see_a_quarantined_eicar_message_and_release_it(make_gateway, sin
 
     with browser() as driver:
         log_in(driver, gw, "not the password")
-        refusal = wait_for(lambda: driver.find_elements(By.ID, "login-error"), what="refusal")
-        assert refusal[0].text == "Wrong password."
+        assert element(driver, "login-error").text == "Wrong password."
         assert driver.current_url.endswith("/login")
 
         log_in(driver, gw)
-        wait_for(lambda: driver.find_elements(By.ID, "processes"), what="the dashboard")
-        roles = driver.find_element(By.ID, "processes").text
+        roles = element(driver, "processes").text
         assert "receiver" in roles and "scanner" in roles and "sender" in roles
         assert "down" not in roles
         assert driver.find_element(By.ID, "today-received").text == "2"
@@ -114,17 +118,17 @@ def test_log_in_see_a_quarantined_eicar_message_and_release_it(make_gateway, sin
         screenshot(driver, "console-dashboard.png")
 
         driver.find_element(By.LINK_TEXT, "Quarantine").click()
-        table = driver.find_element(By.ID, "quarantine").text
+        table = element(driver, "quarantine").text
         assert qid in table and "Mailgate.Test.EICAR" in table and "infected" in table
         screenshot(driver, "console-quarantine.png")
 
         driver.find_element(By.LINK_TEXT, qid).click()
-        assert "Mailgate.Test.EICAR" in driver.find_element(By.ID, "objects").text
+        assert "Mailgate.Test.EICAR" in element(driver, "objects").text
         driver.find_element(By.LINK_TEXT, "Quarantine").click()
 
-        driver.find_element(By.ID, f"select-{qid}").click()
+        element(driver, f"select-{qid}").click()
         driver.find_element(By.ID, "release-selected").click()
-        assert "released as" in driver.find_element(By.ID, "result").text
+        assert "released as" in element(driver, "result").text
 
         got = wait_for(
             lambda: [r for r in sink.received if r.message_id == "<eicar@test>"],
@@ -136,7 +140,7 @@ def test_log_in_see_a_quarantined_eicar_message_and_release_it(make_gateway, sin
         assert gw.entries("quarantine/infected") == []
 
         driver.get(gw.console + f"/logs?qid={qid}")
-        log = driver.find_element(By.ID, "log").text
+        log = element(driver, "log").text
         assert "queued" in log and "scanned" in log
 
         # a forged POST with the browser's own session cookie but no CSRF token fails
