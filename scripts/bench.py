@@ -313,36 +313,39 @@ def run_gateway(mode: str, args: argparse.Namespace, sink_port: int) -> Run:
     )
     log_path = work / "mailgate.log"
     gateway = start_gateway(conf, log_path)
-    wait_port(gw_port)
-    time.sleep(1.0)  # let every worker finish starting before the clock runs
+    try:
+        wait_port(gw_port)
+        time.sleep(1.0)  # let every worker finish starting before the clock runs
 
-    peak = 0
-    sampling = threading.Event()
+        peak = 0
+        sampling = threading.Event()
 
-    def sample() -> None:
-        nonlocal peak
-        while not sampling.is_set():
-            peak = max(peak, sum(rss_kib(p) for p in tree_pids(gateway.pid)))
-            sampling.wait(0.1)
+        def sample() -> None:
+            nonlocal peak
+            while not sampling.is_set():
+                peak = max(peak, sum(rss_kib(p) for p in tree_pids(gateway.pid)))
+                sampling.wait(0.1)
 
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    started = time.monotonic()
-    if mode == "pass-through":
-        accept_seconds = source(gw_port, args.messages, args.sessions, args.reuse)
-    else:
-        accept_seconds = sources(gw_port, av_mix(work, args.messages, args.sessions), args.reuse)
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        if log_path.read_text(errors="replace").count("event='done'") >= args.messages:
-            break
-        time.sleep(0.05)
-    total_seconds = time.monotonic() - started
-    sampling.set()
-    sampler.join()
-    cpu = cpu_by_role(gateway.pid)
-    gateway.send_signal(signal.SIGTERM)
-    gateway.wait(60)
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        started = time.monotonic()
+        if mode == "pass-through":
+            accept_seconds = source(gw_port, args.messages, args.sessions, args.reuse)
+        else:
+            mix = av_mix(work, args.messages, args.sessions)
+            accept_seconds = sources(gw_port, mix, args.reuse)
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            if log_path.read_text(errors="replace").count("event='done'") >= args.messages:
+                break
+            time.sleep(0.05)
+        total_seconds = time.monotonic() - started
+        sampling.set()
+        sampler.join()
+        cpu = cpu_by_role(gateway.pid)
+    finally:
+        gateway.send_signal(signal.SIGTERM)
+        gateway.wait(60)
 
     lines = log_path.read_text(errors="replace").splitlines()
     scanners: dict[str, int] = {}
