@@ -128,7 +128,13 @@ def first_start(folded: str, starts: tuple[str, ...]) -> int:
     return min(found) if found else -1
 
 
-def _from_first_start(pattern: re.Pattern, starts: tuple[str, ...], attr: str):
+def _text_test(pattern: re.Pattern, attr: str) -> Callable[[Facts], bool]:
+    """Does ``pattern`` occur in the ``attr`` text (``text`` or ``raw_text``) of the facts?
+
+    Searched from the first place one of its literal starts occurs, when it has any."""
+    starts = literal_starts(pattern)
+    if not starts:
+        return lambda f: bool(pattern.search(getattr(f, attr)))
     folded_attr = "folded_text" if attr == "text" else "folded_raw"
 
     def test(f: Facts) -> bool:
@@ -417,15 +423,8 @@ def parse_rule(line: str) -> Rule:
         m = re.fullmatch(r"=~\s+(.+)", rest.strip())
         if not m:
             raise RuleError(f"expected '{kind} =~ /REGEX/', got {rest.strip()!r}")
-        pattern = _regex(m.group(1))
-        starts = literal_starts(pattern)
-        if kind == "body":
-            if starts:
-                return Rule(name, weight, _from_first_start(pattern, starts, "text"))
-            return Rule(name, weight, lambda f: bool(pattern.search(f.text)))
-        if starts:
-            return Rule(name, weight, _from_first_start(pattern, starts, "raw_text"))
-        return Rule(name, weight, lambda f: bool(pattern.search(f.raw_text)))
+        attr = "text" if kind == "body" else "raw_text"
+        return Rule(name, weight, _text_test(_regex(m.group(1)), attr))
     if kind == "phrase":
         words = rest.split()
         if not words:
