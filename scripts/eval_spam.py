@@ -16,7 +16,8 @@ from collections import Counter
 from pathlib import Path
 
 from mailgate import config as configmod
-from mailgate import mime, spamtest
+from mailgate.scan import mime
+from mailgate.scan.spam import spamtest
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -2,7 +2,7 @@
 
 Only the training split is used (``CORPUS/ham``, ``CORPUS/spam``). The token model is trained
 in K folds so that each message is scored by a model that never saw it; every rule of
-``etc/spamtest/*.conf`` (the BAYES_* ranges included) is then a binary feature of a logistic
+``data/spamtest/*.conf`` (the BAYES_* ranges included) is then a binary feature of a logistic
 regression, fitted with ham weighted more than spam (a false positive costs more), an L2
 penalty, and a weight of at least ``FLOOR`` for every rule but BAYES_* (a spam sign stays a
 spam sign). The weights are scaled so that the spam threshold of Intensity=medium (5.0) sits
@@ -28,9 +28,10 @@ import re
 import sys
 from pathlib import Path
 
-from mailgate import bayes, mime, spamtest
 from mailgate import config as configmod
-from mailgate.mime import decode_words
+from mailgate.scan import mime
+from mailgate.scan.mime import decode_words
+from mailgate.scan.spam import bayes, spamtest
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXED = {"GTUBE"}
@@ -187,7 +188,7 @@ def main() -> int:
     for name in sorted(scaled, key=lambda n: -abs(scaled[n])):
         print(f"  {name:28s} {scaled[name]:7.2f}")
     if args.write:
-        for path in sorted((ROOT / "etc" / "spamtest").glob("*.conf")):
+        for path in sorted((ROOT / "mailgate" / "data" / "spamtest").glob("*.conf")):
             lines = path.read_text().splitlines()
             out = []
             for line in lines:

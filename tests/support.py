@@ -24,7 +24,7 @@ from pathlib import Path
 
 from aiosmtpd.controller import Controller
 
-from mailgate.smtpserver import GatewaySMTP
+from mailgate.receive.smtp import GatewaySMTP
 
 ROOT = Path(__file__).resolve().parent.parent
 

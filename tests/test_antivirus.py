@@ -26,17 +26,18 @@ from mimebuild import (
 )
 from support import ROOT, mailgate
 
-from mailgate import clamd, mime
 from mailgate import config as configmod
-from mailgate.antivirus import CHUNK, Engine
-from mailgate.ichecker import IChecker
-from mailgate.scanner import Inspector
+from mailgate.scan import mime
+from mailgate.scan.av import clamd
+from mailgate.scan.av.engine import CHUNK, Engine
+from mailgate.scan.av.ichecker import IChecker
+from mailgate.scan.scanner import Inspector
 
 
 @pytest.fixture(scope="session")
 def clamd_socket(tmp_path_factory):
     """One clamd on the shipped database for the offline tests of this module."""
-    with clamd.temporary(ROOT / "etc" / "avdb") as socket_path:
+    with clamd.temporary(ROOT / "mailgate" / "data" / "avdb") as socket_path:
         yield socket_path
 
 
@@ -289,7 +290,7 @@ def test_ichecker_hit_writes_only_when_the_row_is_stale(tmp_path):
 
 
 def test_check_template(tmp_path):
-    good = [str(p) for p in sorted((ROOT / "etc" / "templates").glob("*.txt"))]
+    good = [str(p) for p in sorted((ROOT / "mailgate" / "data" / "templates").glob("*.txt"))]
     ok = mailgate("check-template", *good)
     assert ok.returncode == 0, ok.stderr
     broken = tmp_path / "admin.txt"
@@ -312,7 +313,7 @@ def test_encrypted_zip_fixture_really_is_encrypted(tmp_path):
 
 
 def test_cure_keeps_structure_headers_and_other_parts():
-    from mailgate import mime
+    from mailgate.scan import mime
 
     pdf = b"%PDF-1.4\n" + bytes(range(256)) * 4
     raw = multipart(

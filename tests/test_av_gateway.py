@@ -14,7 +14,7 @@ from pathlib import Path
 from mimebuild import EICAR, TEXT, multipart, part, zipped
 from support import ROOT, make_message, wait_for
 
-from mailgate import clamd
+from mailgate.scan.av import clamd
 
 ADMIN = "[smtpgw.notify]\nAdministrator=admin@company.com\n"
 
@@ -163,7 +163,9 @@ def test_quarantine_expire(make_gateway, sink):
 def start_clamd(base: Path, socket_path: Path) -> subprocess.Popen:
     conf = base / "clamd.conf"
     conf.write_text(
-        clamd.config_text(socket_path, ROOT / "etc" / "avdb", base, 25 << 20, base / "clamd.log")
+        clamd.config_text(
+            socket_path, ROOT / "mailgate" / "data" / "avdb", base, 25 << 20, base / "clamd.log"
+        )
     )
     proc = subprocess.Popen(clamd.command(conf), stdout=subprocess.DEVNULL)
     assert clamd.wait_ready(socket_path, 60, proc), (base / "clamd.log").read_text()
@@ -215,7 +217,7 @@ NEW_STRING = b"MAILGATE-NEW-" + b"SIGNATURE-TEST-STRING"
 
 def new_database(directory: Path, extra: str) -> Path:
     directory.mkdir()
-    for path in (ROOT / "etc" / "avdb").glob("*.*db"):
+    for path in (ROOT / "mailgate" / "data" / "avdb").glob("*.*db"):
         (directory / path.name).write_bytes(path.read_bytes())
     (directory / "extra.ndb").write_text(extra)
     return directory

@@ -23,7 +23,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from support import free_port, make_message, wait_for
 
-from mailgate import passwords
+from mailgate.config import passwords
 
 PASSWORD = "console secret 42"
 CHROMIUM_FLAGS = (

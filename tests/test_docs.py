@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from support import ROOT
 
-from mailgate import avdb, cli, supervisor
+from mailgate import cli
 from mailgate.config import OPTIONS, load
+from mailgate.scan.av import avdb
+from mailgate.supervise import supervisor
 
 README = (ROOT / "README.md").read_text()
 

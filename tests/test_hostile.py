@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from support import RawSession, free_port
 
 from mailgate import config as configmod
-from mailgate import mime
-from mailgate.scanner import Inspector
-from mailgate.spamtest import Spamtest
+from mailgate.scan import mime
+from mailgate.scan.scanner import Inspector
+from mailgate.scan.spam.spamtest import Spamtest
 
 QUEUED = re.compile(rb"^250 2\.0\.0 Ok: queued as ([0-9A-Z]{21})", re.M)
 

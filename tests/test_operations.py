@@ -10,8 +10,8 @@ import sys
 
 from support import make_message, wait_for
 
-from mailgate import envelope as envmod
 from mailgate.spool import Spool, new_queue_id
+from mailgate.spool import envelope as envmod
 
 
 def _plant(spool_dir, state: str, name_suffix: str = "", body_id: str = "planted@test") -> str:

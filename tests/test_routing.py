@@ -8,7 +8,7 @@ import pytest
 from support import dnsmasq, free_port, make_message, wait_for
 
 from mailgate import config as configmod
-from mailgate.routing import RouteError, Router
+from mailgate.send.routing import RouteError, Router
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 from support import ROOT, dnsmasq, free_port, mailgate, make_message, wait_for
 
-from mailgate import bayes, mime, spamrules, spamtest
 from mailgate import config as configmod
+from mailgate.scan import mime
+from mailgate.scan.spam import bayes, spamtest
+from mailgate.scan.spam import rules as spamrules
 from mailgate.spool import Spool
 
 GTUBE = spamrules.GTUBE
@@ -122,7 +124,7 @@ def shipped_patterns() -> list[tuple[str, str, re.Pattern]]:
     """(name, kind, regex as written) of every shipped body, rawbody and phrase rule."""
     patterns = []
     for name in ("rules.conf", "phrases.conf"):
-        for line in (ROOT / "etc" / "spamtest" / name).read_text().splitlines():
+        for line in (ROOT / "mailgate" / "data" / "spamtest" / name).read_text().splitlines():
             m = re.match(r"^([A-Z0-9_]+)\s+\S+\s+(rawbody|body)\s+=~\s+(.+)$", line)
             if m:
                 patterns.append((m.group(1), m.group(2), spamrules._regex(m.group(3))))
@@ -495,7 +497,7 @@ def test_update_installs_a_token_table_and_rejects_a_broken_one(tmp_path):
     assert result.returncode == 6, result.stderr
     assert "rejected" in result.stderr
     installed = tmp_path / "spool" / "spamdb" / "tokens.tsv.gz"
-    shipped = (ROOT / "etc" / "spamdb" / "tokens.tsv.gz").read_bytes()
+    shipped = (ROOT / "mailgate" / "data" / "spamdb" / "tokens.tsv.gz").read_bytes()
     assert installed.read_bytes() == shipped  # the old (shipped) table stays
     good = tmp_path / "good"
     model = bayes.Model()

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from mailgate import envelope as envmod
 from mailgate.spool import ID_RE, InvalidQueueID, NotFound, Spool, id_time, new_queue_id
+from mailgate.spool import envelope as envmod
 
 
 @pytest.fixture

@@ -12,9 +12,10 @@ import pytest
 from mimebuild import EICAR, TEXT, multipart, part
 from support import free_port, mailgate, make_message, wait_for
 
-from mailgate import alerts, passwords
 from mailgate import config as configmod
+from mailgate.config import passwords
 from mailgate.spool import Spool
+from mailgate.supervise import alerts
 
 ADMIN = "[smtpgw.notify]\nAdministrator=admin@company.com\n"
 

@@ -14,7 +14,7 @@ import smtplib
 import pytest
 from support import ROOT, wait_for
 
-from mailgate import mime
+from mailgate.scan import mime
 
 CORPUS = ROOT.parent / "shared" / "mime-torture"
 FILES = sorted(p for p in CORPUS.rglob("*") if p.is_file() and p.name != "README.md")

@@ -1,0 +1,59 @@
+"""``mailgate quarantine``: list, show, release, delete and expire quarantined messages."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from mailgate.cli.common import EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, CommandError
+from mailgate.config import Config
+from mailgate.spool import InvalidQueueID, NotFound, Spool, quarantine
+
+
+def run(args: argparse.Namespace, config: Config) -> int:
+    spool = Spool(config.spool_path)
+
+    if args.action == "expire":
+        removed = quarantine.expire(spool, config.quarantine_retention)
+        for status, queue_id in removed:
+            print(f"{queue_id}: expired from quarantine/{status}")
+        print(f"{len(removed)} expired")
+        return EXIT_OK
+    if args.action == "list":
+        try:
+            rows = [quarantine.summary(s, e) for s, e in spool.quarantined(args.status)]
+        except ValueError:
+            raise CommandError(f"invalid status {args.status!r}", EXIT_USAGE) from None
+        if args.json:
+            print(json.dumps(rows, indent=1))
+        else:
+            for row in rows:
+                when = time.strftime("%Y-%m-%d %H:%M", time.localtime(row["quarantined_at"]))
+                print(
+                    f"{row['id']}  {row['status']:<12} {when}  {row['sender'] or '<>'} -> "
+                    f"{', '.join(row['recipients'])}  {row['subject']!r}"
+                )
+        return EXIT_OK
+    try:
+        status, entry = spool.find_quarantined(args.id)
+    except InvalidQueueID as exc:
+        raise CommandError(str(exc), EXIT_USAGE) from None
+    except NotFound:
+        raise CommandError(f"no message {args.id} in quarantine", EXIT_NOT_FOUND) from None
+    if args.action == "show":
+        row = quarantine.summary(status, entry)
+        row["verdict"] = entry.read_envelope().get("verdict")
+        if args.json:
+            print(json.dumps(row, indent=1))
+        else:
+            for key, value in row.items():
+                print(f"{key}: {json.dumps(value) if not isinstance(value, str) else value}")
+        return EXIT_OK
+    if args.action == "release":
+        new_id = quarantine.release(spool, status, entry)
+        print(f"{entry.id}: released from quarantine/{status} as {new_id}")
+        return EXIT_OK
+    spool.remove(entry)
+    print(f"{entry.id}: deleted from quarantine/{status}")
+    return EXIT_OK

@@ -1,0 +1,87 @@
+"""``mailgate scan`` (offline verdicts of message files) and ``mailgate check-template``."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+
+from mailgate.cli.common import EXIT_CONFIG, EXIT_ENGINE, EXIT_OK, EXIT_USAGE, CommandError
+from mailgate.config import Config
+from mailgate.scan import notify
+from mailgate.scan.av import avdb, clamd
+from mailgate.scan.av.engine import Engine, EngineUnavailable
+from mailgate.scan.scanner import Inspector
+from mailgate.spool import Spool
+
+
+def run(args: argparse.Namespace, config: Config) -> int:
+
+    missing = [str(f) for f in args.files if not f.is_file()]
+    if missing:
+        raise CommandError(f"no such file: {', '.join(missing)}", EXIT_USAGE)
+    with contextlib.ExitStack() as stack:
+        engine = None
+        if config.av_enabled:
+            engine = Engine(config.clamd_socket_path, config.object_timeout)
+            if not engine.ping():
+                if not config.manage_clamd:
+                    raise CommandError(
+                        f"clamd does not answer at {config.clamd_socket_path}", EXIT_ENGINE
+                    )
+                database = avdb.current(Spool(config.spool_path))
+                if not database.is_dir():
+                    database = config.signatures_path
+                try:
+                    socket_path = stack.enter_context(
+                        clamd.temporary(database, config.clamd_start_timeout)
+                    )
+                except (RuntimeError, FileNotFoundError) as exc:
+                    raise CommandError(f"cannot start clamd: {exc}", EXIT_ENGINE) from None
+                engine = Engine(socket_path, config.object_timeout)
+        spam = None
+        if config.spam_enabled:
+            from mailgate.scan.spam.spamtest import Spamtest
+
+            spam = Spamtest(config, None, network=config.spam_network and not args.no_network)
+        inspector = Inspector(config, engine, types=True, spam=spam)
+        for path in args.files:
+            try:
+                inspection = inspector.inspect(path.read_bytes())
+            except EngineUnavailable as exc:
+                raise CommandError(f"{path}: {exc}", EXIT_ENGINE) from None
+            result = {"file": str(path), **inspection.public()}
+            if args.json:
+                print(json.dumps(result), flush=True)
+            else:
+                found = [
+                    f"{o['name'] or o['content_type']}: {o['status']} {o['detail']}".strip()
+                    for o in result["objects"]
+                    if o["status"] != "clean"
+                ]
+                spam_line = ""
+                if result["spam"]:
+                    spam_line = (
+                        f"; spam: {result['spam']['status']} score {result['spam']['score']}"
+                        f" of {result['spam']['required']}"
+                    )
+                print(
+                    f"{path}: {result['status']} ({result['action']}){spam_line}"
+                    + "".join(f"\n  {line}" for line in found),
+                    flush=True,
+                )
+    return EXIT_OK
+
+
+def check_templates(args: argparse.Namespace, config: Config) -> int:
+    paths = args.templates
+
+    problems = [p for path in paths for p in notify.check(path)]
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        return EXIT_CONFIG
+    for path in paths:
+        print(f"{path}: OK")
+    return EXIT_OK

@@ -1,0 +1,47 @@
+"""``mailgate stats`` (counters) and ``mailgate report`` (traffic report, optionally mailed)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from mailgate.cli.common import EXIT_CONFIG, EXIT_OK, EXIT_USAGE, CommandError
+from mailgate.config import BadValue, Config
+from mailgate.ops import report
+from mailgate.runtime import stats
+from mailgate.spool import Spool
+
+
+def stats_command(args: argparse.Namespace, config: Config) -> int:
+    spool = Spool(config.spool_path)
+    snapshot = stats.Snapshot(spool)
+    if args.json:
+        print(json.dumps(snapshot.as_json(), indent=1))
+    else:
+        sys.stdout.write(stats.text_report(snapshot))
+    return EXIT_OK
+
+
+def report_command(args: argparse.Namespace, config: Config) -> int:
+    spool = Spool(config.spool_path)
+
+    try:
+        since = report.parse_since(args.since)
+    except BadValue as exc:
+        raise CommandError(f"--since: {exc}", EXIT_USAGE) from None
+    doc = report.build(spool, since, top=args.top)
+    text = report.render(doc, args.format)
+    sys.stdout.write(text)
+    if args.mail:
+        content_type = {"html": "text/html", "json": "application/json"}.get(
+            args.format, "text/plain"
+        )
+        try:
+            qid = report.mail(
+                spool, config, f"mailgate report since {doc['from']}", text, content_type
+            )
+        except ValueError as exc:
+            raise CommandError(str(exc), EXIT_CONFIG) from None
+        print(f"mailed to {config.administrator} as {qid}", file=sys.stderr)
+    return EXIT_OK

@@ -1,0 +1,1 @@
+"""What a message is on the wire: header block, encoded words, xtext; used by every stage."""

@@ -1,0 +1,410 @@
+"""Receiver: SMTP in, durable message in incoming/ out.
+
+Invariants:
+- 250 after DATA is sent only once ``Spool.enqueue`` has returned (message, envelope and name
+  fsync'd). Any failure to store answers 451 and leaves nothing in a queue.
+- A recipient outside ProtectedDomains from a client outside TrustedNetworks is refused with
+  550 5.7.1: the gateway is never an open relay.
+- When incoming/ holds MaxQueueSize messages or the spool's file system has less than
+  MinFreeDisk free, MAIL is answered 452 4.3.1 and the session stays usable.
+- On SIGTERM the listeners close, transactions under way finish, and the next command of any
+  session gets 421; sessions still open after ``STOP_GRACE`` seconds are closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import signal
+import ssl
+import time
+from concurrent.futures import ThreadPoolExecutor
+from email.utils import formatdate
+from pathlib import Path
+
+from aiosmtpd.smtp import Envelope, Session
+
+from mailgate import config as configmod
+from mailgate.message.headers import header_block
+from mailgate.receive import restrictions
+from mailgate.receive.anvil import Anvil
+from mailgate.receive.smtp import GatewaySMTP, IntrospectedNames
+from mailgate.runtime import log as logmod
+from mailgate.runtime import privileges, stats
+from mailgate.runtime.dnsbl import Checker
+from mailgate.spool import Spool, new_queue_id
+from mailgate.spool import envelope as envmod
+from mailgate.spool.journal import Journal
+
+STOP_GRACE = 30.0
+_LOAD_CACHE_SECONDS = 0.5
+
+
+class Receiver(IntrospectedNames):
+    """aiosmtpd handler: policy at MAIL/RCPT, durable queueing at DATA."""
+
+    def __init__(self, config: configmod.Config, spool: Spool):
+        self.config = config
+        self.spool = spool
+        self.log = logmod.get()
+        self.executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="store")
+        self.counters: collections.Counter[str] = collections.Counter()
+        self.metrics = stats.metrics()
+        self.journal = Journal(spool, "receiver")
+        self._load_checked = 0.0
+        self._overloaded: str | None = None
+        self.recipients = restrictions.Recipients(config)
+        self.dns = Checker(config.nameservers, config.dns_timeout)
+
+    def reconfigure(self, config: configmod.Config) -> None:
+        self.config = config
+        self.recipients = restrictions.Recipients(config)
+        self.dns = Checker(config.nameservers, config.dns_timeout)
+
+    async def connect_refusal(self, server: GatewaySMTP, ip: str) -> str | None:
+        """Ask the ConnectRBL zones about a new client; the refusal, or None (maybe marked)."""
+        config = self.config
+        if not config.connect_rbl or config.is_trusted(ip):
+            return None
+        hit = await self.dns.listed(ip, config.connect_rbl)
+        if hit is None:
+            return None
+        zone, why = hit
+        self.counters["rbl_listed"] += 1
+        self.log.info("rbl_listed", client=ip, zone=zone, why=why, action=config.connect_rbl_action)
+        if config.connect_rbl_action == "mark":
+            server.rbl = f"{zone} ({why})"
+            return None
+        self.refused("rbl")
+        return f"554 5.7.1 Service unavailable; client [{ip}] blocked using {zone}"
+
+    def refused(self, reason: str) -> None:
+        self.counters[f"rejected_{reason}"] += 1
+        stats.rejected(reason)
+
+    # ------------------------------------------------------------ checks
+
+    def overloaded(self) -> str | None:
+        """Why new mail cannot be stored now (queue or disk over its limit), else None."""
+        now = time.monotonic()
+        if now - self._load_checked >= _LOAD_CACHE_SECONDS:
+            self._load_checked = now
+            self._overloaded = None
+            if self.spool.count("incoming") >= self.config.max_queue_size:
+                self._overloaded = "queue full"
+            else:
+                st = os.statvfs(self.spool.root)
+                if st.f_bavail * st.f_frsize < self.config.min_free_disk:
+                    self._overloaded = "disk full"
+        return self._overloaded
+
+    def relay_refusal(self, session: Session, address: str) -> str | None:
+        local, _, domain = address.rpartition("@")
+        if not local or not domain:
+            return "501 5.1.3 Recipient address must be user@domain"
+        if self.config.is_trusted(session.peer[0]):
+            return None
+        if not self.config.is_protected(domain) or any(c in local for c in "@%!"):
+            return "550 5.7.1 Relay access denied"
+        return None
+
+    # ------------------------------------------------------------ aiosmtpd hooks
+
+    def helo_refusal(self, session: Session, hostname: str) -> str | None:
+        refusal = restrictions.helo_refusal(self.config, hostname, session.peer[0])
+        if refusal:
+            self.refused("helo")
+        return refusal
+
+    async def handle_HELO(self, server, session, envelope, hostname):
+        refusal = self.helo_refusal(session, hostname)
+        if refusal:
+            return refusal
+        session.host_name = hostname
+        return f"250 {server.hostname}"
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        refusal = self.helo_refusal(session, hostname)
+        if refusal:
+            return [refusal]
+        session.host_name = hostname
+        lines = [r[4:] for r in responses[1:] if not r[4:].startswith(("AUTH", "HELP"))]
+        lines += ["PIPELINING", "ENHANCEDSTATUSCODES", "DSN"]
+        server.command_size_limits["MAIL"] = 512 + 26 + 10 + 120
+        server.command_size_limits["RCPT"] = 512 + 520
+        return [responses[0]] + [f"250-{x}" for x in lines[:-1]] + [f"250 {lines[-1]}"]
+
+    async def handle_MAIL(self, server, session, envelope: Envelope, address, mail_options):
+        reason = self.overloaded()
+        if reason:
+            self.refused("overload")
+            self.log.warning("backpressure", client=session.peer[0], reason=reason)
+            return "452 4.3.1 Insufficient system storage, try again later"
+        dsn = getattr(session, "dsn_mail", {})
+        envelope.mail_from = address  # "<>" for the null sender: aiosmtpd wants it truthy
+        envelope.mail_options.extend(mail_options)
+        envelope.dsn = dsn
+        envelope.dsn_rcpts = []
+        return "250 2.1.0 Sender ok"
+
+    async def handle_RCPT(self, server, session, envelope: Envelope, address, rcpt_options):
+        if len(envelope.rcpt_tos) >= self.config.max_recipients:
+            self.refused("recipients")
+            return "452 4.5.3 Too many recipients"
+        refusal = self.relay_refusal(session, address)
+        if refusal:
+            self.refused("relay")
+            self.log.info("rcpt_refused", client=session.peer[0], to=address, reply=refusal)
+            return refusal
+        if self.recipients.unknown(address):
+            self.refused("unknown_user")
+            self.log.info("rcpt_refused", client=session.peer[0], to=address, reply="unknown")
+            return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
+        params = getattr(session, "dsn_rcpt", {})
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        envelope.dsn_rcpts.append(params)
+        return "250 2.1.5 Recipient ok"
+
+    def header_refusal(self, data: bytes) -> str | None:
+        """Too many header fields, too large a header block, or too many hops (a loop)."""
+        config = self.config
+        head = header_block(data)
+        if config.max_header_size and len(head) > config.max_header_size:
+            return "552 5.3.4 Message header too large"
+        fields = [line for line in head.split(b"\r\n") if line and line[:1] not in b" \t"]
+        if config.max_headers and len(fields) > config.max_headers:
+            return "552 5.3.4 Too many header fields"
+        hops = sum(1 for line in fields if line[:9].lower() == b"received:")
+        if config.max_hops and hops + 1 > config.max_hops:  # with the one we would add
+            return f"554 5.4.6 Too many hops ({hops} Received headers): mail loop?"
+        return None
+
+    async def handle_DATA(self, server, session, envelope: Envelope):
+        data = envelope.original_content or b""
+        refusal = self.header_refusal(data)
+        if refusal:
+            self.refused("header")
+            self.log.info("data_refused", client=session.peer[0], reply=refusal)
+            return refusal
+        queue_id = new_queue_id()
+        if not data.endswith(b"\r\n"):
+            data += b"\r\n"
+        message = self._received_header(server, session, envelope, queue_id) + data
+        recipients = [
+            envmod.recipient(
+                addr,
+                params["NOTIFY"].split(",") if "NOTIFY" in params else None,
+                params.get("ORCPT"),
+            )
+            for addr, params in zip(envelope.rcpt_tos, envelope.dsn_rcpts, strict=True)
+        ]
+        mail_from = "" if envelope.mail_from == "<>" else envelope.mail_from
+        env = envmod.new(
+            queue_id,
+            mail_from,
+            recipients,
+            ret=envelope.dsn.get("RET"),
+            envid=envelope.dsn.get("ENVID"),
+            body="8BITMIME" if "BODY=8BITMIME" in envelope.mail_options else "7BIT",
+            smtputf8=envelope.smtp_utf8,
+            size=len(message),
+            client={
+                "ip": session.peer[0],
+                "port": session.peer[1],
+                "helo": session.host_name,
+                "tls": session.ssl is not None,
+                **({"rbl": server.rbl} if server.rbl else {}),
+            },
+        )
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self.executor, self._store, message, env)
+        except Exception as exc:
+            self.counters["store_failed"] += 1
+            self.log.error("store_failed", qid=queue_id, error=repr(exc))
+            return "451 4.3.0 Local error in processing, try again later"
+        self.counters["received"] += 1
+        self.metrics.received_messages.inc()
+        self.metrics.received_bytes.inc(len(message))
+        self.journal.write(
+            "received",
+            queue_id,
+            **{"from": mail_from},
+            to=envelope.rcpt_tos,
+            size=len(message),
+            client=session.peer[0],
+        )
+        server.messages += 1
+        server.bytes += len(message)
+        self.log.info(
+            "queued",
+            qid=queue_id,
+            client=session.peer[0],
+            **{"from": mail_from},
+            nrcpt=len(recipients),
+            size=len(message),
+        )
+        return f"250 2.0.0 Ok: queued as {queue_id}"
+
+    def _store(self, message: bytes, env: dict) -> None:
+        """Queue the message durably; then, if asked, keep a copy in the received archive."""
+        self.spool.enqueue(message, env)
+        if self.config.archive_received:
+            try:
+                self.spool.archive("received", message, env, env["received_at"])
+            except OSError as exc:
+                self.log.error("archive_failed", qid=env["id"], error=repr(exc))
+
+    def _received_header(self, server, session, envelope, queue_id: str) -> bytes:
+        proto = "ESMTP" if session.extended_smtp else "SMTP"
+        if session.ssl is not None:
+            proto += "S"
+        if envelope.smtp_utf8:
+            proto = "UTF8" + proto
+        ip = session.peer[0]
+        literal = f"IPv6:{ip}" if ":" in ip else ip
+        recipient = f"\r\n\tfor <{envelope.rcpt_tos[0]}>" if len(envelope.rcpt_tos) == 1 else ""
+        text = (
+            f"Received: from {session.host_name or 'unknown'} ([{literal}])\r\n"
+            f"\tby {self.config.hostname} (mailgate) with {proto} id {queue_id}{recipient};"
+            f"\r\n\t{formatdate(localtime=True)}\r\n"
+        )
+        return text.encode("utf-8", "surrogateescape")
+
+
+class Listener:
+    """The receiver process: one asyncio loop, one server per ListenOn address."""
+
+    def __init__(self, config: configmod.Config, snapshot: Path | None = None):
+        self.config = config
+        self.snapshot = snapshot
+        self.spool = Spool(config.spool_path)
+        self.handler = Receiver(config, self.spool)
+        self.log = logmod.get()
+        self.sessions: set[GatewaySMTP] = set()
+        self.anvil = Anvil(config, self.spool.paused_flag)
+        self.stopped = asyncio.Event()
+        self.tls = configmod.tls_context(config)  # loaded once, not per connection; again on reload
+
+    def factory(self) -> GatewaySMTP:
+        cfg = self.config
+        # aiosmtpd sizes its line reader from this class attribute when a session starts
+        TrackedSMTP.line_length_limit = cfg.max_line_length + 2
+        smtp = TrackedSMTP(
+            self.handler,
+            data_size_limit=cfg.max_message_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            hostname=cfg.hostname,
+            ident="ESMTP mailgate",
+            tls_context=self.tls,
+            timeout=cfg.session_timeout,
+        )
+        smtp.registry = self.sessions
+        smtp.anvil = self.anvil
+        smtp.limits = cfg
+        smtp.data_timeout = cfg.data_timeout
+        smtp.screen = self.handler.connect_refusal
+        return smtp
+
+    def reload(self) -> None:
+        logmod.reopen()
+        config = configmod.reload(self.config, self.snapshot, self.log)
+        if config is not None:
+            try:
+                self.tls = configmod.tls_context(config)
+            except (OSError, ssl.SSLError) as exc:
+                self.log.error("tls_certificate_unusable", error=str(exc), kept="previous")
+            self.config = config
+            self.handler.reconfigure(config)
+            self.anvil.configure(config)
+            self.log.info("config_reloaded")
+
+    async def serve(self) -> int:
+        loop = asyncio.get_running_loop()
+        servers = []
+        inherited = privileges.inherited_sockets()
+        if inherited is not None:  # bound by the supervisor (perhaps as root, before User)
+            for sock in inherited:
+                servers.append(await loop.create_server(self.factory, sock=sock))
+                host, port = sock.getsockname()[:2]
+                self.log.info("listening", address=f"{host}:{port}", passed=True)
+        else:
+            for host, port in self.config.listen:
+                servers.append(await loop.create_server(self.factory, host, port))
+                self.log.info("listening", address=f"{host}:{port}")
+        loop.add_signal_handler(signal.SIGTERM, self.stopped.set)
+        loop.add_signal_handler(signal.SIGINT, self.stopped.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        loop.add_signal_handler(
+            signal.SIGUSR1,
+            lambda: self.log.info(
+                "statistics",
+                sessions=len(self.sessions),
+                refused=dict(self.anvil.refused),
+                **self.handler.counters,
+            ),
+        )
+        # blocked since the supervisor forked us; the handlers are in place now
+        signal.pthread_sigmask(
+            signal.SIG_UNBLOCK, (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
+        )
+        await self.stopped.wait()
+        self.log.info("stopping", sessions=len(self.sessions))
+        GatewaySMTP.stopping = True
+        for server in servers:
+            server.close()
+        deadline = loop.time() + STOP_GRACE
+        while self.sessions and loop.time() < deadline:
+            for smtp in list(self.sessions):
+                if not smtp.in_transaction():
+                    smtp.goodbye()
+            await asyncio.sleep(0.05)
+        for smtp in list(self.sessions):
+            smtp.goodbye()
+        self.handler.executor.shutdown(wait=True)
+        self.log.info("worker_stopped", **self.handler.counters)
+        return 0
+
+
+class TrackedSMTP(GatewaySMTP):
+    """Keeps a registry of live sessions so that a stop can wait for them."""
+
+    registry: set
+    anvil: Anvil
+    _counted: str | None = None
+
+    def connection_made(self, transport):
+        self.registry.add(self)
+        if self.transport is None:  # a new connection, not the STARTTLS layer on top of one
+            peer = transport.get_extra_info("peername")
+            ip = peer[0] if peer else ""
+            self.admission = self.anvil.admit(ip)
+            if self.admission is None:
+                self._counted = ip
+            else:
+                logmod.get().info("connection_refused", client=ip, reply=self.admission)
+        super().connection_made(transport)
+
+    def connection_lost(self, exc):
+        self.registry.discard(self)
+        if self._counted is not None:
+            self.anvil.release(self._counted)
+            self._counted = None
+        super().connection_lost(exc)
+
+    def in_transaction(self) -> bool:
+        return self.envelope is not None and self.envelope.mail_from is not None
+
+    def goodbye(self) -> None:
+        """Tell an idle client we are going away and close its session."""
+        self.registry.discard(self)
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"421 4.3.2 Service shutting down, try again later\r\n")
+            self.transport.close()
+
+
+def run(config: configmod.Config, snapshot: Path | None = None) -> int:
+    return asyncio.run(Listener(config, snapshot).serve())

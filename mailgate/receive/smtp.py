@@ -1,0 +1,339 @@
+"""aiosmtpd's SMTP server with what a relay needs and aiosmtpd lacks.
+
+- DSN (RFC 3461): aiosmtpd refuses every MAIL/RCPT parameter it does not know and upper-cases
+  the rest. ``RET``/``ENVID`` and ``NOTIFY``/``ORCPT`` are taken off the command line here,
+  validated and kept exactly as sent (ENVID and ORCPT are case-sensitive xtext), then the rest
+  of the command goes to aiosmtpd as usual. The handler finds them in ``session.dsn_mail`` and
+  ``session.dsn_rcpt``.
+- Enhanced status codes (RFC 2034, RFC 3463): every 2xx/4xx/5xx reply but the greeting and the
+  EHLO/HELO lines carries one; aiosmtpd's own replies get the code that fits their basic code.
+- A stopping server answers 421 to the next command instead of starting a new transaction.
+- Per-connection cost: aiosmtpd builds each session's command, hook and AUTH tables by
+  walking ``dir()`` of the protocol and of the handler; both list only the names it looks
+  for (:class:`IntrospectedNames`), so a connection does not pay for ~250 lookups.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import time
+from email._header_value_parser import get_addr_spec, get_angle_addr
+from email.errors import HeaderParseError
+
+from aiosmtpd.smtp import SMTP
+
+from mailgate.message.xtext import XTEXT_RE
+from mailgate.runtime import stats
+
+_ENHANCED_RE = re.compile(r"^[245]\d\d[ -][245]\.\d{1,3}\.\d{1,3}\b")
+_DEFAULT_ENHANCED = {
+    "221": "2.0.0",
+    "250": "2.0.0",
+    "251": "2.1.5",
+    "252": "2.0.0",
+    "421": "4.3.2",
+    "450": "4.2.0",
+    "451": "4.3.0",
+    "452": "4.3.1",
+    "454": "4.7.0",
+    "500": "5.5.2",
+    "501": "5.5.4",
+    "502": "5.5.1",
+    "503": "5.5.1",
+    "504": "5.5.4",
+    "521": "5.3.2",
+    "530": "5.7.0",
+    "535": "5.7.8",
+    "550": "5.7.1",
+    "552": "5.3.4",
+    "553": "5.1.3",
+    "554": "5.3.0",
+    "555": "5.5.4",
+}
+_NOTIFY_WORDS = {"SUCCESS", "FAILURE", "DELAY"}
+
+
+class ParameterError(ValueError):
+    """A DSN parameter that breaks RFC 3461; its text is the SMTP reply."""
+
+
+def _split_params(arg: str) -> tuple[str, list[str]]:
+    """``FROM:<a@b> SIZE=10 RET=HDRS`` → (``FROM:<a@b>``, [``SIZE=10``, ``RET=HDRS``])."""
+    end = arg.rfind(">")
+    if end >= 0:
+        return arg[: end + 1], arg[end + 1 :].split()
+    words = arg.split()
+    if len(words) > 1 and words[0].endswith(":"):
+        return " ".join(words[:2]), words[2:]
+    return (words[0] if words else arg), words[1:]
+
+
+def _take(arg: str, names: set[str]) -> tuple[str, dict[str, str]]:
+    path, params = _split_params(arg)
+    taken: dict[str, str] = {}
+    rest = []
+    for param in params:
+        key, sep, value = param.partition("=")
+        if key.upper() not in names:
+            rest.append(param)
+            continue
+        if key.upper() in taken:
+            raise ParameterError(f"501 5.5.4 Duplicate {key.upper()} parameter")
+        if not sep or not value:
+            raise ParameterError(f"501 5.5.4 {key.upper()} needs a value")
+        taken[key.upper()] = value
+    return " ".join([path, *rest]), taken
+
+
+def parse_mail_dsn(arg: str) -> tuple[str, dict[str, str]]:
+    rest, params = _take(arg, {"RET", "ENVID"})
+    if "RET" in params:
+        params["RET"] = params["RET"].upper()
+        if params["RET"] not in ("FULL", "HDRS"):
+            raise ParameterError("501 5.5.4 RET must be FULL or HDRS")
+    if "ENVID" in params and (len(params["ENVID"]) > 100 or not XTEXT_RE.match(params["ENVID"])):
+        raise ParameterError("501 5.5.4 ENVID must be xtext of at most 100 characters")
+    return rest, params
+
+
+def parse_rcpt_dsn(arg: str) -> tuple[str, dict[str, str]]:
+    rest, params = _take(arg, {"NOTIFY", "ORCPT"})
+    if "NOTIFY" in params:
+        words = params["NOTIFY"].upper().split(",")
+        if words != ["NEVER"] and (
+            not set(words) <= _NOTIFY_WORDS or len(set(words)) != len(words)
+        ):
+            raise ParameterError(
+                "501 5.5.4 NOTIFY must be NEVER or a list of SUCCESS, FAILURE, DELAY"
+            )
+        params["NOTIFY"] = ",".join(words)
+    if "ORCPT" in params:
+        addr_type, sep, value = params["ORCPT"].partition(";")
+        if (
+            not sep
+            or not re.fullmatch(r"[A-Za-z0-9-]+", addr_type)
+            or not XTEXT_RE.match(value)
+            or len(params["ORCPT"]) > 500
+        ):
+            raise ParameterError("501 5.5.4 ORCPT must be addr-type;xtext")
+    return rest, params
+
+
+_SYNTAX_ATTRS = ("__smtp_syntax__", "__smtp_syntax_extended__", "__smtp_syntax_when__")
+
+
+class IntrospectedNames:
+    """``dir()`` limited to the prefixes aiosmtpd's ``SMTP.__init__`` looks up by name.
+
+    aiosmtpd collects ``smtp_*`` commands, ``auth_*`` mechanisms and ``handle_*`` hooks with
+    ``dir()``/``inspect.getmembers`` on every new connection, which cost a third of a
+    connection's set-up here. The list is computed once per class; the lookups that follow
+    still bind each name to the instance, so the tables are the same as aiosmtpd's.
+    """
+
+    _introspected = ("smtp_", "auth_", "handle_")
+    _names_of: dict[type, list[str]] = {}
+
+    def __init_subclass__(cls, **kwargs):
+        """Give each ``handle_*`` hook its signature once (PEP 362 ``__signature__``), and
+        each overridden ``smtp_*`` command the HELP text of the one it overrides.
+
+        aiosmtpd asks ``inspect.signature(handle_EHLO)`` per connection to tell its two
+        hook forms apart; a stored signature makes that an attribute read. HELP lists only
+        commands carrying aiosmtpd's ``@syntax`` attributes, which an override lacks.
+        """
+        super().__init_subclass__(**kwargs)
+        for name, value in vars(cls).items():
+            if not inspect.isfunction(value):
+                continue
+            if name.startswith("handle_"):
+                value.__signature__ = inspect.signature(value)
+            elif name.startswith("smtp_") and not hasattr(value, "__smtp_syntax__"):
+                inherited = getattr(super(cls, cls), name, None)
+                for attr in _SYNTAX_ATTRS:
+                    if hasattr(inherited, attr):
+                        setattr(value, attr, getattr(inherited, attr))
+
+    def __dir__(self):
+        cls = type(self)
+        names = IntrospectedNames._names_of.get(cls)
+        if names is None:
+            names = [n for n in object.__dir__(self) if n.startswith(self._introspected)]
+            IntrospectedNames._names_of[cls] = names
+        return names
+
+
+class GatewaySMTP(IntrospectedNames, SMTP):
+    """One SMTP session. Everything else about the protocol is aiosmtpd's.
+
+    Session limits (a ``limits`` config is set by the receiver; none in the tests' sinks):
+    a refusal decided at connect (``admission``) is the only reply the client gets; after
+    ``MaxErrors`` 5xx replies, or at a MAIL past ``MaxMessagesPerSession`` messages or
+    ``MaxSessionBytes`` bytes, the client gets ``421 4.7.0`` and the session is closed.
+    """
+
+    stopping = False  # set on the class by the receiver when it shuts down
+    limits = None
+    data_timeout: float | None = None  # per data line (RFC 5321 4.5.3.2.6); None: the idle one
+    screen = None  # async (server, ip) -> refusal or None, asked before the greeting
+    _last_line: float | None = None  # monotonic time of the last data line, while in DATA
+
+    def __init__(self, handler, **kwargs):
+        super().__init__(handler, **kwargs)
+        self._plain_replies = False
+        self.admission: str | None = None
+        self.errors = 0
+        self.messages = 0
+        self.bytes = 0
+        self.rbl = ""
+
+    async def _handle_client(self):
+        if self.admission is None and self.screen is not None and self.session is not None:
+            self.admission = await self.screen(self, self.session.peer[0])
+        if self.admission is not None:
+            await super().push(self.admission)
+            self._close()
+            return
+        await super()._handle_client()
+
+    def _timeout_cb(self):
+        """Say why before hanging up on an idle (or one-byte-a-minute) client.
+
+        In DATA the timer is armed once and, when it fires, re-armed for what is left of
+        ``data_timeout`` after the last complete line: a line costs a clock read, not a timer.
+        """
+        if self._last_line is not None and self.data_timeout is not None:
+            left = self._last_line + self.data_timeout - time.monotonic()
+            if left > 0:
+                self._timeout_handle = self.loop.call_later(left, self._timeout_cb)
+                return
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"421 4.4.2 Timeout exceeded, closing the session\r\n")
+            if self.limits is not None:
+                stats.rejected("timeout")
+        super()._timeout_cb()
+
+    def _close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    async def push(self, status):
+        if self.limits is not None and isinstance(status, str) and status.startswith("552 Error"):
+            stats.rejected("size")  # aiosmtpd's own SIZE and DATA size refusals
+        if isinstance(status, str) and (not self._plain_replies or status[:1] in "45"):
+            status = with_enhanced_code(status)  # EHLO's 250 lines stay plain, errors do not
+        result = await super().push(status)
+        if isinstance(status, str) and status[:1] == "5" and self.limits is not None:
+            self.errors += 1
+            if self.limits.max_errors and self.errors >= self.limits.max_errors:
+                stats.rejected("errors")
+                await super().push("421 4.7.0 Too many errors, closing the session")
+                self._close()
+        return result
+
+    async def smtp_EHLO(self, hostname: str):
+        self._plain_replies = True
+        try:
+            await super().smtp_EHLO(hostname)
+        finally:
+            self._plain_replies = False
+
+    async def smtp_HELO(self, hostname: str):
+        self._plain_replies = True
+        try:
+            await super().smtp_HELO(hostname)
+        finally:
+            self._plain_replies = False
+
+    async def _refuse_if_stopping(self) -> bool:
+        if not GatewaySMTP.stopping:
+            return False
+        await self.push("421 4.3.2 Service shutting down, try again later")
+        self._close()
+        return True
+
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd times a whole DATA transfer against the idle timeout; here every line that
+        arrives restarts ``data_timeout`` instead (a slow link is fine, a silent one is not)."""
+        if self.data_timeout is None or self._reader is None:
+            return await super().smtp_DATA(arg)
+        reader = self._reader
+        read_line = reader.readuntil
+        clock = time.monotonic
+
+        async def readuntil(separator=b"\n"):
+            line = await read_line(separator)
+            self._last_line = clock()
+            return line
+
+        reader.readuntil = readuntil
+        self._last_line = clock()
+        self._reset_timeout(self.data_timeout)
+        try:
+            return await super().smtp_DATA(arg)
+        finally:
+            del reader.readuntil
+            self._last_line = None
+            if self.transport is not None:
+                self._reset_timeout()
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's address parsing without the typing class it defines on every call.
+
+        Same results: ``('', '')`` for an empty argument, ``(None, None)`` for one that does
+        not parse or whose local part is over ``local_part_limit``.
+        """
+        if not arg:
+            return "", ""
+        try:
+            if arg.lstrip().startswith("<"):
+                address, rest = get_angle_addr(arg)
+            else:
+                address, rest = get_addr_spec(arg)
+        except HeaderParseError:
+            return None, None
+        addr = address.addr_spec
+        if self.local_part_limit and len(addr.rpartition("@")[0]) > self.local_part_limit:
+            return None, None
+        return addr, rest
+
+    async def smtp_MAIL(self, arg: str | None):
+        if await self._refuse_if_stopping():
+            return
+        limits = self.limits
+        if limits is not None and (
+            (limits.max_messages_per_session and self.messages >= limits.max_messages_per_session)
+            or (limits.max_session_bytes and self.bytes >= limits.max_session_bytes)
+        ):
+            stats.rejected("session_limit")
+            await self.push("421 4.7.0 Too much mail in one session, reconnect to send more")
+            self._close()
+            return
+        await self._with_dsn(arg, parse_mail_dsn, "dsn_mail", super().smtp_MAIL)
+
+    async def smtp_RCPT(self, arg: str | None):
+        await self._with_dsn(arg, parse_rcpt_dsn, "dsn_rcpt", super().smtp_RCPT)
+
+    async def _with_dsn(self, arg: str | None, parse, attr: str, command) -> None:
+        """Take the DSN parameters off ``arg`` into ``session.<attr>``, then run ``command``."""
+        if arg is None or self.session is None:
+            return await command(arg)
+        try:
+            rest, params = parse(arg)
+        except ParameterError as exc:
+            return await self.push(str(exc))
+        if params and not self.session.extended_smtp:
+            return await self.push("555 5.5.4 DSN parameters need EHLO")
+        setattr(self.session, attr, params)
+        return await command(rest)
+
+
+def with_enhanced_code(status: str) -> str:
+    """Insert the enhanced status code that fits a reply lacking one (first line only)."""
+    code = status[:3]
+    if not code.isdigit() or code[0] not in "245" or code == "220" or _ENHANCED_RE.match(status):
+        return status
+    enhanced = _DEFAULT_ENHANCED.get(code, f"{code[0]}.0.0")
+    sep = status[3:4] or " "
+    return f"{code}{sep}{enhanced} {status[4:]}".rstrip()

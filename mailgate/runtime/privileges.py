@@ -1,0 +1,188 @@
+"""Running as ``[smtpgw.process] User`` instead of root, and the listening sockets that need root.
+
+Started as root, ``mailgate run`` does only three things as root: take the spool lock, bind the
+ListenOn sockets (port 25 needs root), and hand the spool to User (``chown``). Then it checks
+that User can run the program and use the spool (a child process tries, as User), and the
+supervisor itself becomes User; every worker and clamd it starts inherit that. Nothing of
+mailgate runs as root after start-up.
+
+The listening sockets stay open in the supervisor and are passed to each receiver it starts
+(``MAILGATE_LISTEN_FDS``), so a restarted receiver needs no privilege and loses no connection
+waiting in the backlog.
+
+Invariants:
+- ``account`` is None unless the process is root and User is set; a User that does not exist
+  is an error, never a silent run as root.
+- ``drop`` sets the supplementary groups, the group and then the user, and verifies that root
+  cannot be regained.
+- CLI commands run by root on a spool owned by User act as User (``act_as_spool_owner``), so
+  nothing they write is unreadable to the workers.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import pwd
+import signal
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+LISTEN_FDS_ENV = "MAILGATE_LISTEN_FDS"
+
+
+class PrivilegeError(Exception):
+    """User cannot be become, or cannot run mailgate; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class Account:
+    name: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+
+
+def account(user: str) -> Account | None:
+    """The account to become: None when not root or when ``user`` is empty."""
+    if os.geteuid() != 0 or not user:
+        return None
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise PrivilegeError(
+            f"[smtpgw.process] User: no such user {user!r} (scripts/setup creates 'mailgate'; "
+            "set User= to an existing account)"
+        ) from None
+    groups = tuple(os.getgrouplist(entry.pw_name, entry.pw_gid))
+    return Account(entry.pw_name, entry.pw_uid, entry.pw_gid, groups)
+
+
+def drop(acct: Account) -> None:
+    """Become ``acct`` for good (this process and everything it starts)."""
+    os.setgroups(list(acct.groups))
+    os.setgid(acct.gid)
+    os.setuid(acct.uid)
+    try:
+        os.setuid(0)
+    except PermissionError:
+        return
+    raise PrivilegeError("still able to become root after dropping privileges")
+
+
+def hand_over(root: Path, acct: Account) -> None:
+    """Make everything under the spool ``root`` owned by ``acct`` (what is not already)."""
+    for folder, dirs, files in os.walk(root):
+        for name in (folder, *(os.path.join(folder, n) for n in dirs + files)):
+            st = os.lstat(name)
+            if (st.st_uid, st.st_gid) != (acct.uid, acct.gid):
+                os.lchown(name, acct.uid, acct.gid)
+
+
+def probe(acct: Account, spool_root: Path, config_path: Path) -> None:
+    """Check, in a child running as ``acct``, that it can run mailgate and use the spool."""
+    check = (
+        "import os, sys, mailgate\n"
+        "spool, conf = sys.argv[1], sys.argv[2]\n"
+        "if not os.access(spool, os.R_OK | os.W_OK | os.X_OK):\n"
+        "    sys.exit(f'cannot use the spool {spool}')\n"
+        "if not os.access(conf, os.R_OK):\n"
+        "    sys.exit(f'cannot read the configuration {conf} (needed for reloads)')\n"
+    )
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", check, str(spool_root), str(config_path)],
+            preexec_fn=lambda: drop(acct),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd="/",
+            check=False,
+        )
+    except OSError as exc:
+        raise PrivilegeError(f"user {acct.name!r} cannot run {sys.executable}: {exc}") from None
+    if result.returncode != 0:
+        why = (result.stderr.strip().splitlines() or ["no reason given"])[-1]
+        raise PrivilegeError(
+            f"user {acct.name!r} cannot run the gateway ({sys.executable}): {why}. Put "
+            "mailgate, its spool and its configuration where that user can reach them "
+            "(scripts/setup builds .venv on /usr/bin/python3), or set [smtpgw.process] "
+            "User= to keep running as root"
+        )
+
+
+def act_as_spool_owner(user: str, spool_root: Path) -> None:
+    """For a CLI command run by root: become User if the spool belongs to User."""
+    try:
+        acct = account(user)
+    except PrivilegeError:
+        return
+    if acct is None:
+        return
+    try:
+        owner = spool_root.stat().st_uid
+    except FileNotFoundError:
+        return
+    if owner == acct.uid:
+        drop(acct)
+
+
+def bind(addresses: list[tuple[str, int]]) -> list[socket.socket]:
+    """Listening sockets for every ``(host, port)`` (a name may give several addresses)."""
+    sockets = []
+    try:
+        for host, port in addresses:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+            for family, kind, proto, _name, address in dict.fromkeys(infos):
+                sock = socket.socket(family, kind, proto)
+                sockets.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                try:
+                    sock.bind(address)
+                except OSError as exc:
+                    raise OSError(
+                        exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}"
+                    ) from None
+                sock.listen(512)
+                sock.set_inheritable(True)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def inherited_sockets() -> list[socket.socket] | None:
+    """In a receiver: the listening sockets the supervisor passed, or None (started by hand)."""
+    value = os.environ.get(LISTEN_FDS_ENV)
+    if not value:
+        return None
+    return [socket.socket(fileno=int(fd)) for fd in value.split(",") if fd]
+
+
+PR_SET_PDEATHSIG = 1
+SUPERVISOR_ENV = "MAILGATE_SUPERVISOR_PID"
+
+
+def die_with_parent() -> None:
+    """In a child before exec: SIGTERM when the supervisor dies (clamd cannot ask itself)."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def exit_with_parent() -> None:
+    """Ask the kernel for SIGTERM when the supervisor dies, so no worker outlives it.
+
+    Without this, a supervisor killed with SIGKILL would leave its workers running and
+    holding claims, and a new supervisor would start a second set beside them.
+    """
+    supervisor = os.environ.get(SUPERVISOR_ENV)
+    if not supervisor:
+        return  # started by hand, not by ``mailgate run``
+    die_with_parent()
+    if os.getppid() != int(supervisor):  # it died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)

@@ -1,0 +1,123 @@
+"""A clamd of our own: its configuration, its command line, waiting until it answers.
+
+With ``ManageClamd=yes`` the supervisor runs clamd as one of its children, on the database in
+the spool's ``avdb/current`` and a socket in ``run/``, restarting it like any worker. The same
+code starts short-lived private instances: ``update`` tries a new database on one before
+installing it, and ``scan`` uses one when no clamd is running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from mailgate.scan.av.engine import Engine
+
+CLAMD_CANDIDATES = ("/usr/sbin/clamd", "/usr/local/sbin/clamd")
+
+
+def binary() -> str:
+    found = shutil.which("clamd") or next(
+        (c for c in CLAMD_CANDIDATES if os.access(c, os.X_OK)), None
+    )
+    if found is None:
+        raise FileNotFoundError("clamd not found: install clamav-daemon (scripts/setup does)")
+    return found
+
+
+def config_text(
+    socket_path: Path, database: Path, work_dir: Path, max_object_size: int, log_file: Path
+) -> str:
+    """clamd.conf for an instance of ours. AlertEncrypted* and AlertBrokenExecutables turn
+    password-protected and broken objects into detections that ``classify`` maps to the
+    ``encrypted`` and ``corrupted`` statuses; AlertExceedsMax turns archive bombs into
+    ``unscannable`` instead of a silent partial scan."""
+    return "\n".join(
+        [
+            f"LocalSocket {socket_path}",
+            "LocalSocketMode 600",
+            f"DatabaseDirectory {database}",
+            f"TemporaryDirectory {work_dir}",
+            f"LogFile {log_file}",
+            "LogTime yes",
+            "Foreground yes",
+            "ConcurrentDatabaseReload yes",
+            "AlertEncrypted yes",
+            "AlertEncryptedArchive yes",
+            "AlertEncryptedDoc yes",
+            "AlertBrokenExecutables yes",
+            "AlertExceedsMax yes",
+            f"StreamMaxLength {max(1, max_object_size // 1024 + 1)}K",
+            "MaxThreads 8",
+            "",
+        ]
+    )
+
+
+def command(conf: Path) -> list[str]:
+    return [binary(), "--foreground", f"--config-file={conf}"]
+
+
+def wait_ready(socket_path: Path, timeout: float, process: subprocess.Popen | None = None) -> bool:
+    """Poll PING until clamd answers, ``process`` exits, or ``timeout`` passes."""
+    engine = Engine(socket_path, 5.0)
+    deadline = time.monotonic() + timeout
+    delay = 0.02
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            return False
+        if socket_path.exists() and engine.ping():
+            return True
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.5)
+    return False
+
+
+@contextlib.contextmanager
+def temporary(database: Path, timeout: float = 120.0) -> Iterator[Path]:
+    """A private clamd on ``database`` for the duration of the block; yields its socket.
+
+    Raises ``RuntimeError`` with clamd's own words when it does not come up (for instance
+    because the database does not load).
+    """
+    work = Path(tempfile.mkdtemp(prefix="mailgate-clamd-"))
+    socket_path = work / "clamd.sock"
+    conf = work / "clamd.conf"
+    log_file = work / "clamd.log"
+    conf.write_text(config_text(socket_path, database, work, 25 * 1024 * 1024, log_file))
+    process = subprocess.Popen(
+        command(conf), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        if not wait_ready(socket_path, timeout, process):
+            if process.poll() is None:
+                process.kill()
+            output, _ = process.communicate(timeout=10)
+            text = output.decode(errors="replace")
+            if log_file.exists():
+                text += log_file.read_text(errors="replace")
+            problems = [
+                line.strip()
+                for line in text.splitlines()
+                if "ERROR" in line or "Malformed" in line or "Can't" in line
+            ]
+            raise RuntimeError("; ".join(problems) or "clamd did not start")
+        yield socket_path
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+        shutil.rmtree(work, ignore_errors=True)

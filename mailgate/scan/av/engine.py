@@ -1,0 +1,173 @@
+"""The anti-virus engine: a real clamd, spoken to with pyclamd over its unix socket.
+
+Each decoded MIME object goes to clamd with INSTREAM. What clamd answers becomes one of the
+object statuses (``classify``); what it cannot answer is either the engine's fault
+(``EngineUnavailable``: it does not answer PING, so the message waits, unscanned, until it
+does) or the object's (``ObjectError``: an error or a timeout while clamd is up, counted
+against the message's ScanAttempts).
+
+Which database clamd has loaded is learnt from clamd itself: every database installed by
+``avdb`` carries a generated signature that names its version and matches only ``CANARY``,
+so scanning the canary answers "which version is loaded now", even mid-reload. iChecker keys
+its memory by that version. A clamd not fed by ``avdb`` is identified by its VERSION reply.
+"""
+
+from __future__ import annotations
+
+import io
+import socket
+import time
+from pathlib import Path
+
+import pyclamd
+
+from mailgate.scan.av.ichecker import IChecker
+
+CANARY = b"MAILGATE-AVDB-VERSION-CANARY-7Q3XK9"
+CANARY_PREFIX = "Mailgate.DatabaseVersion."
+VERSION_CHECK_INTERVAL = 2.0
+CHUNK = 65536
+# pyclamd reads a reply up to five times before it gives up, each read waiting the socket's
+# whole timeout; the socket gets a fifth of ObjectTimeout so a silent clamd costs ObjectTimeout.
+PYCLAMD_READ_TRIES = 5
+
+
+class EngineUnavailable(Exception):
+    """clamd does not answer: nothing can be scanned until it does."""
+
+
+class ObjectError(Exception):
+    """clamd is up but could not give a verdict on this object (error reply or timeout)."""
+
+
+class TooLarge(Exception):
+    """The object is over clamd's StreamMaxLength (or ours): a limit, not an error."""
+
+
+def classify(name: str) -> str:
+    """The object status for a clamd detection name."""
+    name = name.removesuffix(".UNOFFICIAL")
+    if name.startswith("Heuristics.Encrypted"):
+        return "encrypted"
+    if name.startswith("Heuristics.Broken"):
+        return "corrupted"
+    if name.startswith("Heuristics.Limits"):
+        return "unscannable"
+    if name.startswith(("Heuristics.", "PUA.", "Suspicious.")) or ".Suspicious." in name:
+        return "suspicious"
+    return "infected"
+
+
+class _SendAll:
+    """A socket whose ``send`` sends everything: pyclamd calls ``send`` and ignores its count,
+    which on a socket with a timeout may cut a chunk short and corrupt the stream."""
+
+    def __init__(self, sock: socket.socket):
+        self._sock = sock
+
+    def send(self, data: bytes) -> int:
+        self._sock.sendall(data)
+        return len(data)
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+
+class _Clamd(pyclamd.ClamdUnixSocket):
+    def _init_socket(self):
+        super()._init_socket()
+        self.clamd_socket = _SendAll(self.clamd_socket)
+
+
+class Engine:
+    """One scanner process's connection to clamd (a new socket per command, as clamd likes)."""
+
+    def __init__(self, socket_path: Path, object_timeout: float, ichecker: IChecker | None = None):
+        self.socket_path = str(socket_path)
+        self.timeout = max(0.05, object_timeout / PYCLAMD_READ_TRIES)
+        self.ichecker = ichecker
+        self.db_version = ""
+        self._version_checked = 0.0
+        self._client: _Clamd | None = None
+        self.scanned = 0
+        self.scan_seconds = 0.0
+
+    def _clamd(self) -> _Clamd:
+        if self._client is None:
+            try:
+                self._client = _Clamd(self.socket_path, timeout=self.timeout)
+            except (pyclamd.ConnectionError, OSError) as exc:
+                raise EngineUnavailable(f"clamd not reachable at {self.socket_path}") from exc
+        return self._client
+
+    def ping(self) -> bool:
+        try:
+            return bool(self._clamd().ping())
+        except (EngineUnavailable, pyclamd.ConnectionError, OSError):
+            return False
+
+    def reload(self) -> None:
+        """Ask clamd to re-read its database directory (it goes on scanning meanwhile)."""
+        try:
+            self._clamd().reload()
+        except (pyclamd.ConnectionError, OSError) as exc:
+            raise EngineUnavailable(str(exc)) from exc
+
+    def engine_version(self) -> str:
+        """clamd's own VERSION reply, e.g. ``ClamAV 1.4.6``."""
+        try:
+            return str(self._clamd().version())
+        except (pyclamd.ConnectionError, OSError) as exc:
+            raise EngineUnavailable(str(exc)) from exc
+
+    def loaded_version(self) -> str:
+        """The database version clamd has loaded now (see the module docstring)."""
+        answer = self._instream(CANARY)
+        if answer and answer[0] == "FOUND" and CANARY_PREFIX in answer[1]:
+            return answer[1].split(CANARY_PREFIX, 1)[1].removesuffix(".UNOFFICIAL")
+        return self.engine_version()
+
+    def refresh_version(self, installed: str | None = None) -> str:
+        """Re-learn the loaded database version every few seconds, and at once while it
+        differs from ``installed`` (the version ``avdb`` says is current: a reload is
+        under way, or just done)."""
+        now = time.monotonic()
+        stale = installed is not None and installed != self.db_version
+        if stale or now - self._version_checked >= VERSION_CHECK_INTERVAL or not self.db_version:
+            version = self.loaded_version()
+            if version != self.db_version and self.ichecker is not None:
+                self.ichecker.forget_other_versions(version)
+            self.db_version = version
+            self._version_checked = now
+        return self.db_version
+
+    def _instream(self, data: bytes) -> tuple[str, str] | None:
+        """clamd's answer to INSTREAM: None (clean) or (FOUND|ERROR, text)."""
+        client = self._clamd()
+        try:
+            # As a file: pyclamd then ends the stream with one zero-length chunk. Given bytes,
+            # it sends a second one when the length is a multiple of CHUNK (an empty object),
+            # and that write fails (EPIPE) if clamd has already answered and closed.
+            result = client.scan_stream(io.BytesIO(data), chunk_size=CHUNK)
+        except pyclamd.BufferTooLongError as exc:
+            raise TooLarge(str(exc)) from exc
+        except (pyclamd.ConnectionError, OSError) as exc:
+            if not self.ping():
+                raise EngineUnavailable(f"clamd stopped answering: {exc}") from exc
+            raise ObjectError(f"clamd did not answer in time ({exc})") from exc
+        if not result:
+            return None
+        return next(iter(result.values()))
+
+    def scan(self, data: bytes) -> tuple[str, str]:
+        """(status, detail) of one object, from clamd."""
+        started = time.monotonic()
+        answer = self._instream(data)
+        self.scan_seconds += time.monotonic() - started
+        self.scanned += 1
+        if answer is None:
+            return ("clean", "")
+        if answer[0] != "FOUND":
+            raise ObjectError(f"clamd error: {answer[1]}")
+        name = answer[1].removesuffix(".UNOFFICIAL")
+        return ("clean", "") if name.startswith(CANARY_PREFIX) else (classify(name), name)

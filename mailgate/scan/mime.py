@@ -1,0 +1,244 @@
+"""A message as the scanner sees it: a tree of MIME parts whose leaves are the objects.
+
+``split`` parses a message (``email`` with the compat32 policy, which never raises on bad
+input and keeps every header as written), walks it depth first, nested ``message/rfc822``
+included, and returns one ``MimeObject`` per leaf with its content decoded (base64,
+quoted-printable, uuencode) and its file name decoded (RFC 2231 parameters, RFC 2047 words).
+
+``cure`` replaces chosen leaves with a text notice and serialises the tree again: every other
+part keeps its headers and its encoded body as they were, so the message stays valid and
+everything not removed reaches the recipient unchanged.
+
+Invariants: ``split`` never raises on any input; a leaf it cannot decode is still returned
+(with ``defect`` set) so that its raw bytes are scanned; beyond ``max_depth`` or ``max_parts``
+it stops and says so in ``Split.limit`` instead of recursing further.
+"""
+
+from __future__ import annotations
+
+import email
+import email.errors
+import email.header
+import io
+import quopri
+from dataclasses import dataclass, field
+from email.generator import BytesGenerator
+from email.message import Message
+
+from mailgate.message.headers import POLICY, decode_words, header_block
+
+_DECODE_DEFECTS = (
+    email.errors.InvalidBase64PaddingDefect,
+    email.errors.InvalidBase64CharactersDefect,
+    email.errors.InvalidBase64LengthDefect,
+)
+_STRUCTURE_DEFECTS = (
+    email.errors.StartBoundaryNotFoundDefect,
+    email.errors.CloseBoundaryNotFoundDefect,
+    email.errors.MultipartInvariantViolationDefect,
+    email.errors.NoBoundaryInMultipartDefect,
+)
+
+
+@dataclass
+class MimeObject:
+    """One leaf of the MIME tree. ``path`` is its position, e.g. ``2.1`` (1-based)."""
+
+    path: str
+    name: str
+    content_type: str
+    data: bytes
+    defect: str = ""
+    part: Message | None = field(default=None, repr=False)
+
+    @property
+    def label(self) -> str:
+        return self.name or f"part {self.path} ({self.content_type})"
+
+
+@dataclass
+class Split:
+    message: Message
+    objects: list[MimeObject]
+    limit: str = ""
+    subject: str = ""
+
+
+def file_name(part: Message) -> str:
+    try:
+        name = part.get_filename()
+    except (LookupError, UnicodeError, ValueError):
+        return ""
+    return " ".join(decode_words(name).split()) if name else ""
+
+
+def _content_type(part: Message) -> str:
+    try:
+        return part.get_content_type()
+    except (AttributeError, ValueError):
+        return "application/octet-stream"
+
+
+def _decode(part: Message) -> tuple[bytes, str]:
+    """The decoded body of a leaf and, if decoding found problems, what they were."""
+    before = len(part.defects)
+    try:
+        data = part.get_payload(decode=True)
+    except (ValueError, LookupError, UnicodeError, AssertionError) as exc:
+        raw = part.get_payload()
+        data = raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else b""
+        return data, f"undecodable body ({exc.__class__.__name__})"
+    if data is None:
+        data = b""
+    defects = [d for d in part.defects[before:] if isinstance(d, _DECODE_DEFECTS)]
+    if defects:
+        return data, "broken " + part.get("Content-Transfer-Encoding", "encoding").strip().lower()
+    return data, ""
+
+
+def parse(raw: bytes) -> Message:
+    """``email.message_from_bytes`` (compat32), with a short cut for single-part messages.
+
+    The parser feeds the body through its line machinery even when it only keeps it as one
+    string (every type but multipart/* and message/*), which is most of the cost of
+    parsing a plain 5 KB message. Here the header block alone is parsed; when the parser
+    took all of it as headers and the type is single-part, the body is set as the parser
+    would have set it (the bytes after the blank line, as ASCII with surrogateescape).
+    Anything else takes the full parse, so the result is always the parser's.
+    """
+    end, blank = raw.find(b"\r\n\r\n"), 4
+    if end < 0:
+        end, blank = raw.find(b"\n\n"), 2
+    if end >= 0:
+        head = email.message_from_bytes(raw[: end + blank], policy=POLICY)
+        if (
+            head.get_content_maintype() not in ("multipart", "message")
+            and not head.get_payload()
+            and not head.defects
+        ):
+            head.set_payload(raw[end + blank :].decode("ascii", "surrogateescape"))
+            return head
+    return email.message_from_bytes(raw, policy=POLICY)
+
+
+def split(raw: bytes, max_depth: int = 20, max_parts: int = 1000) -> Split:
+    message = parse(raw)
+    result = Split(message, [], subject=decode_words(message.get("Subject")))
+    count = 0
+
+    def walk(part: Message, path: str, depth: int) -> None:
+        nonlocal count
+        if result.limit:
+            return
+        count += 1
+        if count > max_parts:
+            result.limit = f"more than {max_parts} MIME parts"
+            return
+        if depth > max_depth:
+            result.limit = f"MIME nesting deeper than {max_depth}"
+            return
+        payload = part.get_payload()
+        if part.is_multipart() and isinstance(payload, list):
+            structure = [d for d in part.defects if isinstance(d, _STRUCTURE_DEFECTS)]
+            if structure and not payload:
+                leaf(part, path, f"broken multipart ({structure[0].__class__.__name__})")
+                return
+            for index, child in enumerate(payload, 1):
+                walk(child, f"{path}.{index}" if path else str(index), depth + 1)
+            return
+        structure = [d for d in part.defects if isinstance(d, _STRUCTURE_DEFECTS)]
+        leaf(
+            part,
+            path or "1",
+            f"broken multipart ({structure[0].__class__.__name__})" if structure else "",
+        )
+
+    def leaf(part: Message, path: str, defect: str) -> None:
+        data, decode_defect = _decode(part)
+        result.objects.append(
+            MimeObject(
+                path=path,
+                name=file_name(part),
+                content_type=_content_type(part),
+                data=data,
+                defect=defect or decode_defect,
+                part=part,
+            )
+        )
+
+    try:
+        walk(message, "", 0)
+    except RecursionError:
+        result.limit = "MIME nesting too deep to follow"
+    return result
+
+
+class CureError(ValueError):
+    """The message cannot be written out again (some part defeats the generator)."""
+
+
+def cure(split_message: Split, removed: dict[str, str]) -> bytes:
+    """The message with each leaf whose path is in ``removed`` replaced by its notice text.
+
+    Raises ``CureError`` when the tree cannot be serialised again; the caller must then not
+    deliver the message (the object to remove would still be in it)."""
+    for obj in split_message.objects:
+        notice = removed.get(obj.path)
+        if notice is None or obj.part is None:
+            continue
+        part = obj.part
+        for header in [k for k in part if k.lower().startswith("content-")]:
+            del part[header]
+        part["Content-Type"] = 'text/plain; charset="utf-8"'
+        part["Content-Transfer-Encoding"] = "quoted-printable"
+        part["Content-Disposition"] = 'inline; filename="removed-object.txt"'
+        body = notice.replace("\r\n", "\n").encode("utf-8")
+        part.set_payload(quopri.encodestring(body).decode("ascii"))
+    out = io.BytesIO()
+    try:
+        BytesGenerator(out, mangle_from_=False, policy=POLICY).flatten(split_message.message)
+    except (UnicodeError, LookupError, ValueError, TypeError, AttributeError) as exc:
+        raise CureError(f"cannot rewrite the message: {exc.__class__.__name__}") from exc
+    return out.getvalue()
+
+
+UNTRUSTED = (b"x-spam-", b"x-mailgate-")
+
+
+def edit_headers(
+    raw: bytes, subject_prefix: str = "", untrusted: tuple[bytes, ...] = UNTRUSTED
+) -> bytes:
+    """The message with its top-level header block edited in place, the body untouched.
+
+    Headers from outside that look like ours (``X-Spam-*``, ``X-Mailgate-*``) are renamed to
+    ``X-Untrusted-*`` so that nobody, not even a filter further on, mistakes them for this
+    gateway's verdict; ``subject_prefix`` (e.g. ``[SPAM]``) is put in front of the Subject
+    (once), or a Subject is added.
+    """
+    end = raw.find(b"\r\n\r\n")
+    sep = b"\r\n"
+    if end < 0:
+        end, sep = raw.find(b"\n\n"), b"\n"
+    if end < 0:
+        end = len(raw)
+    head, body = raw[:end], raw[end:]
+    lines = head.split(sep)
+    prefix = subject_prefix.encode("utf-8")
+    seen_subject = False
+    for i, line in enumerate(lines):
+        low = line.lower()
+        if untrusted and low.startswith(untrusted) and b":" in line:
+            lines[i] = b"X-Untrusted-" + line.split(b"-", 1)[1]
+        elif prefix and low.startswith(b"subject:") and not seen_subject:
+            seen_subject = True
+            value = line[8:].lstrip(b" \t")
+            if not value.startswith(prefix):
+                lines[i] = b"Subject: " + prefix + (b" " + value if value else b"")
+    if prefix and not seen_subject:
+        lines.append(b"Subject: " + prefix)
+    return sep.join(lines) + body
+
+
+def has_untrusted_headers(raw: bytes, untrusted: tuple[bytes, ...] = UNTRUSTED) -> bool:
+    head = header_block(raw).lower()
+    return any(b"\n" + name in head for name in untrusted) or head.startswith(untrusted)

@@ -1,0 +1,203 @@
+"""Notifications: administrator, sender and recipient notices filled in from templates.
+
+A template is a text file in the Templates directory. If its first line is a header
+(``Subject: ...``) the lines up to the first blank one are headers, the rest is the body.
+Variables are written ``${name}`` (``$$`` is a dollar sign); ``VARIABLES`` lists them. For a
+notice of ``kind`` (admin, sender, recipient) about a message of ``status``, the file
+``<kind>-<status>.txt`` is used if present, else ``<kind>.txt``. ``removed.txt`` is the text
+put in place of a cured object.
+
+Notices are new messages queued straight into ``ready/`` from the null sender, so they can
+never bounce back; none is sent to a null sender, and a notice is never scanned or notified
+about itself, so notices cannot loop.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import quopri
+import re
+import string
+import time
+from email.header import Header
+from pathlib import Path
+
+from mailgate.config import Config
+from mailgate.spool import Spool, new_queue_id
+from mailgate.spool import envelope as envmod
+
+VARIABLES = {
+    "queue_id": "queue ID of the message",
+    "sender": "envelope sender (MAIL FROM), or <> for none",
+    "recipients": "envelope recipients, comma-separated",
+    "subject": "Subject of the message (decoded)",
+    "status": "message status (infected, banned, ...)",
+    "action": "what was done (cure, block, quarantine, ...)",
+    "object_name": "names of the objects that caused the status",
+    "virus_name": "detection names (viruses, rules)",
+    "objects": "one line per object that is not clean: name, status, detail",
+    "date": "when the message was scanned, in DateFormat",
+    "hostname": "this gateway's Hostname",
+    "administrator": "the Administrator address",
+    "client_ip": "IP address of the client that sent the message",
+    "threshold": "traffic alerts: the threshold passed (DailyTrafficLimit, ...)",
+    "value": "traffic alerts: the figure that passed it",
+    "limit": "traffic alerts: the configured limit",
+}
+KINDS = ("admin", "sender", "recipient")
+_HEADER_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]*:")
+
+
+def check(path: Path) -> list[str]:
+    """Every problem in a template, as ``FILE:LINE: message``; empty when it is valid."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        return [f"{path}:0: cannot read: {exc.strerror}"]
+    except UnicodeDecodeError as exc:
+        return [f"{path}:0: not UTF-8 text ({exc.reason})"]
+    problems = []
+    lines = text.splitlines()
+    in_headers = bool(lines) and bool(_HEADER_RE.match(lines[0]))
+    for lineno, line in enumerate(lines, 1):
+        if in_headers:
+            if not line.strip():
+                in_headers = False
+            elif not (_HEADER_RE.match(line) or line[0] in " \t"):
+                problems.append(
+                    f"{path}:{lineno}: expected a 'Name: value' header or a blank line "
+                    f"before the body, got {line.strip()!r}"
+                )
+        for m in string.Template.pattern.finditer(line):
+            name = m.group("named") or m.group("braced")
+            if m.group("invalid") is not None:
+                problems.append(
+                    f"{path}:{lineno}: bad placeholder at column {m.start() + 1}: "
+                    "write ${name}, or $$ for a dollar sign"
+                )
+            elif name and name not in VARIABLES:
+                problems.append(
+                    f"{path}:{lineno}: unknown variable ${{{name}}} "
+                    f"(known: {', '.join(sorted(VARIABLES))})"
+                )
+    return problems
+
+
+def find(config: Config, kind: str, status: str) -> Path:
+    """The template of a ``kind`` of notice, a status-specific one (``admin-infected.txt``)
+    first; an administrator's file wins over the shipped one (``Config.template``)."""
+    found = config.template(f"{kind}-{status}.txt") or config.template(f"{kind}.txt")
+    return found or config.templates_path / f"{kind}.txt"
+
+
+def render(path: Path, variables: dict[str, str]) -> tuple[dict[str, str], str]:
+    """(headers, body) of a template with ``variables`` filled in."""
+    text = string.Template(path.read_text(encoding="utf-8")).safe_substitute(variables)
+    headers: dict[str, str] = {}
+    lines = text.splitlines()
+    if lines and _HEADER_RE.match(lines[0]):
+        last = None
+        while lines:
+            line = lines.pop(0)
+            if not line.strip():
+                break
+            if line[0] in " \t" and last:
+                headers[last] += " " + line.strip()
+            else:
+                last, _, value = line.partition(":")
+                headers[last] = value.strip()
+    return headers, "\n".join(lines) + "\n"
+
+
+def variables(config: Config, envelope: dict, subject: str, decision, objects) -> dict:
+    bad = [o for o in objects if o.status != "clean"]
+    return {
+        "queue_id": envelope["id"],
+        "sender": envelope["mail_from"] or "<>",
+        "recipients": ", ".join(r["address"] for r in envelope["recipients"]),
+        "subject": subject,
+        "status": decision.status,
+        "action": decision.action,
+        "object_name": ", ".join(o.name or f"part {o.path}" for o in bad),
+        "virus_name": ", ".join(o.detail for o in bad if o.detail),
+        "objects": "\n".join(
+            f"  {o.name or 'part ' + o.path} ({o.content_type}): {o.status}"
+            + (f", {o.detail}" if o.detail else "")
+            for o in bad
+        ),
+        "date": time.strftime(config.date_format, time.localtime()),
+        "hostname": config.hostname,
+        "administrator": config.administrator,
+        "client_ip": (envelope.get("client") or {}).get("ip", ""),
+    }
+
+
+def compose(
+    config: Config,
+    headers: dict[str, str],
+    body: str,
+    to: list[str],
+    qid: str,
+    content_type: str = "text/plain",
+) -> bytes:
+    subject = headers.pop("Subject", "mailgate notice")
+    lines = [
+        f"From: mailgate <{config.sender_address}>",
+        "To: " + ", ".join(to),
+        "Subject: " + Header(subject, "utf-8" if not subject.isascii() else "us-ascii").encode(),
+        "Date: " + email.utils.formatdate(localtime=True),
+        f"Message-ID: <{qid}@{config.hostname}>",
+        "Auto-Submitted: auto-generated",
+        "MIME-Version: 1.0",
+        f'Content-Type: {content_type}; charset="utf-8"',
+    ]
+    lines += [f"{k}: {v}" for k, v in headers.items() if k.lower() not in ("from", "to")]
+    data = body.encode("utf-8")
+    if data.isascii():
+        lines.append("Content-Transfer-Encoding: 7bit")
+    else:
+        lines.append("Content-Transfer-Encoding: quoted-printable")
+        data = quopri.encodestring(data)
+    text = "\r\n".join(lines) + "\r\n\r\n"
+    return text.encode("utf-8") + data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+def queue(
+    spool: Spool, config: Config, kind: str, status: str, to: list[str], values: dict, about: str
+) -> str | None:
+    """Queue one notice of ``kind`` to ``to``; returns its queue ID (None if nobody to tell)."""
+    to = [a for a in dict.fromkeys(to) if a]
+    if not to:
+        return None
+    headers, body = render(find(config, kind, status), values)
+    return send(spool, config, headers, body, to, about=about)
+
+
+def send(
+    spool: Spool,
+    config: Config,
+    headers: dict[str, str],
+    body: str,
+    to: list[str],
+    kind: str = "notification",
+    content_type: str = "text/plain",
+    who: str = "scanner",
+    **fields,
+) -> str:
+    """Queue a message of ours from the null sender straight into ready/; its queue ID."""
+    qid = new_queue_id()
+    message = compose(config, headers, body, to, qid, content_type)
+    env = envmod.new(
+        qid,
+        "",
+        [envmod.recipient(a) for a in to],
+        size=len(message),
+        kind=kind,
+        scanned=True,
+        headers=[f"X-Mailgate-Queue-ID: {qid}"],
+        body="8BITMIME",
+        first_state=("ready", who),
+        **fields,
+    )
+    spool.enqueue(message, env, state="ready")
+    return qid

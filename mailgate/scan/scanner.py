@@ -1,0 +1,487 @@
+"""Scanner stage: incoming/ → ready/ (or quarantine/, or nowhere), one message at a time.
+
+``Inspector`` splits a message into its MIME objects (``mime``), gives each a status from
+clamd (``antivirus``) and the attachment filter (``attachments``) and lets ``policy`` decide;
+``mailgate scan`` uses it alone, the ``Scanner`` worker then carries the decision out, in an
+order that survives a crash at any point: quarantine copy, notices, then the cured message
+replaces the original (or the message is removed when blocked), then the move to ready/.
+A crash before the move means the message is scanned again; a cured message is clean the
+second time, so nothing is quarantined or notified twice except a notice queued just before
+the crash.
+
+Never deliver unscanned: when clamd does not answer, the message goes back to incoming/
+untouched and this scanner pauses until clamd answers PING again. When clamd answers with an
+error or times out on a message, the attempt is counted in ``scan_failures``; at ScanAttempts
+the objects it could not scan are ``unscannable`` and their action applies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mailgate import __version__
+from mailgate.config import Config
+from mailgate.runtime import stats
+from mailgate.runtime.worker import RESCAN_INTERVAL, Worker
+from mailgate.scan import mime, notify, policy
+from mailgate.scan.av import attachments, avdb
+from mailgate.scan.av.engine import Engine, EngineUnavailable, ObjectError
+from mailgate.scan.av.ichecker import IChecker
+from mailgate.scan.policy import Decision, ObjectVerdict
+from mailgate.scan.spam.spamtest import Spamtest, SpamVerdict
+from mailgate.spool import Entry, new_queue_id
+from mailgate.spool import envelope as envmod
+from mailgate.spool.journal import Journal
+
+ENGINE_RETRY = 1.0
+
+
+@dataclass
+class Inspection:
+    split: mime.Split
+    objects: list[ObjectVerdict]
+    decision: Decision
+    spam: SpamVerdict | None = None
+
+    def public(self) -> dict:
+        return {
+            "status": self.decision.status,
+            "action": self.decision.action,
+            "objects": [o.public() for o in self.objects],
+            "spam": self.spam.public() if self.spam else {},
+        }
+
+
+class Inspector:
+    """Gives a message its verdict; no spool, no side effects (``mailgate scan`` uses it)."""
+
+    def __init__(
+        self,
+        config: Config,
+        engine: Engine | None,
+        installed=None,
+        types=None,
+        spam: Spamtest | None = None,
+    ):
+        self.config = config
+        self.engine = engine
+        self.installed = installed or (lambda: None)
+        self.types = config.attachments_enabled if types is None else types
+        self.spamtest = spam
+
+    def inspect(
+        self, raw: bytes, last_try: bool = True, envelope: dict | None = None
+    ) -> Inspection:
+        """Raises EngineUnavailable; raises ObjectError unless ``last_try`` (then such
+        objects are ``unscannable``). ``envelope`` (sender, recipients, client) informs the
+        spam filter; an offline scan has none."""
+        config = self.config
+        split = mime.split(raw, config.max_depth, config.max_parts)
+        envelope = envelope or {"mail_from": "", "recipients": []}
+        spam = None
+        if self.spamtest is not None and envelope.get("kind", "message") == "message":
+            spam = self.spamtest.check(split, envelope)
+        deadline = time.monotonic() + config.message_timeout
+        verdicts = []
+        if split.limit:
+            verdicts.append(
+                ObjectVerdict(
+                    "0",
+                    "",
+                    "message/rfc822",
+                    "",
+                    "unscannable",
+                    split.limit,
+                    config.actions("unscannable"),
+                    curable=False,
+                )
+            )
+        if self.engine is not None:
+            self.engine.refresh_version(self.installed())
+        for obj in split.objects:
+            verdicts.append(self._object(obj, deadline, last_try))
+        return Inspection(split, verdicts, policy.decide(verdicts), spam)
+
+    def _object(self, obj: mime.MimeObject, deadline: float, last_try: bool) -> ObjectVerdict:
+        config, engine = self.config, self.engine
+        found = [("corrupted", obj.defect)] if obj.defect else []
+        cache = engine.ichecker if engine is not None else None
+        digest = hashlib.sha256(obj.data).digest() if cache is not None else b""
+        known = cache.get(digest, engine.db_version) if cache is not None else None
+        if known is not None:
+            found.append(known[:2])
+            kind = known[2]
+        else:
+            kind = attachments.true_type(obj.data) if self.types else ""
+        if engine is not None and known is None:
+            if len(obj.data) > config.max_object_size:
+                found.append(("unscannable", f"larger than MaxObjectSize ({len(obj.data)} bytes)"))
+            else:
+                try:
+                    if time.monotonic() > deadline:
+                        raise ObjectError("the message took longer than MessageTimeout")
+                    verdict = engine.scan(obj.data)
+                except ObjectError as exc:
+                    if not last_try:
+                        raise
+                    found.append(("unscannable", str(exc)))
+                else:
+                    found.append(verdict)
+                    if cache is not None:
+                        cache.put(digest, engine.db_version, *verdict, kind)
+        bomb = attachments.archive_bomb(obj.data, config.max_unpacked_size)
+        if bomb is not None:
+            found.append(("unscannable", bomb))
+        ban = attachments.check(config, obj.name, kind)
+        if ban is not None:
+            found.append(("banned", ban.detail))
+        status = policy.worst(s for s, _ in found) if found else "clean"
+        detail = "; ".join(d for s, d in found if s == status and d)
+        actions = ban.actions if status == "banned" and ban else config.actions(status)
+        return ObjectVerdict(
+            obj.path,
+            obj.name,
+            obj.content_type,
+            kind,
+            status,
+            detail,
+            actions,
+            curable=obj.part is not None,
+        )
+
+
+def engine_for(config: Config, ichecker: IChecker | None = None) -> Engine | None:
+    if not config.av_enabled:
+        return None
+    return Engine(config.clamd_socket_path, config.object_timeout, ichecker)
+
+
+def status_header(inspection: Inspection) -> str:
+    status = inspection.decision.status
+    names = sorted({o.detail for o in inspection.objects if o.status == status and o.detail})
+    return f"{status} ({', '.join(names)})" if names and status != "clean" else status
+
+
+class Scanner(Worker):
+    role = "scanner"
+    source = "incoming"
+
+    def __init__(self, config: Config, snapshot=None):
+        super().__init__(config, snapshot)
+        self.ichecker = IChecker(self.spool.cache_path("ichecker.sqlite3"), config.ichecker_size)
+        self.engine = engine_for(config, self.ichecker)
+        self.spamtest = Spamtest(config, self.spool) if config.spam_enabled else None
+        self.inspector = Inspector(config, self.engine, self._installed, spam=self.spamtest)
+        self.engine_down = False
+        self.engine_name = ""
+        self.metrics = stats.metrics()
+        self.journal = Journal(self.spool, "scanner")
+        self._ichecker_seen = (0, 0)
+
+    def reconfigure(self, config: Config) -> None:
+        super().reconfigure(config)
+        self.engine = engine_for(config, self.ichecker)
+        self.spamtest = Spamtest(config, self.spool) if config.spam_enabled else None
+        self.inspector = Inspector(config, self.engine, self._installed, spam=self.spamtest)
+
+    def _installed(self) -> str | None:
+        """The database version installed in the spool (one readlink), when we manage it."""
+        return avdb.current_version(self.spool) if self.config.manage_clamd else None
+
+    def close(self) -> None:
+        self.ichecker.close()
+
+    def paused(self) -> bool:
+        return self.engine_down
+
+    def housekeeping(self) -> float:
+        return ENGINE_RETRY if self.engine_down else RESCAN_INTERVAL
+
+    def run_pass(self) -> bool:
+        if self.engine_down:
+            if not self.engine.ping():
+                return False
+            self.engine_down = False
+            self.log.info("engine_available", socket=self.engine.socket_path)
+        return super().run_pass()
+
+    def update_counters(self) -> None:
+        self.counters["ichecker_hits"] = self.ichecker.hits
+        self.counters["ichecker_misses"] = self.ichecker.misses
+        self.counters["ichecker_hit_rate"] = self.ichecker.hit_rate
+        if self.engine is not None:
+            self.counters["clamd_objects"] = self.engine.scanned
+            self.counters["clamd_ms"] = round(self.engine.scan_seconds * 1000)
+
+    def process(self, entry: Entry) -> None:
+        """``headers`` collects what the sender prepends to the message as queued."""
+        envelope = entry.read_envelope()
+        headers = [f"X-Mailgate-Queue-ID: {entry.id}"]
+        rbl = (envelope.get("client") or {}).get("rbl")
+        if rbl:
+            headers.append(f"X-Mailgate-RBL: listed in {rbl}")
+        if not (
+            self.config.av_enabled or self.config.attachments_enabled or self.config.spam_enabled
+        ):
+            self._to_ready(entry, envelope, headers)
+            self.counters["scanned"] += 1
+            self._account(envelope, "not-scanned", [], None, ["deliver"])
+            self.log.info(
+                "scanned", qid=entry.id, status="not-scanned", action="deliver", to="ready"
+            )
+            return
+        raw = entry.read_message()
+        failures = envelope.get("scan_failures", 0)
+        started = time.monotonic()
+        try:
+            inspection = self.inspector.inspect(
+                raw, last_try=failures + 1 >= self.config.scan_attempts, envelope=envelope
+            )
+        except EngineUnavailable as exc:
+            self.spool.release(entry, "incoming", durable=False)
+            self.engine_down = True
+            self.counters["engine_unavailable"] += 1
+            self.log.error("engine_unavailable", qid=entry.id, error=str(exc), to="incoming")
+            return
+        except ObjectError as exc:
+            envelope["scan_failures"] = failures + 1
+            envmod.record(envelope, "incoming", self.role)
+            self.spool.release(entry, "incoming", envelope)
+            self.counters["scan_retried"] += 1
+            self.log.warning(
+                "scan_failed", qid=entry.id, error=str(exc), attempt=failures + 1, to="incoming"
+            )
+            return
+        self.metrics.scan_seconds.observe(time.monotonic() - started)
+        self._carry_out(entry, envelope, raw, inspection, headers)
+
+    def _account(
+        self, envelope: dict, status: str, found: list[str], spam, actions: list[str]
+    ) -> None:
+        """Count one scanned message and write its journal line."""
+        m = self.metrics
+        m.scanned.inc()
+        m.virus_status.labels(status).inc()
+        if spam is not None:
+            m.spam_status.labels(spam.status).inc()
+        for action in dict.fromkeys(actions):
+            m.actions.labels(action).inc()
+        hits, misses = self.ichecker.hits, self.ichecker.misses
+        seen_hits, seen_misses = self._ichecker_seen
+        m.ichecker_hits.inc(max(0, hits - seen_hits))
+        m.ichecker_lookups.inc(max(0, hits + misses - seen_hits - seen_misses))
+        self._ichecker_seen = (hits, misses)
+        self.journal.write(
+            "scanned",
+            envelope["id"],
+            **{"from": envelope["mail_from"]},
+            to=[r["address"] for r in envelope["recipients"]],
+            virus=status,
+            viruses=found,
+            spam=spam.status if spam is not None else None,
+            score=round(spam.score, 2) if spam is not None else None,
+            actions=list(dict.fromkeys(actions)),
+        )
+
+    def _quarantine(self, raw: bytes, envelope: dict, status: str) -> None:
+        self.spool.quarantine(raw, envelope, status)
+        self.counters["quarantined"] += 1
+        self.metrics.quarantined.labels(status).inc()
+
+    def _carry_out(
+        self, entry: Entry, envelope: dict, raw: bytes, inspection: Inspection, headers: list[str]
+    ) -> None:
+        decision = inspection.decision
+        cured = b""
+        if decision.deliver and decision.cure:
+            try:
+                cured = self._cured(envelope, inspection)
+            except mime.CureError as exc:
+                # What had to go cannot be cut out: keep the original, deliver nothing.
+                self.counters["cure_failed"] += 1
+                self.log.warning("cure_failed", qid=entry.id, error=str(exc))
+                decision = inspection.decision = Decision(
+                    decision.status, ("block", "quarantine"), False, [], decision.status
+                )
+        envelope["verdict"] = inspection.public()
+        if decision.quarantine:
+            self._quarantine(raw, envelope, decision.quarantine)
+        if decision.status != "clean":
+            self._notify(envelope, inspection)
+        self.counters[f"status_{decision.status}"] += 1
+        self.counters["scanned"] += 1
+        log_fields = dict(qid=entry.id, status=decision.status, action=decision.action)
+        found = sorted({o.detail for o in inspection.objects if o.status != "clean" and o.detail})
+        actions = decision.action.split(",")
+        if decision.status != "clean":
+            log_fields["found"] = status_header(inspection)
+        if not decision.deliver:
+            self.spool.remove(entry)
+            self.counters["blocked"] += 1
+            self._account(envelope, decision.status, found, inspection.spam, actions)
+            self.log.info(
+                "scanned", **log_fields, to="quarantine" if decision.quarantine else "nowhere"
+            )
+            return
+        message, changed = raw, False
+        if decision.cure:
+            message, changed = cured, True
+            self.counters["cured"] += 1
+        untrusted = mime.UNTRUSTED if self.config.spam_enabled else (b"x-mailgate-",)
+        if mime.has_untrusted_headers(message, untrusted):
+            message, changed = mime.edit_headers(message, untrusted=untrusted), True
+        if self.engine is not None and self.config.av_headers:
+            headers += self._headers(inspection)
+        spam = inspection.spam
+        if spam is not None:
+            self.counters[f"spam_{spam.status}"] += 1
+            log_fields.update(spam=spam.status, score=round(spam.score, 2))
+            if self.config.spam_headers:
+                headers += spam_headers(spam)
+        outcomes = policy.spam_outcomes(self.config, envelope, spam.status if spam else "clean")
+        kept = [r for r in envelope["recipients"] if r.get("status", "pending") != "pending"]
+        delivered = [o for o in outcomes if o.deliver]
+        for index, outcome in enumerate(outcomes):
+            if outcome.quarantine:
+                queue_id = entry.id if index == 0 else new_queue_id()
+                copy = {**envelope, "id": queue_id, "recipients": outcome.recipients}
+                self._quarantine(raw, copy, "spam")
+        for outcome in delivered[1:]:
+            self._split_off(envelope, message, headers, outcome, spam)
+        if spam is not None:  # the spam actions, after the anti-virus ones if it found any
+            virus_actions = actions if decision.status != "clean" else []
+            actions = virus_actions + ([a for o in outcomes for a in o.actions] or ["deliver"])
+        if not delivered:
+            self.spool.remove(entry)
+            self.counters["blocked"] += 1
+            self._account(envelope, decision.status, found, spam, actions)
+            self.log.info("scanned", **log_fields, spam_action="block", to="nowhere")
+            return
+        first = delivered[0]
+        if first.mark:
+            message, changed = mime.edit_headers(message, self._prefix(spam), untrusted), True
+        if changed:
+            self.spool.replace_message(entry, message)
+        self._account(envelope, decision.status, found, spam, actions)
+        envelope["recipients"] = kept + first.recipients
+        self._to_ready(entry, envelope, headers)
+        if spam is not None:
+            log_fields["spam_action"] = ",".join(first.actions)
+        self.log.info("scanned", **log_fields, to="ready")
+
+    def _cured(self, envelope: dict, inspection: Inspection) -> bytes:
+        decision = inspection.decision
+        values = notify.variables(
+            self.config, envelope, inspection.split.subject, decision, decision.cure
+        )
+        template = self.config.template("removed.txt") or self.config.templates_path / "removed.txt"
+        removed = {}
+        for obj in decision.cure:
+            one = {
+                **values,
+                "object_name": obj.name or f"part {obj.path}",
+                "virus_name": obj.detail,
+                "status": obj.status,
+            }
+            removed[obj.path] = notify.render(template, one)[1]
+        return mime.cure(inspection.split, removed)
+
+    def _prefix(self, spam: SpamVerdict | None) -> str:
+        if spam is None:
+            return ""
+        if spam.status == "probable-spam":
+            return self.config.probable_prefix
+        return self.config.subject_prefix
+
+    def _split_off(self, envelope: dict, message: bytes, headers: list[str], outcome, spam) -> None:
+        """Queue a copy for the recipients of another group, with that group's treatment."""
+        queue_id = new_queue_id()
+        if outcome.mark:
+            message = mime.edit_headers(message, self._prefix(spam), ())
+        copy = {
+            **envelope,
+            "id": queue_id,
+            "recipients": outcome.recipients,
+            "headers": [f"X-Mailgate-Queue-ID: {queue_id}", *headers[1:]],
+            "scanned": True,
+            "split_from": envelope["id"],
+            "size": len(message),
+            "history": [],
+        }
+        envmod.record(copy, "ready", self.role)
+        self.spool.enqueue(message, copy, state="ready")
+        self.counters["split"] += 1
+        self.log.info(
+            "split",
+            qid=envelope["id"],
+            part=queue_id,
+            rcpts=len(outcome.recipients),
+            spam_action=",".join(outcome.actions),
+        )
+
+    def _to_ready(self, entry: Entry, envelope: dict, headers: list[str]) -> None:
+        """Hand the message to the senders, marked scanned, with the headers to prepend."""
+        envelope["headers"] = headers
+        envelope["scanned"] = True
+        envmod.record(envelope, "ready", self.role)
+        self.spool.release(entry, "ready", envelope, durable=False)
+
+    def _headers(self, inspection: Inspection) -> list[str]:
+        if not self.engine_name:
+            self.engine_name = self.engine.engine_version()
+        headers = [f"X-Mailgate-Virus-Status: {status_header(inspection)}"]
+        cured = inspection.decision.cure
+        if cured:
+            headers.append(
+                "X-Mailgate-Virus-Removed: "
+                + "; ".join(f"{mime_name(o)} ({o.detail or o.status})" for o in cured)
+            )
+        headers.append(
+            f"X-Mailgate-Virus-Scanner: mailgate {__version__}, {self.engine_name}, "
+            f"database {self.engine.db_version}"
+        )
+        return headers
+
+    def _notify(self, envelope: dict, inspection: Inspection) -> None:
+        config, decision = self.config, inspection.decision
+        if envelope.get("kind", "message") != "message":
+            return
+        values = notify.variables(
+            config, envelope, inspection.split.subject, decision, inspection.objects
+        )
+        targets = []
+        if config.administrator and decision.status in config.notify_admin:
+            targets.append(("admin", [config.administrator]))
+        if envelope["mail_from"] and decision.status in config.notify_sender:
+            targets.append(("sender", [envelope["mail_from"]]))
+        if decision.status in config.notify_recipients and decision.action != "deliver":
+            targets.append(("recipient", [r["address"] for r in envelope["recipients"]]))
+        for kind, to in targets:
+            qid = notify.queue(
+                self.spool, config, kind, decision.status, to, values, envelope["id"]
+            )
+            if qid:
+                self.counters[f"notice_{kind}"] += 1
+                self.metrics.notifications.labels(kind).inc()
+                self.log.info(
+                    "notice_queued", qid=envelope["id"], notice=qid, kind=kind, to=",".join(to)
+                )
+
+
+def spam_headers(spam: SpamVerdict) -> list[str]:
+    headers = [f"X-Spam-Status: {spam.header_status()}", f"X-Spam-Level: {spam.header_level()}"]
+    if spam.status in ("spam", "blacklisted"):
+        headers.append("X-Spam-Flag: YES")
+    return headers
+
+
+def mime_name(obj: ObjectVerdict) -> str:
+    return " ".join((obj.name or f"part {obj.path}").split()).replace(";", ",")
+
+
+def run(config: Config, snapshot: Path | None = None) -> int:
+    """The ``scanner`` worker process (``mailgate worker scanner``)."""
+    return Scanner(config, snapshot).run()

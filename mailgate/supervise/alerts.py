@@ -1,0 +1,116 @@
+"""Traffic thresholds: tell the administrator when a day's traffic or the protected addresses
+pass what the configuration allows (the limits a licence would set, as alerts).
+
+The supervisor calls ``TrafficWatch.check`` from its sweep. It reads only what the receivers
+appended to the journal since the last call (file offsets), so a check costs little however
+busy the day. Each threshold alerts at most once per day: a flag ``stats/alert-DAY-NAME``
+is written after the notice is queued (a crash in between can only repeat the notice).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from mailgate.config import Config
+from mailgate.scan import notify
+from mailgate.spool import Spool, journal
+
+
+class TrafficWatch:
+    def __init__(self, spool: Spool):
+        self.spool = spool
+        self.offsets: dict[Path, int] = {}
+        self.messages: dict[str, int] = defaultdict(int)
+        self.bytes: dict[str, int] = defaultdict(int)
+        self.addresses: dict[str, set[str]] = defaultdict(set)
+
+    def wanted(self, config: Config) -> bool:
+        return bool(
+            config.daily_traffic_limit
+            or config.daily_message_limit
+            or config.protected_address_limit
+        )
+
+    def check(self, config: Config, now: float | None = None) -> list[str]:
+        """Read new journal lines, queue a notice per threshold newly passed; their names."""
+        if not self.wanted(config):
+            return []
+        now = time.time() if now is None else now
+        earliest = journal.day_of(now - max(config.address_window, 86400))
+        self._forget_before(earliest)
+        self._read(config, earliest)
+        today = journal.day_of(now)
+        first = journal.day_of(now - config.address_window + 1)
+        addresses = set().union(*(a for d, a in self.addresses.items() if first <= d <= today))
+        passed = []
+        for name, value, limit in (
+            ("DailyTrafficLimit", self.bytes[today], config.daily_traffic_limit),
+            ("DailyMessageLimit", self.messages[today], config.daily_message_limit),
+            ("ProtectedAddressLimit", len(addresses), config.protected_address_limit),
+        ):
+            if limit and value > limit and self._alert(config, today, name, value, limit):
+                passed.append(name)
+        return passed
+
+    def _forget_before(self, day: str) -> None:
+        """Drop the figures and file offsets of days no threshold looks at any more."""
+        for table in (self.messages, self.bytes, self.addresses):
+            for old in [d for d in table if d < day]:
+                del table[old]
+        self.offsets = {p: o for p, o in self.offsets.items() if p.parent.name >= day}
+
+    def _read(self, config: Config, earliest: str) -> None:
+        """Take in what was written since the last call (at the first, the whole window)."""
+        for day in self.spool.journal_days():
+            if day < earliest:
+                continue
+            folder = self.spool.journal_dir(day)
+            for name in os.listdir(folder):
+                if name.startswith("receiver-"):
+                    self._read_file(config, day, folder / name)
+
+    def _read_file(self, config: Config, day: str, path: Path) -> None:
+        offset = self.offsets.get(path, 0)
+        try:
+            with open(path, "rb") as handle:
+                handle.seek(offset)
+                data = handle.read()
+        except FileNotFoundError:
+            return
+        complete = data.rfind(b"\n") + 1  # a line still being written waits for next time
+        self.offsets[path] = offset + complete
+        for raw in data[:complete].splitlines():
+            try:
+                event = json.loads(raw)
+            except ValueError:
+                continue
+            if event.get("ev") != "received":
+                continue
+            self.messages[day] += 1
+            self.bytes[day] += event.get("size", 0)
+            for address in event.get("to") or []:
+                if config.is_protected(address.rpartition("@")[2]):
+                    self.addresses[day].add(address.lower())
+
+    def _alert(self, config: Config, day: str, name: str, value: int, limit: int) -> bool:
+        flag = self.spool.stats_path(f"alert-{day}-{name}")
+        if flag.exists():
+            return False
+        if config.administrator:
+            values = {
+                "threshold": name,
+                "value": str(value),
+                "limit": str(limit),
+                "date": time.strftime(config.date_format, time.localtime()),
+                "hostname": config.hostname,
+                "administrator": config.administrator,
+            }
+            notify.queue(
+                self.spool, config, "admin", "threshold", [config.administrator], values, ""
+            )
+        flag.write_text(f"{value} > {limit}\n")
+        return True

@@ -1,0 +1,460 @@
+"""Supervisor (``mailgate run``): starts, watches and restarts the workers; handles signals.
+
+One receiver, ``Scanners`` scanners and ``Senders`` senders, each its own process running
+``mailgate worker ROLE``, and with ManageClamd a clamd on the spool's database (``avdb``),
+started first and waited for (PING) before the scanners, stopped last, restarted like a
+worker when it dies. Scanners pause while it is down; nothing is delivered unscanned.
+Beside them the ``admin`` process serves the web console and ``/metrics``.
+The supervisor never touches a message itself except to recover the claims of a worker it
+has just reaped (and all claims at start, when no worker runs).
+
+At start it binds the ListenOn sockets (and, started as root, then becomes User: see
+``privileges``), keeps them, and passes them to every receiver it starts; it folds the last
+run's counters into the history (``stats``); its sweep also expires the journal and checks
+the traffic thresholds (``alerts``).
+
+Invariants:
+- One supervisor per spool (a file lock in ``run/``); workers die with their supervisor, and
+  a new supervisor leaves alone the claims of workers of a dead one that are still finishing.
+- Workers read the configuration from ``run/mailgate.conf``, a snapshot the supervisor writes
+  only after the configuration validated, so a bad edit never reaches a restarting worker.
+- Workers start with the supervisor's signals blocked (the mask survives exec) and unblock
+  them once their handlers are installed, so an early SIGHUP or SIGUSR1 cannot kill them.
+- A worker that dies is restarted after a back-off that doubles with each quick death
+  (RestartDelay up to MaxRestartDelay) and resets once it has run for a minute.
+- ``run/workers.json`` lists the live workers (role, slot, pid), for administrators and tests.
+
+Signals: SIGHUP re-reads the configuration (kept when invalid), SIGTERM/SIGINT stop gracefully
+and exit 0, SIGUSR1 logs the queue depths and every counter and asks every worker to log its
+own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import filelock
+
+from mailgate import config as configmod
+from mailgate.runtime import log as logmod
+from mailgate.runtime import privileges, stats
+from mailgate.scan.av import avdb, clamd
+from mailgate.spool import Spool, journal, write_file_replacing
+from mailgate.supervise import alerts
+
+SIGNALS = (signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+STOP_TIMEOUT = 40.0
+STABLE_AFTER = 60.0
+SWEEP_INTERVAL = 10.0
+EXIT_ALREADY_RUNNING = 5
+EXIT_CANNOT_START = 8
+
+
+@dataclass
+class Slot:
+    role: str
+    index: int
+    process: subprocess.Popen | None = None
+    started: float = 0.0
+    backoff: float = 0.0
+    restart_at: float = 0.0
+    restarts: int = 0
+    retired: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.role}-{self.index}"
+
+
+class Supervisor:
+    def __init__(self, config: configmod.Config):
+        self.config = config
+        self.spool = Spool(config.spool_path)
+        self.log = logmod.get()
+        self.slots: list[Slot] = []
+        self.stopping = False
+        self.traffic = alerts.TrafficWatch(self.spool)
+        self.listeners: list = []
+
+    # ------------------------------------------------------------ processes
+
+    def _snapshot(self) -> None:
+        write_file_replacing(
+            self.spool.run_path("mailgate.conf.new"), self.config.text.encode("utf-8")
+        )
+        os.replace(self.spool.run_path("mailgate.conf.new"), self.spool.run_path("mailgate.conf"))
+
+    def _clamd_config_text(self) -> str:
+        return clamd.config_text(
+            self.config.clamd_socket_path,
+            avdb.current(self.spool),
+            self.spool.run_path("clamd-tmp"),
+            self.config.max_object_size,
+            self.spool.run_path("clamd.log"),
+        )
+
+    def _clamd_config(self) -> Path:
+        """Write ``run/clamd.conf`` for the current configuration (if it changed)."""
+        conf = self.spool.run_path("clamd.conf")
+        self.spool.run_path("clamd-tmp").mkdir(exist_ok=True, mode=0o700)
+        text = self._clamd_config_text()
+        if not conf.exists() or conf.read_text() != text:
+            conf.write_text(text)
+        return conf
+
+    def _start_clamd(self, slot: Slot) -> None:
+        """Start clamd, first installing the shipped database if there is none (or it changed)."""
+        installed = avdb.ensure_seeded(self.spool, self.config.signatures_path)
+        if installed:
+            self.log.info("database_installed", version=installed, origin="shipped")
+        self.config.clamd_socket_path.unlink(missing_ok=True)
+        slot.process = subprocess.Popen(
+            clamd.command(self._clamd_config()),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            preexec_fn=privileges.die_with_parent,
+        )
+        slot.started = time.monotonic()
+        self.log.info("worker_spawned", worker=slot.name, child=slot.process.pid)
+
+    def _managed_clamd(self) -> bool:
+        return self.config.manage_clamd and self.config.av_enabled
+
+    def _start(self, slot: Slot) -> None:
+        if slot.role == "clamd":
+            self._start_clamd(slot)
+            return
+        command = [
+            sys.executable,
+            "-m",
+            "mailgate",
+            "worker",
+            slot.role,
+            "-c",
+            str(self.config.path),
+            "--snapshot",
+            str(self.spool.run_path("mailgate.conf")),
+        ]
+        env = {**os.environ, privileges.SUPERVISOR_ENV: str(os.getpid())}
+        fds = ()
+        if slot.role == "receiver":
+            fds = tuple(sock.fileno() for sock in self.listeners)
+            env[privileges.LISTEN_FDS_ENV] = ",".join(map(str, fds))
+        slot.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, env=env, pass_fds=fds)
+        slot.started = time.monotonic()
+        self.log.info("worker_spawned", worker=slot.name, child=slot.process.pid)
+
+    def _wanted(self) -> dict[str, int]:
+        return {
+            "clamd": 1 if self._managed_clamd() else 0,
+            "receiver": 1,
+            "scanner": self.config.scanners,
+            "sender": self.config.senders,
+            "admin": 1 if self.config.admin_listen or self.config.metrics_listen else 0,
+        }
+
+    def _fit_slots(self) -> None:
+        """Start slots the configuration asks for; retire (SIGTERM) those it no longer does."""
+        for role, count in self._wanted().items():
+            have = [s for s in self.slots if s.role == role and not s.retired]
+            for slot in have[count:]:
+                slot.retired = True
+                if slot.process is not None:
+                    slot.process.send_signal(signal.SIGTERM)
+            for index in range(len(have), count):
+                slot = Slot(role, index)
+                self.slots.append(slot)
+                self._start(slot)
+        self._write_table()
+
+    def _write_table(self) -> None:
+        table = {
+            "supervisor": os.getpid(),
+            "workers": [
+                {"role": s.role, "slot": s.index, "pid": s.process.pid, "restarts": s.restarts}
+                for s in self.slots
+                if s.process is not None and s.process.returncode is None
+            ],
+        }
+        path = self.spool.run_path("workers.json")
+        write_file_replacing(path.with_suffix(".new"), json.dumps(table).encode())
+        os.replace(path.with_suffix(".new"), path)
+
+    def _reap(self) -> None:
+        now = time.monotonic()
+        changed = False
+        for slot in list(self.slots):
+            proc = slot.process
+            if proc is None or proc.poll() is None:
+                continue
+            changed = True
+            slot.process = None
+            moved = self.spool.recover(self.config.max_attempts, proc.pid)
+            for queue_id, state in moved:
+                self.log.warning("claim_recovered", qid=queue_id, to=state, child=proc.pid)
+            expected = self.stopping or slot.retired
+            (self.log.info if expected else self.log.error)(
+                "worker_exited", worker=slot.name, child=proc.pid, code=proc.returncode
+            )
+            if expected:
+                if slot.retired:
+                    self.slots.remove(slot)
+                continue
+            lived = now - slot.started
+            slot.backoff = (
+                self.config.restart_delay
+                if lived >= STABLE_AFTER or not slot.backoff
+                else min(slot.backoff * 2, self.config.max_restart_delay)
+            )
+            slot.restart_at = now + (0.0 if lived >= STABLE_AFTER else slot.backoff)
+            slot.restarts += 1
+        for slot in self.slots:
+            if slot.process is None and not self.stopping and slot.restart_at <= now:
+                self._start(slot)
+                changed = True
+        if changed:
+            self._write_table()
+
+    def _signal_all(
+        self, signum: int, roles: tuple[str, ...] = ("receiver", "scanner", "sender", "admin")
+    ):
+        for slot in self.slots:
+            if slot.role in roles and slot.process is not None and slot.process.returncode is None:
+                slot.process.send_signal(signum)
+
+    # ------------------------------------------------------------ signals
+
+    def reload(self) -> None:
+        logmod.reopen()
+        config = configmod.reload(self.config, None, self.log)
+        if config is None:
+            return
+        if config.spool_path != self.config.spool_path:
+            self.log.error(
+                "config_reload_failed",
+                problems=["SpoolDir changes need a restart"],
+                note="keeping the running configuration",
+            )
+            return
+        network_changed = (config.listen, config.tls_certificate, config.tls_key) != (
+            self.config.listen,
+            self.config.tls_certificate,
+            self.config.tls_key,
+        )
+        console_moved = (config.admin_listen, config.metrics_listen) != (
+            self.config.admin_listen,
+            self.config.metrics_listen,
+        )
+        if network_changed and config.listen != self.config.listen:
+            try:
+                listeners = privileges.bind(config.listen)
+            except OSError as exc:
+                self.log.error(
+                    "config_reload_failed",
+                    problems=[f"ListenOn: {exc.strerror}"],
+                    note="keeping the running configuration",
+                )
+                return
+            for sock in self.listeners:
+                sock.close()
+            self.listeners = listeners
+        clamd_before = self._clamd_config_text() if self._managed_clamd() else None
+        self.config = config
+        self._snapshot()
+        self._signal_all(signal.SIGHUP)
+        if self._managed_clamd():
+            restart = clamd_before is not None and self._clamd_config_text() != clamd_before
+            if restart:
+                self._clamd_config()
+            self._signal_all(signal.SIGTERM if restart else signal.SIGUSR2, ("clamd",))
+        for role, moved in (("receiver", network_changed), ("admin", console_moved)):
+            for slot in self.slots:
+                if moved and slot.role == role and slot.process is not None:
+                    slot.process.send_signal(signal.SIGTERM)
+                    slot.backoff, slot.started = 0.0, time.monotonic() - STABLE_AFTER
+        self._fit_slots()
+        self.log.info("config_reloaded", receiver_restarted=network_changed)
+
+    def statistics(self) -> None:
+        """SIGUSR1: log every counter (totals and since start), then ask workers for theirs."""
+        snapshot = stats.Snapshot(self.spool).as_json()
+        restarts = {s.name: s.restarts for s in self.slots}
+        self.log.info(
+            "statistics",
+            queues=snapshot["queues"],
+            restarts=restarts,
+            totals=snapshot["totals"],
+            since_start=snapshot["since_start"],
+        )
+        self._signal_all(signal.SIGUSR1)
+
+    def stop(self) -> int:
+        self.stopping = True
+        self.log.info("stopping")
+        self._signal_all(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        engines_last = sorted(self.slots, key=lambda s: s.role == "clamd")
+        for slot in engines_last:
+            if slot.process is None:
+                continue
+            if slot.role == "clamd":
+                slot.process.send_signal(signal.SIGTERM)
+            try:
+                slot.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.log.error("worker_killed", worker=slot.name, child=slot.process.pid)
+                slot.process.kill()
+                slot.process.wait()
+        self._reap()
+        self.spool.run_path("workers.json").unlink(missing_ok=True)
+        self.log.info("stopped")
+        return 0
+
+    # ------------------------------------------------------------ main loop
+
+    def run(self) -> int:
+        os.umask(0o077)  # spool, quarantine, caches, logs of clamd: readable by us alone
+        self.spool.create()
+        lock = filelock.FileLock(str(self.spool.run_path("supervisor.lock")))
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            self.log.error("already_running", spool=str(self.spool.root))
+            return EXIT_ALREADY_RUNNING
+        try:
+            try:
+                self._take_privileged_resources()
+            except (OSError, privileges.PrivilegeError) as exc:
+                self.log.error("cannot_start", error=str(exc))
+                print(f"mailgate: {exc}", file=sys.stderr)
+                return EXIT_CANNOT_START
+            signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+            for queue_id, state in self.spool.recover(
+                self.config.max_attempts, alive=is_worker_alive
+            ):
+                self.log.warning("claim_recovered", qid=queue_id, to=state, child="previous run")
+            self._snapshot()
+            stats.fold(self.spool)
+            self.log.info(
+                "supervisor_started",
+                spool=str(self.spool.root),
+                uid=os.getuid(),
+                listen=[f"{h}:{p}" for h, p in self.config.listen],
+                paused=self.spool.paused_flag.exists(),
+            )
+            if self._managed_clamd():
+                self._start_engine()
+            self._fit_slots()
+            next_sweep = time.monotonic() + SWEEP_INTERVAL
+            while True:
+                pending = [s.restart_at for s in self.slots if s.process is None]
+                timeout = max(0.05, min([1.0, *(t - time.monotonic() for t in pending)]))
+                info = signal.sigtimedwait(SIGNALS, timeout)
+                signum = info.si_signo if info else None
+                if signum in (signal.SIGTERM, signal.SIGINT):
+                    return self.stop()
+                if signum == signal.SIGHUP:
+                    self.reload()
+                elif signum == signal.SIGUSR1:
+                    self.statistics()
+                self._reap()
+                for request in self.spool.control_requests():
+                    if self._control(request):
+                        return self.stop()
+                if time.monotonic() >= next_sweep:
+                    self._sweep()
+                    next_sweep = time.monotonic() + SWEEP_INTERVAL
+        finally:
+            lock.release()
+
+    def _take_privileged_resources(self) -> None:
+        """Bind ListenOn; then, if root and User is set, hand the spool over and become User."""
+        self.listeners = privileges.bind(self.config.listen)
+        acct = privileges.account(self.config.user)
+        if acct is None:
+            return
+        privileges.hand_over(self.spool.root, acct)
+        privileges.probe(acct, self.spool.root, self.config.path)
+        privileges.drop(acct)
+        self.log.info("privileges_dropped", user=acct.name, uid=acct.uid)
+
+    def _control(self, request: str) -> bool:
+        """Act on a file dropped in ``control/``, then remove it; True for ``stop``.
+
+        The action comes first, so once the file is gone the request has taken effect (and a
+        crash in between repeats it, which is harmless for all of them); ``stop`` is removed
+        before the stop, or the next start would stop again at once.
+        """
+        self.log.info("control", request=request)
+        if request == "stop":
+            self.spool.take_control_request(request)
+            return True
+        if request == "reload":
+            self.reload()
+        elif request == "flush":
+            moved = self.spool.requeue_all_deferred()
+            self.log.info("flushed", messages=len(moved))
+        elif request == "pause":
+            self.spool.paused_flag.touch()
+        elif request == "resume":
+            self.spool.paused_flag.unlink(missing_ok=True)
+        else:
+            self.log.warning(
+                "control_unknown", request=request, known="reload, flush, pause, resume, stop"
+            )
+        self.spool.take_control_request(request)
+        return False
+
+    def _start_engine(self) -> None:
+        """Start clamd and wait for its PING before any scanner starts."""
+        slot = Slot("clamd", 0)
+        self.slots.append(slot)
+        self._start(slot)
+        ready = clamd.wait_ready(
+            self.config.clamd_socket_path, self.config.clamd_start_timeout, slot.process
+        )
+        (self.log.info if ready else self.log.error)(
+            "clamd_ready" if ready else "clamd_not_ready",
+            socket=str(self.config.clamd_socket_path),
+            version=avdb.current_version(self.spool),
+        )
+
+    def _sweep(self) -> None:
+        """Recover claims whose owner is gone but was never our child to reap.
+
+        That is a worker of an earlier supervisor that was still finishing its message when
+        this one started, and was then killed.
+        """
+        ours = {s.process.pid for s in self.slots if s.process is not None}
+        moved = self.spool.recover(
+            self.config.max_attempts, alive=lambda pid: pid in ours or is_worker_alive(pid)
+        )
+        for queue_id, state in moved:
+            self.log.warning("claim_recovered", qid=queue_id, to=state, child="not ours")
+        for day in self.spool.expire_archive(self.config.archive_retention):
+            self.log.info("archive_expired", day=day)
+        for day in journal.expire(self.spool, self.config.stats_retention):
+            self.log.info("journal_expired", day=day)
+        for threshold in self.traffic.check(self.config):
+            self.log.warning(
+                "threshold_passed", threshold=threshold, notified=self.config.administrator or None
+            )
+
+
+def is_worker_alive(pid: int) -> bool:
+    """Is ``pid`` a running mailgate worker (say, one left by a supervisor that was killed)?"""
+    try:
+        return b"mailgate\x00worker" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def run(config: configmod.Config) -> int:
+    return Supervisor(config).run()
