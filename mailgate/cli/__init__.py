@@ -75,8 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             print(problem, file=sys.stderr)
         return EXIT_CONFIG
     if args.command == "check-config":
-        print(f"{config.path}: OK")
-        return EXIT_OK
+        return _function("mailgate.cli.scan:check_config")(args, config)
     if args.command in ("run", "worker"):
         os.umask(0o077)  # spool, logs, quarantine, caches: readable by the gateway alone
     logmod.setup(

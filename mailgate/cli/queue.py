@@ -8,6 +8,7 @@ import sys
 
 from mailgate.cli.common import EXIT_BUSY, EXIT_NOT_FOUND, EXIT_OK, CommandError, age, find_entry
 from mailgate.config import Config
+from mailgate.message.headers import header_block
 from mailgate.spool import STATES, Spool, queueops
 
 
@@ -66,8 +67,6 @@ def run(args: argparse.Namespace, config: Config) -> int:
         if entry.read_reason():
             print(f"reason: {entry.read_reason().strip()}")
         print()
-        from mailgate.message.headers import header_block
-
         head = header_block(entry.read_message()).rstrip(b"\r\n")
         print(head.decode("utf-8", "replace").replace("\r\n", "\n"))
         return EXIT_OK

@@ -13,6 +13,7 @@ from mailgate.scan import notify
 from mailgate.scan.av import avdb, clamd
 from mailgate.scan.av.engine import Engine, EngineUnavailable
 from mailgate.scan.scanner import Inspector
+from mailgate.scan.spam.spamtest import Spamtest
 from mailgate.spool import Spool
 
 
@@ -42,8 +43,6 @@ def run(args: argparse.Namespace, config: Config) -> int:
                 engine = Engine(socket_path, config.object_timeout)
         spam = None
         if config.spam_enabled:
-            from mailgate.scan.spam.spamtest import Spamtest
-
             spam = Spamtest(config, None, network=config.spam_network and not args.no_network)
         inspector = Inspector(config, engine, types=True, spam=spam)
         for path in args.files:
@@ -84,4 +83,16 @@ def check_templates(args: argparse.Namespace, config: Config) -> int:
         return EXIT_CONFIG
     for path in paths:
         print(f"{path}: OK")
+    return EXIT_OK
+
+
+def check_config(args: argparse.Namespace, config: Config) -> int:
+    """The configuration has loaded; the spam rule files it names must load too, since a
+    scanner would otherwise run with fewer rules than the administrator wrote."""
+    problems = Spamtest(config, None, network=False).problems if config.spam_enabled else []
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        return EXIT_CONFIG
+    print(f"{config.path}: OK")
     return EXIT_OK

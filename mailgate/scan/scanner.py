@@ -173,7 +173,7 @@ class Scanner(Worker):
         super().__init__(config, snapshot)
         self.ichecker = IChecker(self.spool.cache_path("ichecker.sqlite3"), config.ichecker_size)
         self.engine = engine_for(config, self.ichecker)
-        self.spamtest = Spamtest(config, self.spool) if config.spam_enabled else None
+        self.spamtest = self._spam_filter(config)
         self.inspector = Inspector(config, self.engine, self._installed, spam=self.spamtest)
         self.engine_down = False
         self.engine_name = ""
@@ -184,8 +184,18 @@ class Scanner(Worker):
     def reconfigure(self, config: Config) -> None:
         super().reconfigure(config)
         self.engine = engine_for(config, self.ichecker)
-        self.spamtest = Spamtest(config, self.spool) if config.spam_enabled else None
+        self.spamtest = self._spam_filter(config)
         self.inspector = Inspector(config, self.engine, self._installed, spam=self.spamtest)
+
+    def _spam_filter(self, config: Config) -> Spamtest | None:
+        """The spam filter of ``config``; a rule line that does not parse is logged as an
+        error (``check-config`` refuses it), never dropped without a word."""
+        if not config.spam_enabled:
+            return None
+        spamtest = Spamtest(config, self.spool)
+        for problem in spamtest.problems:
+            self.log.error("spam_rule_invalid", problem=problem)
+        return spamtest
 
     def _installed(self) -> str | None:
         """The database version installed in the spool (one readlink), when we manage it."""

@@ -1,0 +1,82 @@
+"""One schema: a frozen Config, bounds with FILE:LINE, shipped data an administrator overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+from support import ROOT
+
+from mailgate import config as configmod
+from mailgate.config import schema
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "mailgate.conf"
+    path.write_text(text)
+    return path
+
+
+def test_config_is_frozen_and_typed_from_the_schema(tmp_path):
+    config = configmod.load(write(tmp_path, "[smtpgw.path]\nSpoolDir=spool\n"))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.max_message_size = 1
+    fields = {f.name: f.type for f in dataclasses.fields(config)}
+    assert set(fields) == {"path", "text"} | {o.attr for o in schema.TABLE}
+    assert fields["max_message_size"] is int
+    assert fields["session_timeout"] is float
+    assert config.max_message_size == 25 << 20
+
+
+def test_every_option_is_declared_once_with_a_parser_and_a_doc():
+    keys = [(o.section.lower(), o.key.lower()) for o in schema.TABLE]
+    assert len(keys) == len(set(keys))
+    attrs = [o.attr for o in schema.TABLE]
+    assert len(attrs) == len(set(attrs))
+    for opt in schema.TABLE:
+        assert opt.doc, opt.key
+        opt.parse(opt.default)
+
+
+def test_bounds_from_the_schema_are_errors_with_file_and_line(tmp_path):
+    path = write(
+        tmp_path,
+        "[smtpgw.path]\nSpoolDir=spool\n[smtpgw.limits]\nMaxLineLength=500\nMaxAttempts=0\n",
+    )
+    with pytest.raises(configmod.ConfigError) as caught:
+        configmod.load(path)
+    assert f"{path}:4: MaxLineLength must be at least 1001" in caught.value.problems
+    assert f"{path}:5: MaxAttempts must be at least 1" in caught.value.problems
+
+
+def test_a_file_beside_the_configuration_overrides_the_shipped_one(tmp_path):
+    config = configmod.load(write(tmp_path, "[smtpgw.path]\nSpoolDir=spool\n"))
+    shipped = config.template("admin.txt")
+    assert shipped is not None and shipped.parent == configmod.data_path("templates")
+    assert config.signatures_path == configmod.data_path("avdb")
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "admin.txt").write_text("Subject: ours\n\nbody\n")
+    (tmp_path / "avdb").mkdir()
+    assert config.template("admin.txt") == tmp_path / "templates" / "admin.txt"
+    assert config.template("recipient.txt").parent == configmod.data_path("templates")
+    assert config.signatures_path == (tmp_path / "avdb").resolve()
+
+
+def test_check_config_reports_spam_rule_errors_with_file_and_line(tmp_path):
+    rules = tmp_path / "rules.conf"
+    rules.write_text("MISSING_DATE 1.20 missing date\nTHIS_IS not a rule\n")
+    path = write(
+        tmp_path,
+        f"[smtpgw.path]\nSpoolDir=spool\n[smtpgw.spamtest]\nRules={rules}\n",
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "mailgate", "check-config", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"{rules}:2: " in result.stderr
