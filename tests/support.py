@@ -237,6 +237,7 @@ class Gateway:
     port: int
     sink_port: int
     extra: str = ""
+    python: str = sys.executable  # the interpreter that runs mailgate (a wheel's venv, say)
     process: subprocess.Popen | None = None
     log_path: Path = field(init=False)
 
@@ -286,7 +287,7 @@ class Gateway:
     def start(self, wait: bool = True) -> Gateway:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "mailgate", "run", "-c", str(self.conf)],
+                [self.python, "-m", "mailgate", "run", "-c", str(self.conf)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -340,9 +341,9 @@ class Gateway:
 
     def cli(self, *args: str, check: bool | None = None) -> subprocess.CompletedProcess:
         result = subprocess.run(
-            [sys.executable, "-m", "mailgate", *args, "-c", str(self.conf)]
+            [self.python, "-m", "mailgate", *args, "-c", str(self.conf)]
             if args[0] != "queue"
-            else [sys.executable, "-m", "mailgate", "queue", "-c", str(self.conf), *args[1:]],
+            else [self.python, "-m", "mailgate", "queue", "-c", str(self.conf), *args[1:]],
             capture_output=True,
             text=True,
             timeout=60,
