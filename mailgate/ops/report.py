@@ -48,7 +48,7 @@ def build(
     top: int = 10,
     events: list[dict] | None = None,
 ) -> dict:
-    """The report document for ``since <= t < until`` (see the README for its fields).
+    """The report document for ``since <= t < until`` (docs/operations.md lists its fields).
 
     ``events``: journal events already read (covering the period), so that several reports
     over overlapping periods read the journal once.

@@ -89,7 +89,7 @@ def metrics() -> _Metrics:
 
 
 def rejected(reason: str) -> None:
-    """Count one SMTP refusal (``reason`` is one of the README's rejection reasons)."""
+    """Count one SMTP refusal (``reason`` is one of the rejection reasons in docs/operations.md)."""
     metrics().rejected.labels(reason).inc()
 
 
@@ -160,7 +160,7 @@ class Snapshot:
         self.queues = queue_depths(spool)
 
     def as_json(self) -> dict:
-        """The ``mailgate stats --json`` document (see the README for its fields)."""
+        """The ``mailgate stats --json`` document (docs/operations.md lists its fields)."""
         return {
             "started": _iso(self.started) if self.started else None,
             "queues": self.queues,

@@ -47,7 +47,7 @@ from mailgate.runtime import log as logmod
 from mailgate.runtime import privileges, stats
 from mailgate.scan.av import avdb, clamd
 from mailgate.spool import Spool, journal, write_file_replacing
-from mailgate.supervise import alerts
+from mailgate.supervise import alerts, ready
 
 SIGNALS = (signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 STOP_TIMEOUT = 40.0
@@ -352,6 +352,7 @@ class Supervisor:
             if self._managed_clamd():
                 self._start_engine()
             self._fit_slots()
+            print(ready.line(self.config, self._managed_clamd()), flush=True)
             next_sweep = time.monotonic() + SWEEP_INTERVAL
             while True:
                 pending = [s.restart_at for s in self.slots if s.process is None]
