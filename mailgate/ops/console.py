@@ -20,9 +20,7 @@ Security invariants:
 from __future__ import annotations
 
 import collections
-import email
 import hmac
-import os
 import re
 import secrets
 import signal
@@ -35,93 +33,12 @@ from werkzeug.serving import WSGIRequestHandler, make_server
 
 from mailgate import config as configmod
 from mailgate.config import passwords
-from mailgate.message.headers import POLICY, decode_words, header_block
-from mailgate.ops import report
+from mailgate.ops import logins, pages, report
 from mailgate.runtime import log as logmod
 from mailgate.runtime import stats
-from mailgate.spool import (
-    ARCHIVES,
-    STATES,
-    InvalidQueueID,
-    NotFound,
-    Spool,
-    archive,
-    check_id,
-    journal,
-    quarantine,
-    queueops,
-    write_file,
-)
+from mailgate.spool import ARCHIVES, STATES, Spool, archive, journal, quarantine, queueops
 
-MAX_FAILURES = 5
-FAILURE_WINDOW = 300.0
-SESSION_HOURS = 8
-LOG_LINES = 500
-LOG_TAIL = 64 * 1024 * 1024
-_STATUS_RE = re.compile(r"^[a-z][a-z-]{0,30}$")
 CONSOLE_DATA = configmod.data_path("console")
-
-
-class Throttle:
-    """Failed logins per client address in a sliding window."""
-
-    def __init__(self):
-        self.failures: dict[str, collections.deque] = {}
-        self.lock = threading.Lock()
-
-    def blocked(self, ip: str) -> bool:
-        with self.lock:
-            window = self.failures.get(ip)
-            now = time.monotonic()
-            while window and window[0] <= now - FAILURE_WINDOW:
-                window.popleft()
-            if window is not None and not window:
-                del self.failures[ip]  # forget addresses whose failures have all expired
-                return False
-            return bool(window) and len(window) >= MAX_FAILURES
-
-    def failed(self, ip: str) -> None:
-        with self.lock:
-            self.failures.setdefault(ip, collections.deque()).append(time.monotonic())
-
-    def succeeded(self, ip: str) -> None:
-        with self.lock:
-            self.failures.pop(ip, None)
-
-
-def _secret(spool: Spool) -> bytes:
-    """The session signing key, made once per spool and kept in ``run/`` (0600)."""
-    path = spool.run_path("console.key")
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        key = secrets.token_bytes(32)
-        write_file(path, key)
-        return key
-
-
-def _checked_id(queue_id: str) -> str:
-    try:
-        return check_id(queue_id)
-    except InvalidQueueID:
-        abort(404)
-
-
-def _checked_status(status: str) -> str:
-    if not _STATUS_RE.match(status):
-        abort(404)
-    return status
-
-
-def _decoded_header(raw: bytes) -> list[tuple[str, str]]:
-    message = email.message_from_bytes(header_block(raw), policy=POLICY)
-    return [(name, decode_words(value)) for name, value in message.items()]
-
-
-def _download(data: bytes, name: str) -> Response:
-    response = Response(data, mimetype="text/plain")
-    response.headers["Content-Disposition"] = f'attachment; filename="{name}"'
-    return response
 
 
 def create_app(config: configmod.Config, serve_metrics: bool = True) -> Flask:
@@ -131,7 +48,7 @@ def create_app(config: configmod.Config, serve_metrics: bool = True) -> Flask:
         static_folder=str(CONSOLE_DATA / "static"),
     )
     spool = Spool(config.spool_path)
-    app.secret_key = _secret(spool)
+    app.secret_key = logins.session_key(spool)
     app.config.update(
         SESSION_COOKIE_NAME="mailgate_session",
         SESSION_COOKIE_HTTPONLY=True,
@@ -139,7 +56,7 @@ def create_app(config: configmod.Config, serve_metrics: bool = True) -> Flask:
         MAX_CONTENT_LENGTH=1024 * 1024,
     )
     app.extensions["mailgate"] = {"config": config}
-    throttle = Throttle()
+    throttle = logins.Throttle()
     log = logmod.get()
 
     def current() -> configmod.Config:
@@ -150,7 +67,7 @@ def create_app(config: configmod.Config, serve_metrics: bool = True) -> Flask:
             session["csrf"] = secrets.token_urlsafe(32)
         return session["csrf"]
 
-    app.jinja_env.globals.update(csrf_token=csrf_token, fmt_time=_fmt_time)
+    app.jinja_env.globals.update(csrf_token=csrf_token, fmt_time=pages.fmt_time)
 
     @app.before_request
     def guard():
@@ -164,7 +81,7 @@ def create_app(config: configmod.Config, serve_metrics: bool = True) -> Flask:
         if request.endpoint == "login":
             return None
         logged_in = (
-            session.get("user") and time.time() - session.get("at", 0) < SESSION_HOURS * 3600
+            session.get("user") and time.time() - session.get("at", 0) < logins.SESSION_HOURS * 3600
         )
         if not logged_in:
             return redirect(url_for("login"))
@@ -222,7 +139,7 @@ def create_app(config: configmod.Config, serve_metrics: bool = True) -> Flask:
         quarantined = collections.Counter(status for status, _ in spool.quarantined())
         return render_template(
             "dashboard.html",
-            processes=_processes(spool),
+            processes=pages.processes(spool),
             queues=stats.queue_depths(spool),
             quarantined=dict(sorted(quarantined.items())),
             today=today,
@@ -240,17 +157,17 @@ def create_app(config: configmod.Config, serve_metrics: bool = True) -> Flask:
         states = [state] if state in STATES[1:] else list(STATES[1:])
         rows = [queueops.summary(e) for s in states for e in spool.entries(s)]
         if text:
-            rows = [r for r in rows if _matches(text, r)]
+            rows = [r for r in rows if pages.matches(text, r)]
         return render_template(
             "queue.html", rows=rows[:1000], total=len(rows), states=STATES[1:], state=state, q=text
         )
 
     @app.get("/queue/<queue_id>")
     def queue_show(queue_id: str):
-        entry = _find(spool, _checked_id(queue_id))
+        entry = pages.find(spool, pages.checked_id(queue_id))
         try:
             envelope = entry.read_envelope()
-            head = _decoded_header(entry.read_message())
+            head = pages.decoded_header(entry.read_message())
         except (OSError, ValueError):
             envelope, head = {}, []
         return render_template(
@@ -261,7 +178,7 @@ def create_app(config: configmod.Config, serve_metrics: bool = True) -> Flask:
     def queue_act(queue_id: str, action: str):
         if action not in queueops.ACTIONS:
             abort(404)
-        entry = _find(spool, _checked_id(queue_id))
+        entry = pages.find(spool, pages.checked_id(queue_id))
         try:
             done = queueops.act(spool, action, entry)
         except queueops.Refused as exc:
@@ -275,7 +192,7 @@ def create_app(config: configmod.Config, serve_metrics: bool = True) -> Flask:
     def quarantine_list():
         status = request.args.get("status", "")
         text = request.args.get("q", "").strip().lower()
-        wanted = _checked_status(status) if status else None
+        wanted = pages.checked_status(status) if status else None
         statuses = sorted({s for s, _ in spool.quarantined()})
         rows = []
         for found_status, entry in spool.quarantined(wanted):
@@ -283,7 +200,7 @@ def create_app(config: configmod.Config, serve_metrics: bool = True) -> Flask:
                 row = quarantine.summary(found_status, entry)
             except (OSError, ValueError):
                 continue
-            if not text or _matches(text, row):
+            if not text or pages.matches(text, row):
                 rows.append(row)
         rows.sort(key=lambda r: r["quarantined_at"], reverse=True)
         return render_template(
@@ -297,20 +214,20 @@ def create_app(config: configmod.Config, serve_metrics: bool = True) -> Flask:
 
     @app.get("/quarantine/<status>/<queue_id>")
     def quarantine_show(status: str, queue_id: str):
-        entry = _quarantined_page(spool, status, queue_id)
+        entry = pages.quarantined_page(spool, status, queue_id)
         envelope = entry.read_envelope()
         return render_template(
             "quarantined.html",
             status=status,
             row=quarantine.summary(status, entry),
             verdict=envelope.get("verdict") or {},
-            head=_decoded_header(quarantine.read_header(entry)),
+            head=pages.decoded_header(quarantine.read_header(entry)),
         )
 
     @app.get("/quarantine/<status>/<queue_id>/download")
     def quarantine_download(status: str, queue_id: str):
-        entry = _quarantined_page(spool, status, queue_id)
-        return _download(entry.read_message(), f"{entry.id}.eml")
+        entry = pages.quarantined_page(spool, status, queue_id)
+        return pages.download(entry.read_message(), f"{entry.id}.eml")
 
     @app.post("/quarantine")
     def quarantine_bulk():
@@ -320,8 +237,8 @@ def create_app(config: configmod.Config, serve_metrics: bool = True) -> Flask:
         done = []
         for item in request.form.getlist("item"):
             status, _, queue_id = item.partition("/")
-            status, queue_id = _checked_status(status), _checked_id(queue_id)
-            entry = _quarantined(spool, status, queue_id)
+            status, queue_id = pages.checked_status(status), pages.checked_id(queue_id)
+            entry = pages.quarantined(spool, status, queue_id)
             if entry is None:
                 done.append(f"{queue_id}: no longer in quarantine")
                 continue
@@ -339,13 +256,13 @@ def create_app(config: configmod.Config, serve_metrics: bool = True) -> Flask:
 
     @app.get("/archive")
     def archive_search():
-        args = {k: request.args.get(k, "").strip() for k in ARCHIVE_FILTERS}
+        args = {k: request.args.get(k, "").strip() for k in pages.ARCHIVE_FILTERS}
         kind = request.args.get("kind", "")
         for day in (args["since"], args["until"]):
             if day and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", day):
                 abort(400, "a day is YYYY-MM-DD")
         if args["queue_id"]:
-            _checked_id(args["queue_id"])
+            pages.checked_id(args["queue_id"])
         rows = list(
             archive.search(
                 spool, kind if kind in ARCHIVES else None, **{k: v or None for k, v in args.items()}
@@ -364,10 +281,10 @@ def create_app(config: configmod.Config, serve_metrics: bool = True) -> Flask:
     def archive_download(kind: str, queue_id: str):
         if kind not in ARCHIVES:
             abort(404)
-        found = archive.find(spool, _checked_id(queue_id), kind)
+        found = archive.find(spool, pages.checked_id(queue_id), kind)
         if found is None:
             abort(404)
-        return _download(found[2].read_message(), f"{queue_id}.eml")
+        return pages.download(found[2].read_message(), f"{queue_id}.eml")
 
     # -------------------------------------------------------------- config and logs
 
@@ -385,124 +302,17 @@ def create_app(config: configmod.Config, serve_metrics: bool = True) -> Flask:
         queue_id = request.args.get("qid", "").strip()
         lines: list[str] = []
         if queue_id:
-            _checked_id(queue_id)
-            lines = _log_lines(logmod.file_for(current()), queue_id)
+            pages.checked_id(queue_id)
+            lines = pages.log_lines(logmod.file_for(current()), queue_id)
         return render_template("logs.html", qid=queue_id, lines=lines)
 
     if serve_metrics:
 
         @app.get("/metrics")
         def metrics():
-            return _metrics_response(spool)
+            return pages.metrics_response(spool)
 
     return app
-
-
-ARCHIVE_FILTERS = ("sender", "recipient", "subject", "since", "until", "queue_id")
-
-
-def _find(spool: Spool, queue_id: str):
-    try:
-        return spool.find(queue_id)
-    except NotFound:
-        abort(404)
-
-
-def _quarantined(spool: Spool, status: str, queue_id: str):
-    """The quarantined message ``status/queue_id``, or None."""
-    try:
-        found_status, entry = spool.find_quarantined(queue_id)
-    except NotFound:
-        return None
-    return entry if found_status == status else None
-
-
-def _quarantined_page(spool: Spool, status: str, queue_id: str):
-    entry = _quarantined(spool, _checked_status(status), _checked_id(queue_id))
-    if entry is None:
-        abort(404)
-    return entry
-
-
-def _matches(text: str, row: dict) -> bool:
-    hay = " ".join(
-        [row.get("id", ""), row.get("sender") or "", row.get("subject") or "", *row["recipients"]]
-    )
-    return text in hay.lower()
-
-
-def _fmt_time(when) -> str:
-    if not when:
-        return ""
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(when)))
-
-
-def _processes(spool: Spool) -> list[dict]:
-    import json
-
-    try:
-        table = json.loads(spool.run_path("workers.json").read_text())
-    except (OSError, ValueError):
-        return []
-    rows = [{"role": "supervisor", "slot": "", "pid": table.get("supervisor"), "restarts": ""}]
-    rows += table.get("workers", [])
-    for row in rows:
-        row["alive"] = _alive(row.get("pid"))
-    return rows
-
-
-def _alive(pid) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (OSError, TypeError, ValueError):
-        return False
-    return True
-
-
-def _log_lines(path: Path | None, queue_id: str) -> list[str]:
-    """The log lines that mention ``queue_id`` (rotated ``.1`` first), the last LOG_LINES,
-    looking at no more than the last ``LOG_TAIL`` bytes of each file (a page stays quick)."""
-    if path is None:
-        return []
-    found: collections.deque[str] = collections.deque(maxlen=LOG_LINES)
-    needle = queue_id.encode()
-    for candidate in (path.with_name(path.name + ".1"), path):
-        try:
-            with open(candidate, "rb") as handle:
-                size = handle.seek(0, os.SEEK_END)
-                handle.seek(max(0, size - LOG_TAIL))
-                if size > LOG_TAIL:
-                    handle.readline()  # a partial first line
-                for line in handle:
-                    if needle in line:
-                        found.append(line.decode("utf-8", "replace").rstrip("\n"))
-        except FileNotFoundError:
-            continue
-    return list(found)
-
-
-def _metrics_response(spool: Spool) -> Response:
-    from prometheus_client.exposition import CONTENT_TYPE_LATEST
-
-    return Response(
-        stats.Snapshot(spool).prometheus_text(),
-        mimetype=None,
-        headers={"Content-Type": CONTENT_TYPE_LATEST},
-    )
-
-
-def metrics_app(config: configmod.Config):
-    """The metrics endpoint alone, for a MetricsListen apart from the console."""
-    spool = Spool(config.spool_path)
-
-    def application(environ, start_response):
-        if environ.get("PATH_INFO") != "/metrics":
-            start_response("404 Not Found", [("Content-Type", "text/plain")])
-            return [b"only /metrics here\n"]
-        response = _metrics_response(spool)
-        return response(environ, start_response)
-
-    return application
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -529,7 +339,7 @@ def run(config: configmod.Config, snapshot: Path | None = None) -> int:
         host, port = config.metrics_listen
         servers.append(
             make_server(
-                host, port, metrics_app(config), threaded=True, request_handler=_QuietHandler
+                host, port, pages.metrics_app(config), threaded=True, request_handler=_QuietHandler
             )
         )
         log.info("metrics_listening", address=f"{host}:{port}")

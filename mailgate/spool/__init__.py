@@ -40,278 +40,60 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
-import re
-import secrets
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
-CLAIMS = {"incoming": "scanning", "ready": "sending"}
-RETURNS = {claimed: queue for queue, claimed in CLAIMS.items()}
-STATES = ("tmp", "incoming", "scanning", "ready", "sending", "deferred", "hold", "corrupt")
-QUARANTINE = "quarantine"
-ARCHIVES = ("received", "sent")
-_DAY_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_STATUS_RE = re.compile(r"^[a-z][a-z-]{0,30}$")
-MESSAGE = "message.eml"
-ENVELOPE = "envelope.json"
-REASON = "reason.txt"
+from mailgate.spool.files import dump, fsync_dir, write_file, write_file_replacing
+from mailgate.spool.ids import CLAIM_RE, ID_RE, InvalidQueueID, check_id, id_time, new_queue_id
+from mailgate.spool.layout import (
+    ARCHIVES,
+    CLAIMS,
+    ENVELOPE,
+    MESSAGE,
+    QUARANTINE,
+    REASON,
+    RETURNS,
+    STATES,
+    Entry,
+    NotFound,
+)
+from mailgate.spool.stores import Stores
 
-_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-ID_RE = re.compile(r"^[0-9A-HJKMNP-TV-Z]{21}$")
-_CLAIM_RE = re.compile(r"^([0-9A-HJKMNP-TV-Z]{21})@(\d+)$")
-
-
-class InvalidQueueID(ValueError):
-    """A string that is not a queue ID (and so must never reach the file system)."""
-
-
-class NotFound(LookupError):
-    """No message with that ID in the states looked at."""
-
-
-def _b32(number: int, width: int) -> str:
-    chars = []
-    for _ in range(width):
-        number, digit = divmod(number, 32)
-        chars.append(_ALPHABET[digit])
-    return "".join(reversed(chars))
-
-
-def new_queue_id() -> str:
-    """21 characters: microseconds since the epoch (11) then 50 random bits (10).
-
-    Sorting IDs sorts by arrival time; the random part makes them unique across processes
-    and hosts sharing a spool without any coordination.
-    """
-    return _b32(time.time_ns() // 1000, 11) + _b32(secrets.randbits(50), 10)
+__all__ = [
+    "ARCHIVES",
+    "CLAIMS",
+    "ENVELOPE",
+    "ID_RE",
+    "MESSAGE",
+    "QUARANTINE",
+    "REASON",
+    "RETURNS",
+    "STATES",
+    "Entry",
+    "InvalidQueueID",
+    "NotFound",
+    "Spool",
+    "check_id",
+    "fsync_dir",
+    "id_time",
+    "new_queue_id",
+    "write_file",
+    "write_file_replacing",
+]
 
 
-def check_id(queue_id: str) -> str:
-    if not isinstance(queue_id, str) or not ID_RE.match(queue_id):
-        raise InvalidQueueID(f"invalid queue ID {queue_id!r}")
-    return queue_id
-
-
-def id_time(queue_id: str) -> float:
-    """The arrival time encoded in a queue ID, in seconds since the epoch."""
-    number = 0
-    for char in queue_id[:11]:
-        number = number * 32 + _ALPHABET.index(char)
-    return number / 1e6
-
-
-def fsync_dir(path: Path | str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_file(path: Path | str, data: bytes, durable: bool = True) -> None:
-    """Create ``path`` (it must not exist), write ``data``, fsync it if durable; mode 0600."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        if durable:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@dataclass(frozen=True)
-class Entry:
-    """A message directory in one state. ``name`` is the ID, or ``ID@PID`` while claimed.
-
-    ``where`` is the directory's path as a string: the spool's own operations run several
-    times per message in every worker, where building ``pathlib`` paths cost about 0.1 ms of
-    CPU per message in each scanner and sender. ``path`` gives a ``Path`` to everyone else.
-    """
-
-    state: str
-    name: str
-    where: str
-
-    @property
-    def path(self) -> Path:
-        return Path(self.where)
-
-    @property
-    def id(self) -> str:
-        return self.name.partition("@")[0]
-
-    @property
-    def message_path(self) -> Path:
-        return Path(f"{self.where}/{MESSAGE}")
-
-    @property
-    def owner(self) -> int | None:
-        m = _CLAIM_RE.match(self.name)
-        return int(m.group(2)) if m else None
-
-    def read_message(self) -> bytes:
-        with open(f"{self.where}/{MESSAGE}", "rb") as f:
-            return f.read()
-
-    def read_envelope(self) -> dict:
-        with open(f"{self.where}/{ENVELOPE}", "rb") as f:
-            return json.load(f)
-
-    def read_reason(self) -> str | None:
-        try:
-            with open(f"{self.where}/{REASON}", encoding="utf-8") as f:
-                return f.read()
-        except FileNotFoundError:
-            return None
-
-
-class Spool:
-    """One spool root. Safe for any number of processes to use at once."""
-
-    def __init__(self, root: Path | str):
-        self.root = Path(root)
-        self.pid = os.getpid()
-        self._dirs = {state: os.path.join(self.root, state) for state in STATES}
-
-    # ------------------------------------------------------------ layout
-
-    def create(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        for state in STATES:
-            (self.root / state).mkdir(parents=True, exist_ok=True, mode=0o700)
-        for extra in ("run", QUARANTINE, "avdb", "cache", "control", "stats", "log"):
-            (self.root / extra).mkdir(exist_ok=True, mode=0o700)
-
-    def control_requests(self) -> list[str]:
-        """Names of the files waiting in ``control/`` (each is removed once acted upon)."""
-        folder = self.root / "control"
-        try:
-            return sorted(n for n in os.listdir(folder) if not n.startswith("."))
-        except FileNotFoundError:
-            return []
-
-    def take_control_request(self, name: str) -> None:
-        (self.root / "control" / name).unlink(missing_ok=True)
-
-    @property
-    def paused_flag(self) -> Path:
-        """Present while the receiver must not accept mail (``pause`` control file)."""
-        return self.root / "run" / "paused"
+class Spool(Stores):
+    """One spool root: the queue's state transitions, on top of its paths and stores."""
 
     def requeue_all_deferred(self) -> list[str]:
         """Every deferred message into ready/ now (``flush``)."""
         return self.promote_due(now=float("inf"))[0]
 
-    # ------------------------------------------------------------ archive
-
-    def archive(self, kind: str, message: bytes, envelope: dict, when: float) -> None:
-        """Keep a copy in ``archive/<kind>/<YYYY-MM-DD>/ID`` (not fsync'd: a copy, not mail)."""
-        if kind not in ARCHIVES:
-            raise ValueError(f"bad archive kind {kind!r}")
-        queue_id = check_id(envelope["id"])
-        day = time.strftime("%Y-%m-%d", time.localtime(when))
-        folder = self.root / "archive" / kind / day
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        work = self.state_dir("tmp") / f"{queue_id}.archive-{kind}@{self.pid}"
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(mode=0o700)
-        write_file(work / MESSAGE, message, durable=False)
-        write_file(work / ENVELOPE, _dump(envelope), durable=False)
-        try:
-            os.rename(work, folder / queue_id)
-        except OSError:
-            shutil.rmtree(work, ignore_errors=True)  # already archived (a repeated delivery)
-
-    def archived(self, kind: str | None = None) -> Iterator[tuple[str, str, Entry]]:
-        """(kind, day, entry) of every archived message, oldest day first."""
-        for name in [kind] if kind else ARCHIVES:
-            base = self.root / "archive" / name
-            days = sorted(d for d in os.listdir(base) if _DAY_RE.match(d)) if base.is_dir() else []
-            for day in days:
-                folder = os.path.join(base, day)
-                for queue_id in sorted(os.listdir(folder)):
-                    if ID_RE.match(queue_id):
-                        yield name, day, Entry("archive", queue_id, f"{folder}/{queue_id}")
-
-    def expire_archive(self, retention: float, now: float | None = None) -> list[str]:
-        """Remove whole days older than ``retention`` seconds; the ``kind/day`` removed."""
-        cutoff = time.strftime(
-            "%Y-%m-%d", time.localtime((time.time() if now is None else now) - retention)
-        )
-        removed = []
-        for kind in ARCHIVES:
-            base = self.root / "archive" / kind
-            for day in sorted(os.listdir(base)) if base.is_dir() else []:
-                if _DAY_RE.match(day) and day < cutoff:
-                    grave = self.state_dir("tmp") / f"archive-{kind}-{day}.removed.{self.pid}"
-                    os.rename(base / day, grave)
-                    shutil.rmtree(grave, ignore_errors=True)
-                    removed.append(f"{kind}/{day}")
-        return removed
-
-    def cache_path(self, name: str) -> Path:
-        if "/" in name or name.startswith("."):
-            raise ValueError(f"bad cache file name {name!r}")
-        (self.root / "cache").mkdir(exist_ok=True, mode=0o700)
-        return self.root / "cache" / name
-
-    @property
-    def spamdb_root(self) -> Path:
-        """Where the spam filter's token table lives (see ``spamtest``)."""
-        return self.root / "spamdb"
-
-    @property
-    def avdb_root(self) -> Path:
-        """Where the anti-virus database versions live (see ``avdb``)."""
-        return self.root / "avdb"
-
-    def stats_path(self, name: str) -> Path:
-        """A file or folder of the statistics (see ``stats``) under ``stats/``."""
-        if "/" in name or name.startswith("."):
-            raise ValueError(f"bad stats name {name!r}")
-        return self.root / "stats" / name
-
-    def journal_dir(self, day: str) -> Path:
-        """The journal files of one day (``YYYY-MM-DD``), one per writing process."""
-        if not _DAY_RE.match(day):
-            raise ValueError(f"bad journal day {day!r}")
-        return self.root / "stats" / "journal" / day
-
-    def journal_days(self) -> list[str]:
-        base = self.root / "stats" / "journal"
-        return sorted(d for d in os.listdir(base) if _DAY_RE.match(d)) if base.is_dir() else []
-
-    @property
-    def log_path(self) -> Path:
-        """The log every process of ``mailgate run`` appends its events to."""
-        return self.root / "log" / "mailgate.log"
-
-    def state_dir(self, state: str) -> Path:
-        return Path(self._dir(state))
-
-    def _dir(self, state: str) -> str:
-        """``state_dir`` as a string, for the per-message operations."""
-        try:
-            return self._dirs[state]
-        except KeyError:
-            raise ValueError(f"unknown spool state {state!r}") from None
-
-    def run_path(self, name: str) -> Path:
-        """A file of the supervisor's in ``run/`` (lock, worker table, config snapshot)."""
-        if "/" in name or name.startswith("."):
-            raise ValueError(f"bad run file name {name!r}")
-        return self.root / "run" / name
-
     def names(self, state: str) -> list[str]:
         """Entry names in ``state``, oldest first (queue IDs sort by time). One scandir."""
-        pattern = _CLAIM_RE if state in RETURNS else ID_RE
+        pattern = CLAIM_RE if state in RETURNS else ID_RE
         with os.scandir(self._dir(state)) as it:
             return sorted(e.name for e in it if pattern.match(e.name))
 
@@ -344,7 +126,7 @@ class Spool:
         work = f"{self._dir('tmp')}/{queue_id}@{self.pid}"
         os.mkdir(work, 0o700)
         write_file(f"{work}/{MESSAGE}", message)
-        write_file(f"{work}/{ENVELOPE}", _dump(envelope))
+        write_file(f"{work}/{ENVELOPE}", dump(envelope))
         fsync_dir(work)
         folder = self._dir(state)
         target = f"{folder}/{queue_id}"
@@ -357,7 +139,7 @@ class Spool:
         new = f"{entry.where}/{ENVELOPE}.new"
         with contextlib.suppress(FileNotFoundError):
             os.unlink(new)
-        write_file(new, _dump(envelope), durable)
+        write_file(new, dump(envelope), durable)
         os.rename(new, f"{entry.where}/{ENVELOPE}")
         if durable:
             fsync_dir(entry.where)
@@ -422,60 +204,6 @@ class Spool:
         fsync_dir(entry.where)
 
     # ------------------------------------------------------------ quarantine
-
-    def _quarantine_dir(self, status: str) -> Path:
-        if not _STATUS_RE.match(status):
-            raise ValueError(f"bad quarantine status {status!r}")
-        return self.root / QUARANTINE / status
-
-    def quarantine(self, message: bytes, envelope: dict, status: str) -> Entry:
-        """Keep a durable copy in ``quarantine/<status>/ID``, its envelope stamped with
-        ``quarantined_at``; a copy already there is kept.
-
-        A scanner that dies after quarantining scans the message again and comes here a
-        second time: the existing copy is the same message, so the call is idempotent.
-        """
-        queue_id = check_id(envelope["id"])
-        target_dir = self._quarantine_dir(status)
-        target_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        target = target_dir / queue_id
-        if target.is_dir():
-            return Entry(QUARANTINE, queue_id, os.fspath(target))
-        work = self.state_dir("tmp") / f"{queue_id}.quarantine@{self.pid}"
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(mode=0o700)
-        write_file(work / MESSAGE, message)
-        write_file(work / ENVELOPE, _dump({**envelope, "quarantined_at": time.time()}))
-        fsync_dir(work)
-        os.rename(work, target)
-        fsync_dir(target_dir)
-        return Entry(QUARANTINE, queue_id, os.fspath(target))
-
-    def quarantined(self, status: str | None = None) -> Iterator[tuple[str, Entry]]:
-        """(status, entry) of every quarantined message, oldest first within a status."""
-        base = self.root / QUARANTINE
-        if status is not None:
-            self._quarantine_dir(status)
-            statuses = [status]
-        else:
-            statuses = (
-                sorted(n for n in os.listdir(base) if _STATUS_RE.match(n)) if base.is_dir() else []
-            )
-        for name in statuses:
-            folder = self._quarantine_dir(name)
-            if not folder.is_dir():
-                continue
-            for queue_id in sorted(os.listdir(folder)):
-                if ID_RE.match(queue_id):
-                    yield name, Entry(QUARANTINE, queue_id, os.fspath(folder / queue_id))
-
-    def find_quarantined(self, queue_id: str) -> tuple[str, Entry]:
-        check_id(queue_id)
-        base = self.root / QUARANTINE
-        for name in sorted(os.listdir(base)) if base.is_dir() else []:
-            if _STATUS_RE.match(name) and (base / name / queue_id).is_dir():
-                return name, Entry(QUARANTINE, queue_id, os.fspath(base / name / queue_id))
-        raise NotFound(queue_id)
 
     def remove(self, entry: Entry) -> None:
         """Forget a message: one rename out of its state (durable), then delete the files."""
@@ -579,13 +307,3 @@ def _abandoned(owner: int | None, pid: int | None, alive: Callable[[int], bool] 
     if pid is not None:
         return owner == pid
     return alive is None or not alive(owner)
-
-
-def write_file_replacing(path: Path | str, data: bytes) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-    write_file(path, data)
-
-
-def _dump(envelope: dict) -> bytes:
-    return json.dumps(envelope, separators=(",", ":")).encode("utf-8") + b"\n"

@@ -14,8 +14,6 @@ MAX_LINES = 420
 # Modules still over MAX_LINES, each to be split along a seam it already has; this list may
 # only shrink (a test below fails when a listed module has come under the limit).
 OVERSIZED = {
-    "mailgate/spool/__init__.py",
-    "mailgate/ops/console.py",
     "mailgate/supervise/supervisor.py",
     "mailgate/scan/scanner.py",
     "mailgate/scan/spam/rules.py",
