@@ -31,7 +31,7 @@ from mailgate.scan import mime
 from mailgate.scan.av import clamd
 from mailgate.scan.av.engine import CHUNK, Engine
 from mailgate.scan.av.ichecker import IChecker
-from mailgate.scan.scanner import Inspector
+from mailgate.scan.inspection import Inspector
 
 
 @pytest.fixture(scope="session")

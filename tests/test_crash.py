@@ -17,7 +17,7 @@ import time
 import pytest
 from support import make_message, wait_for
 
-from mailgate.supervise.supervisor import is_worker_alive
+from mailgate.supervise.housekeeping import is_worker_alive
 
 CLIENTS = 5
 MESSAGES = 550  # at least this many are sent, and the load goes on until the killing ends

@@ -15,7 +15,7 @@ from support import RawSession, free_port
 
 from mailgate import config as configmod
 from mailgate.scan import mime
-from mailgate.scan.scanner import Inspector
+from mailgate.scan.inspection import Inspector
 from mailgate.scan.spam.spamtest import Spamtest
 
 QUEUED = re.compile(rb"^250 2\.0\.0 Ok: queued as ([0-9A-Z]{21})", re.M)

@@ -15,11 +15,11 @@ from support import ROOT, dnsmasq, free_port, mailgate, make_message, wait_for
 
 from mailgate import config as configmod
 from mailgate.scan import mime
-from mailgate.scan.spam import bayes, spamtest
+from mailgate.scan.spam import bayes, checks, spamtest
 from mailgate.scan.spam import rules as spamrules
 from mailgate.spool import Spool
 
-GTUBE = spamrules.GTUBE
+GTUBE = checks.GTUBE
 TRAIN = ROOT.parent / "shared" / "corpus" / "train"
 
 
@@ -174,7 +174,7 @@ def test_the_literal_filters_never_change_a_verdict(tmp_path):
     assert spamrules.literal_starts(re.compile(r"[ab]x|!{0,3}")) is None
     assert spamrules.literal_starts(re.compile(r"!{3,}")) == ("!!!",)
     text = "a " * 50 + "Barrister"
-    assert spamrules.first_start(spamrules.fold(text), ("barrister", "kin")) == 100
+    assert spamrules.first_start(checks.fold(text), ("barrister", "kin")) == 100
 
 
 def test_the_verdict_explains_itself(tmp_path):

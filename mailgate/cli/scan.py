@@ -12,7 +12,7 @@ from mailgate.config import Config
 from mailgate.scan import notify
 from mailgate.scan.av import avdb, clamd
 from mailgate.scan.av.engine import Engine, EngineUnavailable
-from mailgate.scan.scanner import Inspector
+from mailgate.scan.inspection import Inspector
 from mailgate.scan.spam.spamtest import Spamtest
 from mailgate.spool import Spool
 

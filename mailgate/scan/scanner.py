@@ -1,8 +1,7 @@
 """Scanner stage: incoming/ → ready/ (or quarantine/, or nowhere), one message at a time.
 
-``Inspector`` splits a message into its MIME objects (``mime``), gives each a status from
-clamd (``antivirus``) and the attachment filter (``attachments``) and lets ``policy`` decide;
-``mailgate scan`` uses it alone, the ``Scanner`` worker then carries the decision out, in an
+``Inspector`` (``inspection``) gives a message its verdict; ``mailgate scan`` uses it alone,
+the ``Scanner`` worker then carries the decision out, in an
 order that survives a crash at any point: quarantine copy, notices, then the cured message
 replaces the original (or the message is removed when blocked), then the move to ready/.
 A crash before the move means the message is scanned again; a cured message is clean the
@@ -17,9 +16,7 @@ the objects it could not scan are ``unscannable`` and their action applies.
 
 from __future__ import annotations
 
-import hashlib
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from mailgate import __version__
@@ -27,9 +24,10 @@ from mailgate.config import Config
 from mailgate.runtime import stats
 from mailgate.runtime.worker import RESCAN_INTERVAL, Worker
 from mailgate.scan import mime, notify, policy
-from mailgate.scan.av import attachments, avdb
-from mailgate.scan.av.engine import Engine, EngineUnavailable, ObjectError
+from mailgate.scan.av import avdb
+from mailgate.scan.av.engine import EngineUnavailable, ObjectError
 from mailgate.scan.av.ichecker import IChecker
+from mailgate.scan.inspection import Inspection, Inspector, engine_for, status_header
 from mailgate.scan.policy import Decision, ObjectVerdict
 from mailgate.scan.spam.spamtest import Spamtest, SpamVerdict
 from mailgate.spool import Entry, new_queue_id
@@ -37,132 +35,6 @@ from mailgate.spool import envelope as envmod
 from mailgate.spool.journal import Journal
 
 ENGINE_RETRY = 1.0
-
-
-@dataclass
-class Inspection:
-    split: mime.Split
-    objects: list[ObjectVerdict]
-    decision: Decision
-    spam: SpamVerdict | None = None
-
-    def public(self) -> dict:
-        return {
-            "status": self.decision.status,
-            "action": self.decision.action,
-            "objects": [o.public() for o in self.objects],
-            "spam": self.spam.public() if self.spam else {},
-        }
-
-
-class Inspector:
-    """Gives a message its verdict; no spool, no side effects (``mailgate scan`` uses it)."""
-
-    def __init__(
-        self,
-        config: Config,
-        engine: Engine | None,
-        installed=None,
-        types=None,
-        spam: Spamtest | None = None,
-    ):
-        self.config = config
-        self.engine = engine
-        self.installed = installed or (lambda: None)
-        self.types = config.attachments_enabled if types is None else types
-        self.spamtest = spam
-
-    def inspect(
-        self, raw: bytes, last_try: bool = True, envelope: dict | None = None
-    ) -> Inspection:
-        """Raises EngineUnavailable; raises ObjectError unless ``last_try`` (then such
-        objects are ``unscannable``). ``envelope`` (sender, recipients, client) informs the
-        spam filter; an offline scan has none."""
-        config = self.config
-        split = mime.split(raw, config.max_depth, config.max_parts)
-        envelope = envelope or {"mail_from": "", "recipients": []}
-        spam = None
-        if self.spamtest is not None and envelope.get("kind", "message") == "message":
-            spam = self.spamtest.check(split, envelope)
-        deadline = time.monotonic() + config.message_timeout
-        verdicts = []
-        if split.limit:
-            verdicts.append(
-                ObjectVerdict(
-                    "0",
-                    "",
-                    "message/rfc822",
-                    "",
-                    "unscannable",
-                    split.limit,
-                    config.actions("unscannable"),
-                    curable=False,
-                )
-            )
-        if self.engine is not None:
-            self.engine.refresh_version(self.installed())
-        for obj in split.objects:
-            verdicts.append(self._object(obj, deadline, last_try))
-        return Inspection(split, verdicts, policy.decide(verdicts), spam)
-
-    def _object(self, obj: mime.MimeObject, deadline: float, last_try: bool) -> ObjectVerdict:
-        config, engine = self.config, self.engine
-        found = [("corrupted", obj.defect)] if obj.defect else []
-        cache = engine.ichecker if engine is not None else None
-        digest = hashlib.sha256(obj.data).digest() if cache is not None else b""
-        known = cache.get(digest, engine.db_version) if cache is not None else None
-        if known is not None:
-            found.append(known[:2])
-            kind = known[2]
-        else:
-            kind = attachments.true_type(obj.data) if self.types else ""
-        if engine is not None and known is None:
-            if len(obj.data) > config.max_object_size:
-                found.append(("unscannable", f"larger than MaxObjectSize ({len(obj.data)} bytes)"))
-            else:
-                try:
-                    if time.monotonic() > deadline:
-                        raise ObjectError("the message took longer than MessageTimeout")
-                    verdict = engine.scan(obj.data)
-                except ObjectError as exc:
-                    if not last_try:
-                        raise
-                    found.append(("unscannable", str(exc)))
-                else:
-                    found.append(verdict)
-                    if cache is not None:
-                        cache.put(digest, engine.db_version, *verdict, kind)
-        bomb = attachments.archive_bomb(obj.data, config.max_unpacked_size)
-        if bomb is not None:
-            found.append(("unscannable", bomb))
-        ban = attachments.check(config, obj.name, kind)
-        if ban is not None:
-            found.append(("banned", ban.detail))
-        status = policy.worst(s for s, _ in found) if found else "clean"
-        detail = "; ".join(d for s, d in found if s == status and d)
-        actions = ban.actions if status == "banned" and ban else config.actions(status)
-        return ObjectVerdict(
-            obj.path,
-            obj.name,
-            obj.content_type,
-            kind,
-            status,
-            detail,
-            actions,
-            curable=obj.part is not None,
-        )
-
-
-def engine_for(config: Config, ichecker: IChecker | None = None) -> Engine | None:
-    if not config.av_enabled:
-        return None
-    return Engine(config.clamd_socket_path, config.object_timeout, ichecker)
-
-
-def status_header(inspection: Inspection) -> str:
-    status = inspection.decision.status
-    names = sorted({o.detail for o in inspection.objects if o.status == status and o.detail})
-    return f"{status} ({', '.join(names)})" if names and status != "clean" else status
 
 
 class Scanner(Worker):

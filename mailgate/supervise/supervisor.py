@@ -10,8 +10,8 @@ has just reaped (and all claims at start, when no worker runs).
 
 At start it binds the ListenOn sockets (and, started as root, then becomes User: see
 ``privileges``), keeps them, and passes them to every receiver it starts; it folds the last
-run's counters into the history (``stats``); its sweep also expires the journal and checks
-the traffic thresholds (``alerts``).
+run's counters into the history (``stats``); every ``SWEEP_INTERVAL`` it runs the
+housekeeping (``housekeeping``: claims of strangers, expiry, traffic thresholds).
 
 Invariants:
 - One supervisor per spool (a file lock in ``run/``); workers die with their supervisor, and
@@ -38,7 +38,6 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import filelock
 
@@ -46,8 +45,9 @@ from mailgate import config as configmod
 from mailgate.runtime import log as logmod
 from mailgate.runtime import privileges, stats
 from mailgate.scan.av import avdb, clamd
-from mailgate.spool import Spool, journal, write_file_replacing
-from mailgate.supervise import alerts, ready
+from mailgate.spool import Spool, write_file_replacing
+from mailgate.supervise import engine, ready
+from mailgate.supervise.housekeeping import Housekeeping, is_worker_alive
 
 SIGNALS = (signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 STOP_TIMEOUT = 40.0
@@ -80,7 +80,7 @@ class Supervisor:
         self.log = logmod.get()
         self.slots: list[Slot] = []
         self.stopping = False
-        self.traffic = alerts.TrafficWatch(self.spool)
+        self.housekeeping = Housekeeping(self.spool, self.log)
         self.listeners: list = []
 
     # ------------------------------------------------------------ processes
@@ -91,24 +91,6 @@ class Supervisor:
         )
         os.replace(self.spool.run_path("mailgate.conf.new"), self.spool.run_path("mailgate.conf"))
 
-    def _clamd_config_text(self) -> str:
-        return clamd.config_text(
-            self.config.clamd_socket_path,
-            avdb.current(self.spool),
-            self.spool.run_path("clamd-tmp"),
-            self.config.max_object_size,
-            self.spool.run_path("clamd.log"),
-        )
-
-    def _clamd_config(self) -> Path:
-        """Write ``run/clamd.conf`` for the current configuration (if it changed)."""
-        conf = self.spool.run_path("clamd.conf")
-        self.spool.run_path("clamd-tmp").mkdir(exist_ok=True, mode=0o700)
-        text = self._clamd_config_text()
-        if not conf.exists() or conf.read_text() != text:
-            conf.write_text(text)
-        return conf
-
     def _start_clamd(self, slot: Slot) -> None:
         """Start clamd, first installing the shipped database if there is none (or it changed)."""
         installed = avdb.ensure_seeded(self.spool, self.config.signatures_path)
@@ -116,7 +98,7 @@ class Supervisor:
             self.log.info("database_installed", version=installed, origin="shipped")
         self.config.clamd_socket_path.unlink(missing_ok=True)
         slot.process = subprocess.Popen(
-            clamd.command(self._clamd_config()),
+            clamd.command(engine.write_config(self.config, self.spool)),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             preexec_fn=privileges.die_with_parent,
@@ -265,14 +247,19 @@ class Supervisor:
             for sock in self.listeners:
                 sock.close()
             self.listeners = listeners
-        clamd_before = self._clamd_config_text() if self._managed_clamd() else None
+        clamd_before = (
+            engine.config_text(self.config, self.spool) if self._managed_clamd() else None
+        )
         self.config = config
         self._snapshot()
         self._signal_all(signal.SIGHUP)
         if self._managed_clamd():
-            restart = clamd_before is not None and self._clamd_config_text() != clamd_before
+            restart = (
+                clamd_before is not None
+                and engine.config_text(self.config, self.spool) != clamd_before
+            )
             if restart:
-                self._clamd_config()
+                engine.write_config(self.config, self.spool)
             self._signal_all(signal.SIGTERM if restart else signal.SIGUSR2, ("clamd",))
         for role, moved in (("receiver", network_changed), ("admin", console_moved)):
             for slot in self.slots:
@@ -370,7 +357,8 @@ class Supervisor:
                     if self._control(request):
                         return self.stop()
                 if time.monotonic() >= next_sweep:
-                    self._sweep()
+                    children = {s.process.pid for s in self.slots if s.process is not None}
+                    self.housekeeping.sweep(self.config, children)
                     next_sweep = time.monotonic() + SWEEP_INTERVAL
         finally:
             lock.release()
@@ -426,35 +414,6 @@ class Supervisor:
             socket=str(self.config.clamd_socket_path),
             version=avdb.current_version(self.spool),
         )
-
-    def _sweep(self) -> None:
-        """Recover claims whose owner is gone but was never our child to reap.
-
-        That is a worker of an earlier supervisor that was still finishing its message when
-        this one started, and was then killed.
-        """
-        ours = {s.process.pid for s in self.slots if s.process is not None}
-        moved = self.spool.recover(
-            self.config.max_attempts, alive=lambda pid: pid in ours or is_worker_alive(pid)
-        )
-        for queue_id, state in moved:
-            self.log.warning("claim_recovered", qid=queue_id, to=state, child="not ours")
-        for day in self.spool.expire_archive(self.config.archive_retention):
-            self.log.info("archive_expired", day=day)
-        for day in journal.expire(self.spool, self.config.stats_retention):
-            self.log.info("journal_expired", day=day)
-        for threshold in self.traffic.check(self.config):
-            self.log.warning(
-                "threshold_passed", threshold=threshold, notified=self.config.administrator or None
-            )
-
-
-def is_worker_alive(pid: int) -> bool:
-    """Is ``pid`` a running mailgate worker (say, one left by a supervisor that was killed)?"""
-    try:
-        return b"mailgate\x00worker" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
 
 
 def run(config: configmod.Config) -> int:

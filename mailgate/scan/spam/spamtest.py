@@ -35,6 +35,7 @@ from mailgate.scan.av.avdb import REJECTED, UPDATED
 from mailgate.scan.mime import Split, decode_words
 from mailgate.scan.spam import bayes
 from mailgate.scan.spam import rules as spamrules
+from mailgate.scan.spam.checks import Facts
 from mailgate.spool import Spool
 
 # (score needed for spam, for probable-spam) per Intensity.
@@ -82,7 +83,7 @@ class SpamVerdict:
         return "*" * max(0, min(50, int(self.score)))
 
 
-def _facts(split: Split, envelope: dict, config: Config) -> spamrules.Facts:
+def _facts(split: Split, envelope: dict, config: Config) -> Facts:
     message = split.message
     headers: dict[str, str] = {}
     received_skipped = False
@@ -115,7 +116,7 @@ def _facts(split: Split, envelope: dict, config: Config) -> spamrules.Facts:
         texts.append(text)
     raw_text = "\n".join(raws)
     client = envelope.get("client") or {}
-    return spamrules.Facts(
+    return Facts(
         message=message,
         headers=headers,
         text="\n".join(texts),
@@ -201,7 +202,7 @@ class Spamtest:
             fnmatch.fnmatchcase(address if "@" in m else domain, m) for m in masks if address
         )
 
-    def _lists(self, envelope: dict, facts: spamrules.Facts) -> tuple[str, str] | None:
+    def _lists(self, envelope: dict, facts: Facts) -> tuple[str, str] | None:
         sender = envelope.get("mail_from", "")
         rcpts = [r["address"] for r in envelope.get("recipients", [])]
         if (
