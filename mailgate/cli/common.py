@@ -38,11 +38,15 @@ def find_entry(spool: Spool, queue_id: str, states: tuple[str, ...] = STATES[1:]
         raise CommandError(f"no message {queue_id} in {where}", EXIT_NOT_FOUND) from None
 
 
-def age(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    seconds = max(0, time.time() - seconds)
+def span(seconds: float) -> str:
+    """A duration as a person reads it: ``45s``, ``12m``, ``3h``, ``2d``."""
+    seconds = max(0, seconds)
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
             return f"{int(seconds // size)}{unit}"
     return f"{int(seconds)}s"
+
+
+def age(seconds: float | None) -> str:
+    """How long ago the epoch time ``seconds`` was (``?`` when unknown)."""
+    return "?" if seconds is None else span(time.time() - seconds)

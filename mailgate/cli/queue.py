@@ -5,8 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
-from mailgate.cli.common import EXIT_BUSY, EXIT_NOT_FOUND, EXIT_OK, CommandError, age, find_entry
+from mailgate.cli.common import (
+    EXIT_BUSY,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    CommandError,
+    age,
+    find_entry,
+    span,
+)
 from mailgate.config import Config
 from mailgate.message.headers import header_block
 from mailgate.spool import STATES, Spool, queueops
@@ -35,6 +44,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
                 f"{row['id']}  {row['state']:<8} {row['size'] or 0:>9}  "
                 f"{age(row['received_at']):>4}  <{row['sender']}> -> "
                 f"{'<' + rcpts[0] + '>' if rcpts else '-'}{more}"
+                + next_try(row)
                 + (
                     f"  [{row['last_error'] or row['reason']}]"
                     if row["last_error"] or row["reason"]
@@ -80,3 +90,13 @@ def run(args: argparse.Namespace, config: Config) -> int:
     except queueops.Refused as exc:
         raise CommandError(str(exc), EXIT_BUSY) from None
     return EXIT_OK
+
+
+def next_try(row: dict) -> str:
+    """``  next try 14:05 (in 3h)`` for a deferred message; JSON keeps the epoch seconds."""
+    when = row.get("next_attempt")
+    if row["state"] != "deferred" or not when:
+        return ""
+    wait = when - time.time()
+    clock = time.strftime("%H:%M" if wait < 86400 else "%Y-%m-%d %H:%M", time.localtime(when))
+    return f"  next try {clock} ({'due' if wait <= 0 else 'in ' + span(wait)})"

@@ -121,6 +121,11 @@ class _Behaviour:
         return items
 
     @property
+    def administrator_address(self) -> str:
+        """Who notices tell people to ask: ``Administrator``, else postmaster@Hostname."""
+        return self.administrator or f"postmaster@{self.hostname}"
+
+    @property
     def sender_address(self) -> str:
         return self.notify_from or f"postmaster@{self.hostname}"
 

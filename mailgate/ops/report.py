@@ -8,10 +8,11 @@ Administrator straight into ``ready/``, like the notifications.
 from __future__ import annotations
 
 import collections
-import html
 import json
 import re
 import time
+
+import jinja2
 
 from mailgate.config import BadValue, Config, parse_duration
 from mailgate.scan import notify
@@ -63,6 +64,7 @@ def build(
     spam_senders: collections.Counter = collections.Counter()
     spam_rcpts: collections.Counter = collections.Counter()
     delivered = {"messages": 0, "recipients": 0}
+    notices: collections.Counter = collections.Counter()
     bounced = 0
     hourly: dict[str, collections.Counter] = {}
     start = since - since % 3600
@@ -89,6 +91,8 @@ def build(
                 hour["spam"] += 1
                 spam_senders[(event.get("from") or "<>").lower()] += 1
                 spam_rcpts.update(a.lower() for a in event.get("to") or [])
+        elif kind == "delivered" and event.get("kind", "message") != "message":
+            notices[event["kind"]] += 1
         elif kind == "delivered":
             delivered["messages"] += 1
             delivered["recipients"] += len(event.get("to") or [])
@@ -107,6 +111,7 @@ def build(
             "top_recipients": _top(spam_rcpts, "address", top),
         },
         "delivered": delivered,
+        "notices": {"messages": sum(notices.values()), "by_kind": dict(notices)},
         "bounced": {"recipients": bounced},
         "hourly": [
             {
@@ -130,7 +135,14 @@ def render(doc: dict, fmt: str) -> str:
     return render_text(doc)
 
 
+def busy_hours(doc: dict) -> list[dict]:
+    """The hours in which anything happened (text and HTML skip the empty ones; JSON keeps
+    every hour, so a script sees a regular series)."""
+    return [row for row in doc["hourly"] if any(row[k] for k in HOURLY[1:])]
+
+
 def render_text(doc: dict) -> str:
+    notices = doc.get("notices", {}).get("messages", 0)
     lines = [
         f"mailgate report {doc['from']} .. {doc['to']}",
         "",
@@ -138,6 +150,7 @@ def render_text(doc: dict) -> str:
         f"scanned    {doc['scanned']}",
         f"delivered  {doc['delivered']['messages']} messages, "
         f"{doc['delivered']['recipients']} recipients",
+        f"notices    {notices} sent by mailgate (DSNs, notifications, reports)",
         f"bounced    {doc['bounced']['recipients']} recipients",
         "anti-virus " + _statuses(doc["virus"]["by_status"]),
         "spam       " + _statuses(doc["spam"]["by_status"]),
@@ -150,12 +163,14 @@ def render_text(doc: dict) -> str:
         lines += ["", title + ":"]
         lines += [f"  {row['count']:>7}  {row[key]}" for row in rows] or ["  (none)"]
     head = f"  {'hour':16} {'received':>9} {'bytes':>12} {'virus':>6} {'spam':>6}"
-    lines += ["", "Per hour:", head]
-    for row in doc["hourly"]:
+    lines += ["", "Per hour (hours with traffic):", head]
+    for row in busy_hours(doc):
         lines.append(
             f"  {row['hour']:16} {row['received']:>9} {row['bytes']:>12} "
             f"{row['virus']:>6} {row['spam']:>6}"
         )
+    if not busy_hours(doc):
+        lines.append("  (no traffic)")
     return "\n".join(lines) + "\n"
 
 
@@ -163,54 +178,25 @@ def _statuses(counts: dict) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "nothing scanned"
 
 
+_HTML = jinja2.Environment(
+    loader=jinja2.PackageLoader("mailgate", "data/reports"),
+    autoescape=True,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+
 def render_html(doc: dict) -> str:
-    e = html.escape
-
-    def table(head: list[str], rows: list[list]) -> str:
-        cells = "".join(f"<th>{e(h)}</th>" for h in head)
-        body = "".join(
-            "<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>" for row in rows
-        )
-        return f"<table><thead><tr>{cells}</tr></thead><tbody>{body}</tbody></table>"
-
-    def rows(items: list[dict], *keys: str) -> list[list]:
-        return [[item[k] for k in keys] for item in items]
-
+    """The same document as HTML, from ``data/reports/report.html`` (Jinja2, escaped)."""
     peak = max([row["received"] for row in doc["hourly"]] or [0]) or 1
-    bars = "".join(
-        f'<div class="bar" title="{e(row["hour"])}: {row["received"]}" '
-        f'style="height:{100 * row["received"] // peak}%"></div>'
-        for row in doc["hourly"]
+    return _HTML.get_template("report.html").render(
+        doc=doc,
+        peak=peak,
+        busy=busy_hours(doc),
+        columns=HOURLY,
+        virus_statuses=_statuses(doc["virus"]["by_status"]),
+        spam_statuses=_statuses(doc["spam"]["by_status"]),
     )
-    summary = [
-        ["received", f"{doc['received']['messages']} messages, {doc['received']['bytes']} bytes"],
-        ["scanned", doc["scanned"]],
-        ["delivered", f"{doc['delivered']['messages']} messages"],
-        ["bounced", f"{doc['bounced']['recipients']} recipients"],
-        ["anti-virus", _statuses(doc["virus"]["by_status"])],
-        ["spam", _statuses(doc["spam"]["by_status"])],
-    ]
-    parts = [
-        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
-        f"<title>mailgate report {e(doc['from'])}</title>",
-        "<style>body{font-family:sans-serif}table{border-collapse:collapse;margin:1em 0}"
-        "td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}"
-        ".chart{display:flex;align-items:flex-end;height:120px;gap:1px}"
-        ".bar{flex:1;background:#3b6ea5;min-height:1px}</style></head><body>",
-        f"<h1>mailgate report</h1><p>{e(doc['from'])} .. {e(doc['to'])}</p>",
-        table(["", "figure"], summary),
-        f"<h2>Messages received per hour</h2><div class='chart'>{bars}</div>",
-        "<h2>Top viruses</h2>",
-        table(["virus", "messages"], rows(doc["virus"]["top"], "name", "count")),
-        "<h2>Top spam senders</h2>",
-        table(["sender", "messages"], rows(doc["spam"]["top_senders"], "address", "count")),
-        "<h2>Top spam recipients</h2>",
-        table(["recipient", "messages"], rows(doc["spam"]["top_recipients"], "address", "count")),
-        "<h2>Per hour</h2>",
-        table(list(HOURLY), rows(doc["hourly"], *HOURLY)),
-        "</body></html>",
-    ]
-    return "\n".join(parts) + "\n"
 
 
 def mail(spool: Spool, config: Config, subject: str, text: str, content_type: str) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -69,13 +70,18 @@ _metrics: _Metrics | None = None
 
 
 def start(spool: Spool) -> None:
-    """Make this process count into the spool's ``stats/live/`` (call before ``metrics()``)."""
-    from prometheus_client import values
+    """Make this process count into the spool's ``stats/live/`` (call before ``metrics()``).
 
+    prometheus_client's multiprocess mode is chosen by ``PROMETHEUS_MULTIPROC_DIR`` when the
+    library is first imported; the supervisor sets it in every worker's environment, and a
+    worker started by hand gets it here, before the first import.
+    """
     live = spool.stats_path("live")
     live.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.environ[ENV] = str(live)
-    values.ValueClass = values.MultiProcessValue()
+    if os.environ.get(ENV) != str(live):
+        if "prometheus_client" in sys.modules:
+            raise RuntimeError(f"prometheus_client was imported before {ENV} was set")
+        os.environ[ENV] = str(live)
     global _metrics
     _metrics = None
 

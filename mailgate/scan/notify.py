@@ -127,7 +127,7 @@ def variables(config: Config, envelope: dict, subject: str, decision, objects) -
         ),
         "date": time.strftime(config.date_format, time.localtime()),
         "hostname": config.hostname,
-        "administrator": config.administrator,
+        "administrator": config.administrator_address,
         "client_ip": (envelope.get("client") or {}).get("ip", ""),
     }
 

@@ -273,7 +273,10 @@ class Sender(Worker):
             ]
             if delivered:
                 self.metrics.latency_seconds.observe(max(0.0, now - envelope["received_at"]))
-                self.journal.write("delivered", entry.id, to=[r["address"] for r in delivered])
+                kind = envelope.get("kind", "message")
+                extra = {} if kind == "message" else {"kind": kind}
+                to = [r["address"] for r in delivered]
+                self.journal.write("delivered", entry.id, to=to, **extra)
             if delivered and self.config.archive_sent:
                 self._archive_sent(envelope, message)
             self.spool.remove(entry)

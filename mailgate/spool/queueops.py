@@ -6,6 +6,8 @@ release, delete. A message a worker holds (``scanning/``, ``sending/``) is left 
 
 from __future__ import annotations
 
+import os
+
 from mailgate.spool import RETURNS, Entry, Spool
 from mailgate.spool import envelope as envmod
 
@@ -34,7 +36,7 @@ def summary(entry: Entry) -> dict:
         ],
         "received_at": env.get("received_at"),
         "attempts": env.get("attempts"),
-        "next_attempt": env.get("next_attempt"),
+        "next_attempt": _next_attempt(entry, env),
         "last_error": env.get("last_error"),
         "reason": entry.read_reason(),
     }
@@ -74,3 +76,14 @@ def _act(spool: Spool, action: str, entry: Entry) -> str:
     envmod.record(envelope, target, action)
     spool.release(entry, target, envelope)
     return f"{entry.id}: {entry.state} -> {target}"
+
+
+def _next_attempt(entry: Entry, env: dict) -> float | None:
+    """A deferred message's next try is its directory's mtime (what the sender goes by, and
+    what an administrator's ``touch`` changes); elsewhere, what the envelope last said."""
+    if entry.state == "deferred":
+        try:
+            return os.stat(entry.where).st_mtime
+        except FileNotFoundError:
+            pass
+    return env.get("next_attempt")

@@ -1,12 +1,9 @@
 """Supervisor (``mailgate run``): starts, watches and restarts the workers; handles signals.
 
-One receiver, ``Scanners`` scanners and ``Senders`` senders, each its own process running
-``mailgate worker ROLE``, and with ManageClamd a clamd on the spool's database (``avdb``),
-started first and waited for (PING) before the scanners, stopped last, restarted like a
-worker when it dies. Scanners pause while it is down; nothing is delivered unscanned.
-Beside them the ``admin`` process serves the web console and ``/metrics``.
-The supervisor never touches a message itself except to recover the claims of a worker it
-has just reaped (and all claims at start, when no worker runs).
+One receiver, ``Scanners`` scanners, ``Senders`` senders and the ``admin`` process (console,
+``/metrics``), each ``mailgate worker ROLE``; with ManageClamd a clamd on the spool's database,
+started first and waited for (PING), stopped last, restarted like a worker when it dies.
+The supervisor touches a message only to recover the claims of a worker it has reaped.
 
 At start it binds the ListenOn sockets (and, started as root, then becomes User: see
 ``privileges``), keeps them, and passes them to every receiver it starts; it folds the last
@@ -37,7 +34,6 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 
 import filelock
 
@@ -48,6 +44,7 @@ from mailgate.scan.av import avdb, clamd
 from mailgate.spool import Spool, write_file_replacing
 from mailgate.supervise import engine, ready
 from mailgate.supervise.housekeeping import Housekeeping, is_worker_alive
+from mailgate.supervise.slot import Slot
 
 SIGNALS = (signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 STOP_TIMEOUT = 40.0
@@ -55,22 +52,6 @@ STABLE_AFTER = 60.0
 SWEEP_INTERVAL = 10.0
 EXIT_ALREADY_RUNNING = 5
 EXIT_CANNOT_START = 8
-
-
-@dataclass
-class Slot:
-    role: str
-    index: int
-    process: subprocess.Popen | None = None
-    started: float = 0.0
-    backoff: float = 0.0
-    restart_at: float = 0.0
-    restarts: int = 0
-    retired: bool = False
-
-    @property
-    def name(self) -> str:
-        return f"{self.role}-{self.index}"
 
 
 class Supervisor:
@@ -124,7 +105,11 @@ class Supervisor:
             "--snapshot",
             str(self.spool.run_path("mailgate.conf")),
         ]
-        env = {**os.environ, privileges.SUPERVISOR_ENV: str(os.getpid())}
+        env = {
+            **os.environ,
+            privileges.SUPERVISOR_ENV: str(os.getpid()),
+            stats.ENV: str(self.spool.stats_path("live")),
+        }
         fds = ()
         if slot.role == "receiver":
             fds = tuple(sock.fileno() for sock in self.listeners)
