@@ -24,31 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mailgate.scan.spam.checks import CHECKS, Facts, fold
-
-try:
-    from re import _parser as sre_parse  # the parser ``re`` compiles with (3.11 and later)
-except ImportError:  # pragma: no cover - a Python without it runs every regex unfiltered
-    sre_parse = None
-
-
-def literal_starts(pattern: re.Pattern) -> tuple[str, ...] | None:
-    """Folded literals one of which starts every match of ``pattern``; None if unknown.
-
-    Python's regex engine tries an alternation at every position of the text, which costs
-    about 0.1 µs per character and rule; a substring test for the few literals a match must
-    begin with is done in C and rules most messages out. Only ASCII literals are used, and
-    only what ``re``'s own parser reports, so the filter never hides a match.
-    """
-    if sre_parse is None:
-        return None
-    try:
-        parsed = sre_parse.parse(pattern.pattern, pattern.flags)
-    except (AttributeError, TypeError, re.error):
-        return None
-    starts = _starts(list(parsed))
-    if not starts or any(len(x) < 2 for x in starts):
-        return None
-    return tuple(sorted(set(starts)))
+from mailgate.scan.spam.literals import literal_starts
 
 
 def first_start(folded: str, starts: tuple[str, ...]) -> int:
@@ -76,39 +52,6 @@ def _text_test(pattern: re.Pattern, attr: str) -> Callable[[Facts], bool]:
         return at >= 0 and bool(pattern.search(getattr(f, attr), at))
 
     return test
-
-
-def _starts(items: list) -> list[str] | None:
-    at, literal = sre_parse.AT, sre_parse.LITERAL
-    subpattern, branch = sre_parse.SUBPATTERN, sre_parse.BRANCH
-    i = 0
-    while i < len(items) and items[i][0] is at:
-        i += 1
-    if i == len(items):
-        return None
-    op, arg = items[i]
-    if op is literal:
-        chars = []
-        while i < len(items) and items[i][0] is literal and chr(items[i][1]).isascii():
-            chars.append(chr(items[i][1]))
-            i += 1
-        return [fold("".join(chars))] if chars else None
-    if op is subpattern:
-        return _starts(list(arg[-1]))
-    if op in (sre_parse.MAX_REPEAT, sre_parse.MIN_REPEAT) and arg[0] >= 1:
-        repeated = list(arg[2])
-        if len(repeated) == 1 and repeated[0][0] is literal and chr(repeated[0][1]).isascii():
-            return [fold(chr(repeated[0][1]) * min(arg[0], 8))]
-        return _starts(repeated)
-    if op is branch:
-        out: list[str] = []
-        for alternative in arg[1]:
-            found = _starts(list(alternative))
-            if not found:
-                return None
-            out += found
-        return out
-    return None
 
 
 @dataclass(frozen=True)
