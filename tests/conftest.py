@@ -5,7 +5,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from support import Gateway, Sink, free_port
+from support import Gateway, Sink, dnsmasq, free_port, mx_answers, mx_router, wait_for
 
 
 @pytest.fixture
@@ -44,3 +44,27 @@ def make_gateway(tmp_path, sink):
 @pytest.fixture
 def gateway(make_gateway):
     return make_gateway().start()
+
+
+@pytest.fixture(scope="module")
+def dns_port():
+    """A dnsmasq on loopback with the MX test domains (``mx.test``, ``nullmx.test`` …)."""
+    port = free_port()
+    proc = dnsmasq(
+        port,
+        [
+            "--local=/test/",
+            "--mx-host=mx.test,mail.mx.test,10",
+            "--mx-host=mx.test,backup.mx.test,20",
+            "--host-record=mail.mx.test,127.0.0.1",
+            "--host-record=backup.mx.test,127.0.0.3",
+            "--host-record=amx.test,127.0.0.1",
+            "--mx-host=nullmx.test,.,0",
+            "--mx-host=lame.test,nowhere.lame.test,10",
+        ],
+    )
+    router = mx_router(port, "")
+    wait_for(lambda: mx_answers(router), 10, "dnsmasq to answer")
+    yield port
+    proc.terminate()
+    proc.wait()

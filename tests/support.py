@@ -24,7 +24,9 @@ from pathlib import Path
 
 from aiosmtpd.controller import Controller
 
+from mailgate import config as configmod
 from mailgate.receive.smtp import GatewaySMTP
+from mailgate.send.routing import RouteError, Router
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -409,3 +411,30 @@ def dnsmasq(port: int, records: list[str]) -> subprocess.Popen:
         stderr=subprocess.DEVNULL,
     )
     return proc
+
+
+def mx_router(port: int, routes: str, tmp: Path = Path("/tmp")) -> Router:
+    text = (
+        f"[smtpgw.forward]\nNameservers=127.0.0.1:{port}\nDeliveryPort=2600\n{routes}\n"
+        "[smtpgw.path]\nSpoolDir=spool\n"
+    )
+    """A Router on its own configuration, asking the DNS server on 127.0.0.1:``port``."""
+    return Router(configmod.parse(text, tmp / "routing.conf"))
+
+
+def mx_answers(router: Router) -> bool:
+    try:
+        return bool(router.targets("x@amx.test"))
+    except RouteError:
+        return False
+
+
+def spam_envelope(
+    sender="a@example.org", rcpts=("user@company.com",), ip="192.0.2.10", helo="mx.ex"
+):
+    """The envelope a scanner hands the spam filter: sender, recipients and client."""
+    return {
+        "mail_from": sender,
+        "recipients": [{"address": r, "status": "pending"} for r in rcpts],
+        "client": {"ip": ip, "helo": helo},
+    }

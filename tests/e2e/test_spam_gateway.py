@@ -1,0 +1,100 @@
+"""Spamtest in a running gateway: GTUBE end to end, groups that split a message, a list file
+re-read on SIGHUP, our own Received header."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+from support import make_message, wait_for
+
+from mailgate.scan.spam import checks
+
+GTUBE = checks.GTUBE
+
+
+SPAM_ON = "[smtpgw.spamtest]\nEnabled=yes\n"
+
+
+def test_gtube_end_to_end_is_quarantined_and_outside_headers_are_not_trusted(make_gateway, sink):
+    gw = make_gateway(SPAM_ON).start()
+    gtube = make_message("gtube@test").replace(b"Hello", GTUBE.encode())
+    qid = gw.send(gtube)
+    wait_for(lambda: gw.entries("quarantine/spam") == [qid], what="the quarantined copy")
+    forged = b"X-Spam-Status: No, score=-100\r\nX-Mailgate-Virus-Status: clean\r\n" + (
+        make_message("fine@test")
+    )
+    gw.send(forged)
+    got = sink.wait_count(1)[0]
+    assert got.message_id == "<fine@test>"
+    msg = got.message
+    assert msg["X-Untrusted-Spam-Status"] == "No, score=-100"
+    assert msg.get_all("X-Spam-Status")[0].startswith("No, score=")
+    assert len(msg.get_all("X-Spam-Status")) == 1
+    assert "X-Spam-Level" in msg
+    assert msg["X-Mailgate-Virus-Status"] == "clean"
+    assert msg["X-Untrusted-Mailgate-Virus-Status"] == "clean"
+
+
+def test_groups_split_a_message_into_differently_treated_copies(make_gateway, sink):
+    gw = make_gateway(
+        SPAM_ON + "ActionSpam=block\nGroup=management *@management.company.com\n"
+        "GroupAction=management spam mark\nSubjectPrefix=[SPAM]\n"
+    ).start()
+    gtube = make_message("split@test", subject="offer").replace(b"Hello", GTUBE.encode())
+    qid = gw.send(
+        gtube, to=["boss@management.company.com", "user@company.com", "cfo@management.company.com"]
+    )
+    got = sink.wait_count(1)[0]
+    assert sorted(got.rcpt_tos) == ["boss@management.company.com", "cfo@management.company.com"]
+    msg = got.message
+    assert msg["Subject"] == "[SPAM] offer"
+    assert msg["X-Spam-Flag"] == "YES"
+    assert "GTUBE(1000)" in msg["X-Spam-Status"].replace("\r\n\t", "")
+    wait_for(lambda: "event='scanned'" in gw.log(), what="the scan log")
+    assert f"qid='{qid}'" in gw.log()
+    assert not any("user@company.com" in r.rcpt_tos for r in sink.received)
+    # Both groups again, this time management blocks and everyone else gets it marked:
+    # the copy for the other group is a new queue entry of its own.
+    gw2 = make_gateway(
+        SPAM_ON + "ActionSpam=mark\nGroup=management *@management.company.com\n"
+        "GroupAction=management spam quarantine\n",
+        name="gw2",
+    ).start()
+    qid2 = gw2.send(
+        gtube.replace(b"split@test", b"split2@test"),
+        to=["boss@management.company.com", "user@company.com"],
+    )
+    got = wait_for(
+        lambda: [r for r in sink.received if r.message_id == "<split2@test>"],
+        what="the marked copy",
+    )[0]
+    assert got.rcpt_tos == ["user@company.com"]
+    assert got.message["Subject"].startswith("[SPAM]")
+    quarantined = wait_for(lambda: gw2.entries("quarantine/spam"), what="quarantine")
+    assert quarantined == [qid2]
+    kept = json.loads((gw2.spool / "quarantine" / "spam" / qid2 / "envelope.json").read_text())
+    assert [r["address"] for r in kept["recipients"]] == ["boss@management.company.com"]
+
+
+def test_blacklist_file_is_reread_on_sighup(make_gateway, sink, tmp_path):
+    listed = tmp_path / "black.txt"
+    listed.write_text("# nobody yet\n")
+    gw = make_gateway(SPAM_ON + f"BlacklistSenders=file:{listed}\n").start()
+    gw.send(make_message("first@test"), sender="pest@nuisance.example")
+    sink.wait_count(1)
+    listed.write_text("*@nuisance.example\n")
+    gw.signal(signal.SIGHUP)
+    wait_for(lambda: gw.log().count("config_reloaded") >= 4, what="every worker reloaded")
+    gw.send(make_message("second@test"), sender="pest@nuisance.example")
+    wait_for(lambda: "spam='blacklisted'" in gw.log(), what="the blacklisted verdict")
+    gw.send(make_message("third@test"), sender="friend@example.org")
+    wait_for(lambda: "<third@test>" in sink.ids(), what="the third message")
+    assert "<second@test>" not in sink.ids()
+
+
+def test_our_own_received_header_is_not_evidence(make_gateway, sink):
+    gw = make_gateway(SPAM_ON + "ActionProbableSpam=deliver\nActionSpam=deliver\n").start()
+    gw.send(make_message("own@test"))
+    status = sink.wait_count(1)[0].message["X-Spam-Status"].replace("\r\n\t", "")
+    assert "RECEIVED_FORGED" not in status and "HELO_IS_US" not in status
