@@ -113,6 +113,9 @@ def test_log_in_see_a_quarantined_eicar_message_and_release_it(make_gateway, sin
         assert "down" not in roles
         assert driver.find_element(By.ID, "today-received").text == "2"
         assert driver.find_element(By.ID, "quarantine-total").text == "1"
+        legend = element(driver, "chart-legend").text
+        assert "received" in legend and "spam" in legend and "viruses" in legend
+        assert "Messages accepted (250 after DATA)" in driver.page_source
         cookie = driver.get_cookie("mailgate_session")
         assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
         screenshot(driver, "console-dashboard.png")
