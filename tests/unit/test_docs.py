@@ -22,6 +22,15 @@ def test_readme_is_short_and_its_links_resolve():
     assert missing == []
 
 
+def test_links_between_documents_resolve():
+    missing = []
+    for doc in sorted((ROOT / "docs").glob("*.md")):
+        for link in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", doc.read_text()):
+            if not (doc.parent / link).exists():
+                missing.append(f"{doc.name}: {link}")
+    assert missing == []
+
+
 def test_every_option_is_in_the_reference():
     reference = (ROOT / "docs" / "configuration.md").read_text()
     missing = [o.key for o in TABLE if f"\n| {o.key} | " not in reference]
