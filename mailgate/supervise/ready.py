@@ -28,7 +28,8 @@ def console(config: Config) -> str:
     if config.admin_listen and config.password_hash:
         parts.append(f"console http://{_address(*config.admin_listen)}/")
     elif config.admin_listen:
-        parts.append("console off (set a password with mailgate passwd)")
+        url = f"http://{_address(*config.admin_listen)}/"
+        parts.append(f"console {url} (no login until a password is set: mailgate passwd)")
     else:
         parts.append("console off ([smtpgw.admin] Listen is empty)")
     if config.metrics_listen:

@@ -264,6 +264,8 @@ def test_without_a_password_nobody_logs_in(make_gateway, sink):
     assert status == 200 and b"mailgate passwd" in body
     assert client.log_in("") == 401
     assert client.log_in("anything at all") == 401
+    ready = f"console http://127.0.0.1:{port}/ (no login until a password is set: mailgate passwd)"
+    assert ready in gw.log()
 
 
 def test_queue_pages_hold_release_requeue_and_delete(make_gateway, sink):
