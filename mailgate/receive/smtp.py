@@ -18,8 +18,6 @@ from __future__ import annotations
 import inspect
 import re
 import time
-from email._header_value_parser import get_addr_spec, get_angle_addr
-from email.errors import HeaderParseError
 
 from aiosmtpd.smtp import SMTP
 
@@ -277,26 +275,6 @@ class GatewaySMTP(IntrospectedNames, SMTP):
             self._last_line = None
             if self.transport is not None:
                 self._reset_timeout()
-
-    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
-        """aiosmtpd's address parsing without the typing class it defines on every call.
-
-        Same results: ``('', '')`` for an empty argument, ``(None, None)`` for one that does
-        not parse or whose local part is over ``local_part_limit``.
-        """
-        if not arg:
-            return "", ""
-        try:
-            if arg.lstrip().startswith("<"):
-                address, rest = get_angle_addr(arg)
-            else:
-                address, rest = get_addr_spec(arg)
-        except HeaderParseError:
-            return None, None
-        addr = address.addr_spec
-        if self.local_part_limit and len(addr.rpartition("@")[0]) > self.local_part_limit:
-            return None, None
-        return addr, rest
 
     async def smtp_MAIL(self, arg: str | None):
         if await self._refuse_if_stopping():
