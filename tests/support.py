@@ -405,6 +405,7 @@ def dnsmasq(port: int, records: list[str]) -> subprocess.Popen:
             "--bind-interfaces",
             "--user=root",
             "--pid-file=",
+            "--local-ttl=300",  # as real lists and zones publish; 0 would forbid caching
             *records,
         ],
         stdout=subprocess.DEVNULL,

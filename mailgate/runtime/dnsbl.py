@@ -1,15 +1,14 @@
 """DNS block lists: the client's IP in ``RBLZone`` lists, URL domains in ``URIBLZone`` lists.
 
 All lookups of a message are sent at once (dnspython's asyncio resolver) and bounded together
-by ``DNSTimeout``; answers, including "not listed", are cached for their TTL (at most an
-hour, at least a minute). A DNS server that fails or does not answer means "not listed": a
-broken resolver must never hold up or reject mail.
+by ``DNSTimeout``; answers, including "not listed" (NXDOMAIN), stay in dnspython's resolver
+cache for the time the list publishes. A DNS server that fails or does not answer means "not
+listed": a broken resolver must never hold up or reject mail.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 
 import dns.asyncresolver
 import dns.exception
@@ -18,7 +17,7 @@ import dns.resolver
 
 from mailgate.config import Zone, client_address
 
-MIN_TTL, MAX_TTL = 60.0, 3600.0
+CACHE_SIZE = 100_000  # names; the least recently used go first
 
 
 def reversed_ip(ip: str) -> str | None:
@@ -42,30 +41,23 @@ class Checker:
             ]
         self.resolver.lifetime = timeout
         self.resolver.timeout = timeout
-        self.cache: dict[str, tuple[float, list[str]]] = {}
-        self.lookups = 0
+        self.resolver.cache = dns.resolver.LRUCache(CACHE_SIZE)
         self.failures = 0
 
+    @property
+    def lookups(self) -> int:
+        """Look-ups the cache could not answer (each sends at least one query)."""
+        return self.resolver.cache.get_statistics_snapshot().misses
+
     async def _query(self, name: str) -> list[str]:
-        cached = self.cache.get(name)
-        if cached and cached[0] > time.monotonic():
-            return cached[1]
-        self.lookups += 1
-        ttl = MIN_TTL
         try:
             answer = await self.resolver.resolve(name, "A", raise_on_no_answer=False)
-            replies = [r.address for r in answer] if answer.rrset else []
-            if answer.rrset is not None:
-                ttl = answer.rrset.ttl
         except dns.resolver.NXDOMAIN:
-            replies = []
+            return []
         except (dns.exception.DNSException, OSError):
             self.failures += 1
             return []  # not cached: the server may be back next time
-        self.cache[name] = (time.monotonic() + min(MAX_TTL, max(MIN_TTL, ttl)), replies)
-        if len(self.cache) > 100_000:
-            self.cache.clear()
-        return replies
+        return [r.address for r in answer] if answer.rrset else []
 
     async def _all(self, queries: list[tuple[Zone, str, str]]) -> dict[str, tuple[float, str]]:
         answers = await asyncio.wait_for(
