@@ -258,6 +258,7 @@ def dns_server():
             "--host-record=2.0.0.127.rbl.test,127.0.0.2",
             "--host-record=4.0.0.127.rbl.test,127.0.0.99",
             "--host-record=spammy.example.uribl.test,127.0.0.2",
+            "--host-record=spammy.co.uk.uribl.test,127.0.0.2",
         ],
     )
     yield port
@@ -288,6 +289,9 @@ def test_dns_block_lists_hits_misses_masks_and_cache(tmp_path, dns_server):
     assert "RBL_RBL_TEST" not in check(spam, make_message("r@t"), envelope(ip="127.0.0.4")).rules
     body = make_message("u@test").replace(b"Hello", b"See http://www.spammy.example/offer")
     assert check(spam, body).rules["RBL_URIBL_TEST"] == 1.5
+    # the registered domain under a multi-label public suffix, not "co.uk"
+    deep = make_message("k@test").replace(b"Hello", b"See https://shop.www.spammy.co.uk/x")
+    assert check(spam, deep).rules["RBL_URIBL_TEST"] == 1.5
     before = spam.dns.lookups
     check(spam, make_message("r@test"), envelope(ip="127.0.0.2"))
     assert spam.dns.lookups == before  # answered from the cache
