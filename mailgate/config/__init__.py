@@ -5,7 +5,14 @@
 writes the documentation from the schema. Importers use the names re-exported here.
 """
 
-from mailgate.config.loader import default_path, load, parse, reload, tls_context
+from mailgate.config.loader import (
+    default_path,
+    load,
+    parse,
+    reload,
+    restart_needed,
+    tls_context,
+)
 from mailgate.config.model import Config, data_path
 from mailgate.config.rules import AttachmentRule, Group, ListSource, NextHop, Route, Zone
 from mailgate.config.schema import OPTIONS, SECTIONS, TABLE, Option
@@ -41,5 +48,6 @@ __all__ = [
     "parse_duration",
     "parse_networks",
     "reload",
+    "restart_needed",
     "tls_context",
 ]

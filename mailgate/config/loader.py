@@ -231,6 +231,15 @@ def load(path: Path | str | None = None, text_from: Path | None = None) -> Confi
     return parse(text, path)
 
 
+def restart_needed(current: Config, new: Config) -> list[str]:
+    """The options marked ``reloadable = false`` in the schema that ``new`` changes."""
+    return [
+        o.key
+        for o in TABLE
+        if not o.reloadable and getattr(current, o.attr) != getattr(new, o.attr)
+    ]
+
+
 def reload(current: Config, snapshot: Path | None, log) -> Config | None:
     """Re-read ``current``'s file (its text from ``snapshot`` if given) for a SIGHUP.
 

@@ -203,10 +203,11 @@ class Supervisor:
         config = configmod.reload(self.config, None, self.log)
         if config is None:
             return
-        if config.spool_path != self.config.spool_path:
+        frozen = configmod.restart_needed(self.config, config)
+        if frozen:
             self.log.error(
                 "config_reload_failed",
-                problems=["SpoolDir changes need a restart"],
+                problems=[f"{key} changes need a restart" for key in frozen],
                 note="keeping the running configuration",
             )
             return

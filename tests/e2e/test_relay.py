@@ -225,6 +225,11 @@ def test_sighup_keeps_old_config_when_new_one_is_bad(gateway, sink):
     wait_for(lambda: len(gateway.pids("sender")) == 1, what="one sender after reload")
     gateway.send(make_message("aftergoodhup@test"))
     assert sink.wait_count(2)[1].message_id == "<aftergoodhup@test>"
+    gateway.conf.write_text(gateway.conf.read_text().replace("SpoolDir=spool", "SpoolDir=other"))
+    gateway.signal(signal.SIGHUP)
+    wait_for(lambda: "SpoolDir changes need a restart" in gateway.log(), what="a refused reload")
+    gateway.send(make_message("aftermovedhup@test"))
+    assert sink.wait_count(3)[2].message_id == "<aftermovedhup@test>"
 
 
 def test_starttls_when_a_certificate_is_configured(make_gateway, sink, tmp_path):

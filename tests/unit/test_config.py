@@ -80,3 +80,15 @@ def test_check_config_reports_spam_rule_errors_with_file_and_line(tmp_path):
     )
     assert result.returncode == 1, result.stdout + result.stderr
     assert f"{rules}:2: " in result.stderr
+
+
+def test_options_that_need_a_restart_are_named_by_the_schema(tmp_path):
+    before = configmod.load(write(tmp_path, "[smtpgw.path]\nSpoolDir=spool\n"))
+    moved = configmod.parse(
+        "[smtpgw.path]\nSpoolDir=elsewhere\n[smtpgw.process]\nUser=\n", before.path
+    )
+    assert configmod.restart_needed(before, moved) == ["SpoolDir", "User"]
+    bigger = configmod.parse(
+        "[smtpgw.path]\nSpoolDir=spool\n[smtpgw.limits]\nScanners=4\n", before.path
+    )
+    assert configmod.restart_needed(before, bigger) == []

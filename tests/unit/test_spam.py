@@ -159,7 +159,8 @@ def test_the_literal_filters_never_change_a_verdict(tmp_path):
             got = name in phrases if kind == "phrase" else rules[name].test(facts)
             assert got == expected, (name, facts.text[:200])
             fired += expected
-    assert fired > 300
+    if TRAIN.is_dir():  # without the corpus, the Unicode corner cases alone
+        assert fired > 300
     verdicts = [set(check(spam, raw).rules) for raw in samples[:2]]
     assert {"DEAR_SIR_MADAM", "PHRASE_OPT_IN", "PHRASE_REMOVE_LIST"} <= verdicts[0]
     assert {"FRAUD_MILLIONS", "FRAUD_NEXT_OF_KIN", "GUARANTEED_RESULTS"} <= verdicts[1]
