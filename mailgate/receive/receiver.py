@@ -29,6 +29,7 @@ from mailgate import config as configmod
 from mailgate.message.headers import header_block
 from mailgate.receive import restrictions
 from mailgate.receive.anvil import Anvil
+from mailgate.receive.gate import Gate
 from mailgate.receive.smtp import GatewaySMTP, IntrospectedNames
 from mailgate.runtime import log as logmod
 from mailgate.runtime import privileges, stats
@@ -38,6 +39,7 @@ from mailgate.spool import envelope as envmod
 from mailgate.spool.journal import Journal
 
 STOP_GRACE = 30.0
+NO_IDLE_TIMER = 30 * 86400.0  # aiosmtpd's own idle timer; GatewaySMTP keeps the real ones
 _LOAD_CACHE_SECONDS = 0.5
 
 
@@ -62,22 +64,22 @@ class Receiver(IntrospectedNames):
         self.recipients = restrictions.Recipients(config)
         self.dns = Checker(config.nameservers, config.dns_timeout)
 
-    async def connect_refusal(self, server: GatewaySMTP, ip: str) -> str | None:
-        """Ask the ConnectRBL zones about a new client; the refusal, or None (maybe marked)."""
+    async def connect_refusal(self, ip: str) -> tuple[str | None, str]:
+        """Ask the ConnectRBL zones about a new client: (the refusal or None, the mark to
+        carry in ``X-Mailgate-RBL`` when the action is ``mark``)."""
         config = self.config
         if not config.connect_rbl or config.is_trusted(ip):
-            return None
+            return None, ""
         hit = await self.dns.listed(ip, config.connect_rbl)
         if hit is None:
-            return None
+            return None, ""
         zone, why = hit
         self.counters["rbl_listed"] += 1
         self.log.info("rbl_listed", client=ip, zone=zone, why=why, action=config.connect_rbl_action)
         if config.connect_rbl_action == "mark":
-            server.rbl = f"{zone} ({why})"
-            return None
+            return None, f"{zone} ({why})"
         self.refused("rbl")
-        return f"554 5.7.1 Service unavailable; client [{ip}] blocked using {zone}"
+        return f"554 5.7.1 Service unavailable; client [{ip}] blocked using {zone}", ""
 
     def refused(self, reason: str) -> None:
         self.counters[f"rejected_{reason}"] += 1
@@ -288,7 +290,11 @@ class Listener:
         self.stopped = asyncio.Event()
         self.tls = configmod.tls_context(config)  # loaded once, not per connection; again on reload
 
-    def factory(self) -> GatewaySMTP:
+    def factory(self) -> Gate:
+        return Gate(self.anvil, self.handler.connect_refusal, self.session)
+
+    def session(self, ip: str, rbl: str) -> GatewaySMTP:
+        """A new SMTP session for an admitted client (``rbl``: its connect-time mark)."""
         cfg = self.config
         # aiosmtpd sizes its line reader from this class attribute when a session starts
         TrackedSMTP.line_length_limit = cfg.max_line_length + 2
@@ -300,13 +306,15 @@ class Listener:
             hostname=cfg.hostname,
             ident="ESMTP mailgate",
             tls_context=self.tls,
-            timeout=cfg.session_timeout,
+            timeout=NO_IDLE_TIMER,
         )
         smtp.registry = self.sessions
         smtp.anvil = self.anvil
+        smtp.counted = ip
+        smtp.rbl = rbl
         smtp.limits = cfg
+        smtp.session_timeout = cfg.session_timeout
         smtp.data_timeout = cfg.data_timeout
-        smtp.screen = self.handler.connect_refusal
         return smtp
 
     def reload(self) -> None:
@@ -374,25 +382,17 @@ class TrackedSMTP(GatewaySMTP):
 
     registry: set
     anvil: Anvil
-    _counted: str | None = None
+    counted: str | None = None  # the client address the anvil counts for this session
 
     def connection_made(self, transport):
         self.registry.add(self)
-        if self.transport is None:  # a new connection, not the STARTTLS layer on top of one
-            peer = transport.get_extra_info("peername")
-            ip = peer[0] if peer else ""
-            self.admission = self.anvil.admit(ip)
-            if self.admission is None:
-                self._counted = ip
-            else:
-                logmod.get().info("connection_refused", client=ip, reply=self.admission)
         super().connection_made(transport)
 
     def connection_lost(self, exc):
         self.registry.discard(self)
-        if self._counted is not None:
-            self.anvil.release(self._counted)
-            self._counted = None
+        if self.counted is not None:
+            self.anvil.release(self.counted)
+            self.counted = None
         super().connection_lost(exc)
 
     def in_transaction(self) -> bool:

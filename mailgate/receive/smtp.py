@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import re
 import time
@@ -166,51 +167,65 @@ class GatewaySMTP(IntrospectedNames, SMTP):
     """One SMTP session. Everything else about the protocol is aiosmtpd's.
 
     Session limits (a ``limits`` config is set by the receiver; none in the tests' sinks):
-    a refusal decided at connect (``admission``) is the only reply the client gets; after
-    ``MaxErrors`` 5xx replies, or at a MAIL past ``MaxMessagesPerSession`` messages or
-    ``MaxSessionBytes`` bytes, the client gets ``421 4.7.0`` and the session is closed.
+    after ``MaxErrors`` 5xx replies, or at a MAIL past ``MaxMessagesPerSession`` messages or
+    ``MaxSessionBytes`` bytes, the client gets ``421 4.7.0`` and the session is closed. What
+    a client meets before the session (limits per address, access lists, block lists) is the
+    receiver's ``Gate``.
+
+    Timeouts (when ``session_timeout`` is set, aiosmtpd's own idle timer is given a duration
+    that never ends): the client must complete a line within ``session_timeout`` of its last
+    one, or within ``data_timeout`` while it sends DATA (RFC 5321 4.5.3.2.6: a slow transfer
+    that keeps sending lines is never cut, a stalled or byte-dripping one is). The protocol's
+    ``data_received`` notes the time of each newline; one timer looks at it when it fires, so
+    a line costs a clock read, not a timer. A client that runs out of time is told
+    ``421 4.4.2`` before the connection closes.
     """
 
     stopping = False  # set on the class by the receiver when it shuts down
     limits = None
-    data_timeout: float | None = None  # per data line (RFC 5321 4.5.3.2.6); None: the idle one
-    screen = None  # async (server, ip) -> refusal or None, asked before the greeting
-    _last_line: float | None = None  # monotonic time of the last data line, while in DATA
+    session_timeout: float | None = None  # None: aiosmtpd's own idle timeout (the test sinks)
+    data_timeout: float | None = None
 
     def __init__(self, handler, **kwargs):
         super().__init__(handler, **kwargs)
         self._plain_replies = False
-        self.admission: str | None = None
         self.errors = 0
         self.messages = 0
         self.bytes = 0
         self.rbl = ""
+        self._last_line = 0.0
+        self._in_data = False
+        self._idle: asyncio.TimerHandle | None = None
 
-    async def _handle_client(self):
-        if self.admission is None and self.screen is not None and self.session is not None:
-            self.admission = await self.screen(self, self.session.peer[0])
-        if self.admission is not None:
-            await super().push(self.admission)
-            self._close()
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        if self.session_timeout is not None and self._idle is None:
+            self._last_line = time.monotonic()
+            self._idle = self.loop.call_later(self.session_timeout, self._idle_check)
+
+    def data_received(self, data: bytes) -> None:
+        if b"\n" in data:
+            self._last_line = time.monotonic()
+        super().data_received(data)
+
+    def connection_lost(self, exc) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        super().connection_lost(exc)
+
+    def _idle_check(self) -> None:
+        limit = self.data_timeout if self._in_data else self.session_timeout
+        left = self._last_line + (limit or 0.0) - time.monotonic()
+        if left > 0:
+            self._idle = self.loop.call_later(left, self._idle_check)
             return
-        await super()._handle_client()
-
-    def _timeout_cb(self):
-        """Say why before hanging up on an idle (or one-byte-a-minute) client.
-
-        In DATA the timer is armed once and, when it fires, re-armed for what is left of
-        ``data_timeout`` after the last complete line: a line costs a clock read, not a timer.
-        """
-        if self._last_line is not None and self.data_timeout is not None:
-            left = self._last_line + self.data_timeout - time.monotonic()
-            if left > 0:
-                self._timeout_handle = self.loop.call_later(left, self._timeout_cb)
-                return
+        self._idle = None
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(b"421 4.4.2 Timeout exceeded, closing the session\r\n")
             if self.limits is not None:
                 stats.rejected("timeout")
-        super()._timeout_cb()
+            self.transport.close()
 
     def _close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -252,29 +267,13 @@ class GatewaySMTP(IntrospectedNames, SMTP):
         return True
 
     async def smtp_DATA(self, arg: str) -> None:
-        """aiosmtpd times a whole DATA transfer against the idle timeout; here every line that
-        arrives restarts ``data_timeout`` instead (a slow link is fine, a silent one is not)."""
-        if self.data_timeout is None or self._reader is None:
-            return await super().smtp_DATA(arg)
-        reader = self._reader
-        read_line = reader.readuntil
-        clock = time.monotonic
-
-        async def readuntil(separator=b"\n"):
-            line = await read_line(separator)
-            self._last_line = clock()
-            return line
-
-        reader.readuntil = readuntil
-        self._last_line = clock()
-        self._reset_timeout(self.data_timeout)
+        self._in_data = True
+        self._last_line = time.monotonic()
         try:
             return await super().smtp_DATA(arg)
         finally:
-            del reader.readuntil
-            self._last_line = None
-            if self.transport is not None:
-                self._reset_timeout()
+            self._in_data = False
+            self._last_line = time.monotonic()  # the client waited for our reply
 
     async def smtp_MAIL(self, arg: str | None):
         if await self._refuse_if_stopping():
