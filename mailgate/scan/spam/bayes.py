@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from email.message import Message
 from pathlib import Path
 
+from mailgate.message.domains import registered_domain
+
 STRENGTH = 0.45
 UNKNOWN = 0.5
 MIN_STRENGTH = 0.1
@@ -123,8 +125,7 @@ def tokens(message: Message, header_text=None) -> set[str]:
         out.add(f"{name}:" + " ".join(value.split()[:2])[:40])
     for received in message.get_all("received") or []:
         for host in re.findall(r"from\s+([\w.-]+)", str(received))[:1]:
-            parts = host.lower().split(".")
-            out.add("received:" + ".".join(parts[-2:]))
+            out.add("received:" + (registered_domain(host) or host.lower().strip(".")))
     out.add(f"header-count:{min(40, len(message.keys())) // 5}")
     for part in message.walk():
         ctype = part.get_content_type()

@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import filelock
-from publicsuffixlist import PublicSuffixList
 
 from mailgate.config import Config, in_networks, parse_networks
+from mailgate.message.domains import registered_domain
 from mailgate.runtime.dnsbl import Checker
 from mailgate.scan.av.avdb import REJECTED, UPDATED
 from mailgate.scan.mime import Split, decode_words
@@ -133,19 +133,15 @@ def _facts(split: Split, envelope: dict, config: Config) -> Facts:
     )
 
 
-# ICANN section only: URI block lists list the domain a registrant bought (example.co.uk),
-# not the sites a provider's customers make under it (name.blogspot.com).
-_SUFFIXES = PublicSuffixList(only_icann=True)
-
-
 def _domains(urls: list[str]) -> list[str]:
-    """The registered domains of the URLs' hosts (Public Suffix List), first seen first."""
+    """The registered domains of the URLs' hosts, first seen first: URI block lists list
+    the domain a registrant bought, not the sites a provider's customers make under it."""
     seen = []
     for url in urls:
         host = re.split(r"[/?#:]", url.split("//", 1)[-1], maxsplit=1)[0].lower().strip(".")
         if not host or re.fullmatch(r"[\d.]+", host):
             continue
-        domain = _SUFFIXES.privatesuffix(host)
+        domain = registered_domain(host)
         if domain and domain not in seen:
             seen.append(domain)
     return seen
