@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import functools
 from contextlib import ExitStack
 from importlib import resources
 from pathlib import Path
@@ -20,11 +21,13 @@ from mailgate.config.values import in_networks, split_list
 _DATA = ExitStack()
 
 
+@functools.cache
 def data_path(name: str) -> Path:
     """A file or directory shipped in ``mailgate/data`` (read through importlib.resources).
 
     An installed wheel and a checkout both keep the package on the file system, so the path is
-    the real one; a zipped package would be extracted for the life of the process.
+    the real one; a zipped package would be extracted once, for the life of the process (the
+    cache keeps one context per name, however often a notice asks for its template).
     """
     return Path(_DATA.enter_context(resources.as_file(resources.files("mailgate.data") / name)))
 
