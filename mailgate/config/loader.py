@@ -112,9 +112,11 @@ def parse(text: str, path: Path) -> Config:
                 problem(lineno, f"{opt.key}: {exc}")
                 continue
             fields[opt.attr] = fields[opt.attr] + item if opt.repeatable else item
+        lineno = values[opt][-1][0] if opt in values else 0
         if opt.min is not None and fields[opt.attr] < opt.min:
-            lineno = values[opt][-1][0] if opt in values else 0
             problem(lineno, f"{opt.key} must be at least {opt.min}")
+        if opt.max is not None and fields[opt.attr] > opt.max:
+            problem(lineno, f"{opt.key} must be at most {opt.max}")
     if not fields["hostname"]:
         fields["hostname"] = socket.gethostname()  # never DNS: it may be down at start
     for status, actions in PRESETS[fields["mode"]].items():

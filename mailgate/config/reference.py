@@ -92,6 +92,8 @@ def markdown() -> str:
             notes.append("repeatable")
         if opt.min is not None:
             notes.append(f"at least {opt.min}")
+        if opt.max is not None:
+            notes.append(f"at most {opt.max}")
         if not opt.reloadable:
             notes.append("*restart*")
         extra = f" ({'; '.join(notes)})" if notes else ""

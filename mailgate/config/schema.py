@@ -39,6 +39,7 @@ class Option:
     default: str
     repeatable: bool = False
     min: int | None = None
+    max: int | None = None
     reloadable: bool = True
     shown: str = ""
     doc: str = ""

@@ -160,6 +160,10 @@ def parse_durations(text: str) -> list[float]:
     values = [parse_duration(item) for item in split_list(text)]
     if not values:
         raise BadValue("expected at least one interval")
+    if min(values) < 1:
+        raise BadValue(
+            f"every interval must be at least 1s (0 would retry without a pause): {text!r}"
+        )
     return values
 
 

@@ -232,7 +232,10 @@ class Spool(Stores):
         with os.scandir(self.state_dir("deferred")) as it:
             for e in it:
                 if ID_RE.match(e.name):
-                    mtime = e.stat().st_mtime
+                    try:
+                        mtime = e.stat().st_mtime
+                    except FileNotFoundError:
+                        continue  # another sender promoted it between the listing and here
                     (due if mtime <= now else later).append((e.name, mtime))
         moved = []
         for name, _mtime in sorted(due):
@@ -261,15 +264,22 @@ class Spool(Stores):
             for entry in list(self.entries(claimed)):
                 if not _abandoned(entry.owner, pid, alive):
                     continue
-                moved.append((entry.id, self.return_claim(entry, queue, max_attempts)))
+                try:
+                    moved.append((entry.id, self.return_claim(entry, queue, max_attempts)))
+                except FileNotFoundError:
+                    continue  # someone else (an administrator's mv) took it first
         self.clean_tmp(pid, alive)
         return moved
 
     def return_claim(self, entry: Entry, queue: str, max_attempts: int) -> str:
-        """Put a claim whose processing died back in ``queue``, or in corrupt/ at the limit."""
+        """Put a claim whose processing died back in ``queue``, or in corrupt/ at the limit.
+
+        Raises FileNotFoundError when the claim is no longer there (someone else took it)."""
         try:
             envelope = entry.read_envelope()
         except (OSError, ValueError) as exc:
+            if not os.path.isdir(entry.where):
+                raise FileNotFoundError(errno.ENOENT, "claim gone", entry.where) from None
             self.mark_corrupt(entry, f"unreadable envelope: {exc}")
             return "corrupt"
         envelope["crashes"] = envelope.get("crashes", 0) + 1

@@ -49,6 +49,17 @@ def test_bounds_from_the_schema_are_errors_with_file_and_line(tmp_path):
         configmod.load(path)
     assert f"{path}:4: MaxLineLength must be at least 1001" in caught.value.problems
     assert f"{path}:5: MaxAttempts must be at least 1" in caught.value.problems
+    path = write(
+        tmp_path,
+        "[smtpgw.path]\nSpoolDir=spool\n[smtpgw.limits]\nSenders=17\n"
+        "[smtpgw.retry]\nRetryIntervals=0s, 5m\n",
+    )
+    with pytest.raises(configmod.ConfigError) as caught:
+        configmod.load(path)
+    assert f"{path}:4: Senders must be at most 16" in caught.value.problems
+    assert any(
+        p.startswith(f"{path}:6: RetryIntervals: every interval") for p in caught.value.problems
+    )
 
 
 def test_a_file_beside_the_configuration_overrides_the_shipped_one(tmp_path):
