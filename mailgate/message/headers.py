@@ -9,15 +9,46 @@ from __future__ import annotations
 
 import email.errors
 import email.header
+import re
 from email import policy as email_policy
 
 POLICY = email_policy.compat32.clone(linesep="\r\n")
 
 
+# A field name (printable ASCII but the colon) and its colon, obsolete space before it allowed
+_FIELD = re.compile(rb"[\x21-\x39\x3b-\x7e]+[ \t]*:")
+
+
+def line_ending(message: bytes) -> bytes:
+    """The message's line ending, judged by its first line: CRLF, or a bare LF."""
+    first = message.find(b"\n")
+    return b"\r\n" if first > 0 and message[first - 1 : first] == b"\r" else b"\n"
+
+
+def header_end(message: bytes) -> int:
+    """Where the header block ends: just after the line ending of its last field.
+
+    RFC 5322 2.1: a blank line separates header and body. A message without one has no body
+    if every line is a field, else its body begins at the first line that is neither a field
+    nor the continuation of one (as Python's email parser reads it). So ``message[end:]`` is
+    the blank line and the body, or the body alone, and is never edited by a header edit.
+    """
+    sep = line_ending(message)
+    pos, size = 0, len(message)
+    while pos < size:
+        nl = message.find(sep, pos)
+        line = message[pos : size if nl < 0 else nl]
+        if not line or not (_FIELD.match(line) or (pos and line[:1] in b" \t")):
+            return pos
+        if nl < 0:
+            return size
+        pos = nl + len(sep)
+    return size
+
+
 def header_block(message: bytes) -> bytes:
-    """The top-level header lines of a message (CRLF line ends), without the blank line."""
-    end = message.find(b"\r\n\r\n")
-    return message if end < 0 else message[: end + 2]
+    """The top-level header lines of a message with their line ends, without the blank line."""
+    return message[: header_end(message)]
 
 
 def decode_words(value: str | None) -> str:

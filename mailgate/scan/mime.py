@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from email.generator import BytesGenerator
 from email.message import Message
 
-from mailgate.message.headers import POLICY, decode_words, header_block
+from mailgate.message.headers import POLICY, decode_words, header_block, header_end, line_ending
 
 _DECODE_DEFECTS = (
     email.errors.InvalidBase64PaddingDefect,
@@ -208,21 +208,18 @@ UNTRUSTED = (b"x-spam-", b"x-mailgate-")
 def edit_headers(
     raw: bytes, subject_prefix: str = "", untrusted: tuple[bytes, ...] = UNTRUSTED
 ) -> bytes:
-    """The message with its top-level header block edited in place, the body untouched.
+    """The message with its top-level header block edited in place, the body untouched
+    (byte for byte: everything from ``header_end`` on is copied as it is).
 
     Headers from outside that look like ours (``X-Spam-*``, ``X-Mailgate-*``) are renamed to
     ``X-Untrusted-*`` so that nobody, not even a filter further on, mistakes them for this
     gateway's verdict; ``subject_prefix`` (e.g. ``[SPAM]``) is put in front of the Subject
     (once), or a Subject is added.
     """
-    end = raw.find(b"\r\n\r\n")
-    sep = b"\r\n"
-    if end < 0:
-        end, sep = raw.find(b"\n\n"), b"\n"
-    if end < 0:
-        end = len(raw)
+    end = header_end(raw)
+    sep = line_ending(raw)
     head, body = raw[:end], raw[end:]
-    lines = head.split(sep)
+    lines = head.split(sep)  # ends with b"" when the last field has its line ending
     prefix = subject_prefix.encode("utf-8")
     seen_subject = False
     for i, line in enumerate(lines):
@@ -235,7 +232,7 @@ def edit_headers(
             if not value.startswith(prefix):
                 lines[i] = b"Subject: " + prefix + (b" " + value if value else b"")
     if prefix and not seen_subject:
-        lines.append(b"Subject: " + prefix)
+        lines.insert(len(lines) - 1 if lines[-1] == b"" else len(lines), b"Subject: " + prefix)
     return sep.join(lines) + body
 
 

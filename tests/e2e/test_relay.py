@@ -350,3 +350,13 @@ def test_listen_on_ipv6_loopback(make_gateway, sink):
         smtp.sendmail("a@example.org", ["anyone@elsewhere.company.com"], make_message("ipv6@test"))
     got = sink.wait_count(1)[0]
     assert "[IPv6:::1]" in " ".join(got.message["Received"].split())
+
+
+def test_a_body_without_a_blank_line_before_it_arrives_unchanged(gateway, sink):
+    """Header edits stop at the first line that is not a field: a body that looks like
+    headers, with no blank line before it, is delivered byte for byte."""
+    body = b"no blank line above\r\nX-Mailgate-Virus-Status: forged in the body\r\nSubject: x\r\n"
+    message = b"Message-ID: <noblank@test>\r\nX-Mailgate-Virus-Status: clean\r\n" + body
+    gateway.send(message)
+    got = sink.wait_count(1)[0]
+    assert got.content.endswith(b"X-Untrusted-Mailgate-Virus-Status: clean\r\n" + body)
