@@ -20,8 +20,11 @@ _FIELD = re.compile(rb"[\x21-\x39\x3b-\x7e]+[ \t]*:")
 
 
 def line_ending(message: bytes) -> bytes:
-    """The message's line ending, judged by its first line: CRLF, or a bare LF."""
+    """The message's line ending, judged by its first line: CRLF, or a bare LF; CRLF (SMTP's)
+    for a message that has no line ending at all."""
     first = message.find(b"\n")
+    if first < 0:
+        return b"\r\n"
     return b"\r\n" if first > 0 and message[first - 1 : first] == b"\r" else b"\n"
 
 

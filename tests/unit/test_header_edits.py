@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailgate.message.headers import header_end
+from mailgate.message.headers import header_end, line_ending
 from mailgate.scan import mime
 
 field = st.sampled_from(
@@ -41,7 +41,8 @@ def messages(draw):
 @settings(max_examples=400, deadline=None)
 @given(messages(), st.sampled_from(["", "[SPAM]"]))
 def test_the_body_is_never_altered(message, prefix):
-    raw, sep = message
+    raw, _generated_with = message
+    sep = line_ending(raw)
     end = header_end(raw)
     edited = mime.edit_headers(raw, prefix)
     assert edited.endswith(raw[end:])  # the body, byte for byte
