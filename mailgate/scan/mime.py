@@ -21,6 +21,7 @@ import email.errors
 import email.header
 import io
 import quopri
+import re
 from dataclasses import dataclass, field
 from email.generator import BytesGenerator
 from email.message import Message
@@ -96,6 +97,67 @@ def _decode(part: Message) -> tuple[bytes, str]:
     return data, ""
 
 
+# The email parser recurses once per nested container and fails near Python's recursion limit
+# (about 400 levels); nothing deeper than this is handed to it.
+PARSER_SAFE_DEPTH = 100
+_CONTAINER = re.compile(rb"content-type:[ \t]*(?:multipart/|message/rfc822)", re.I)
+_CONTENT_TYPE = re.compile(rb"content-type:[ \t]*([^;\s]+)(.*)", re.I | re.S)
+_BOUNDARY = re.compile(rb'boundary[ \t]*=[ \t]*(?:"([^"]*)"|([^;\s]+))', re.I)
+
+
+def nesting_depth(raw: bytes, stop: int) -> int:
+    """How deep multiparts and message/rfc822 parts nest in ``raw``, read line by line
+    without recursion (so any depth is measured safely); counting stops past ``stop``."""
+    stack: list[bytes | None] = []  # each open container: its boundary, None for a message
+    deepest, in_headers, fields = 0, True, []
+    for raw_line in raw.split(b"\n"):
+        line = raw_line.rstrip(b"\r")
+        if in_headers:
+            if line[:1] in (b" ", b"\t") and fields:
+                fields[-1] += line
+            elif line:
+                fields.append(line)
+            else:
+                kind, boundary = b"", None
+                for field in fields:
+                    m = _CONTENT_TYPE.match(field)
+                    if m:
+                        kind = m.group(1).lower()
+                        b = _BOUNDARY.search(m.group(2))
+                        boundary = (b.group(1) or b.group(2)) if b else None
+                fields = []
+                if kind.startswith(b"multipart/") and boundary:
+                    stack.append(boundary)
+                    in_headers = False
+                elif kind == b"message/rfc822":
+                    stack.append(None)
+                else:
+                    in_headers = False
+                deepest = max(deepest, len(stack))
+                if deepest > stop:
+                    return deepest
+            continue
+        if line.startswith(b"--"):
+            for level in range(len(stack) - 1, -1, -1):
+                boundary = stack[level]
+                if boundary is None or not line.startswith(b"--" + boundary):
+                    continue
+                rest = line[len(boundary) + 2 :].rstrip(b" \t")
+                if rest not in (b"", b"--"):
+                    continue
+                del stack[level if rest == b"--" else level + 1 :]
+                in_headers = rest == b""
+                break
+    return deepest
+
+
+def too_deep(raw: bytes) -> bool:
+    """Does ``raw`` nest containers deeper than the email parser can follow safely?"""
+    if len(_CONTAINER.findall(raw, 0)) <= PARSER_SAFE_DEPTH:
+        return False
+    return nesting_depth(raw, PARSER_SAFE_DEPTH) > PARSER_SAFE_DEPTH
+
+
 def parse(raw: bytes) -> Message:
     """``email.message_from_bytes`` (compat32), with a short cut for single-part messages.
 
@@ -122,6 +184,10 @@ def parse(raw: bytes) -> Message:
 
 
 def split(raw: bytes, max_depth: int = 20, max_parts: int = 1000) -> Split:
+    if too_deep(raw):  # only the top-level header is read; the rest stays unscanned
+        message = email.message_from_bytes(header_block(raw), policy=POLICY)
+        depth = f"limit:depth (MIME nesting deeper than {max_depth})"
+        return Split(message, [], limit=depth, subject=decode_words(message.get("Subject")))
     message = parse(raw)
     result = Split(message, [], subject=decode_words(message.get("Subject")))
     count = 0
@@ -132,10 +198,10 @@ def split(raw: bytes, max_depth: int = 20, max_parts: int = 1000) -> Split:
             return
         count += 1
         if count > max_parts:
-            result.limit = f"more than {max_parts} MIME parts"
+            result.limit = f"limit:parts (more than {max_parts} MIME parts)"
             return
         if depth > max_depth:
-            result.limit = f"MIME nesting deeper than {max_depth}"
+            result.limit = f"limit:depth (MIME nesting deeper than {max_depth})"
             return
         payload = part.get_payload()
         if part.is_multipart() and isinstance(payload, list):
@@ -169,7 +235,7 @@ def split(raw: bytes, max_depth: int = 20, max_parts: int = 1000) -> Split:
     try:
         walk(message, "", 0)
     except RecursionError:
-        result.limit = "MIME nesting too deep to follow"
+        result.limit = "limit:depth (MIME nesting too deep to follow)"
     return result
 
 

@@ -382,3 +382,15 @@ def test_a_message_that_cannot_be_cured_is_quarantined_not_delivered(gateway, si
     assert notice.mail_from == "" and "block,quarantine" in notice.message.get_payload()
     wait_for(lambda: not gateway.queue(), what="an empty queue")
     assert all(EICAR not in r.content and r.message_id != "<uncurable@test>" for r in sink.received)
+
+
+def test_a_thousand_nested_multiparts_are_quarantined_unscannable_not_corrupt(gateway, sink):
+    deep = TEXT
+    for level in range(1000):
+        deep = multipart([deep], boundary=f"n{level}", msgid="deep@test")
+    qid = gateway.send(deep)
+    wait_for(lambda: gateway.entries("quarantine/unscannable") == [qid], what="the quarantine")
+    verdict = json.loads(gateway.cli("quarantine", "show", qid, "--json", check=True).stdout)
+    assert "limit:depth" in json.dumps(verdict["verdict"])
+    assert gateway.entries("corrupt") == []
+    assert "<deep@test>" not in sink.ids()
