@@ -43,6 +43,7 @@ VARIABLES = {
     "threshold": "traffic alerts: the threshold passed (DailyTrafficLimit, ...)",
     "value": "traffic alerts: the figure that passed it",
     "limit": "traffic alerts: the configured limit",
+    "reason": "corrupt/ alerts: why the message was put aside",
 }
 KINDS = ("admin", "sender", "recipient")
 _HEADER_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]*:")

@@ -114,3 +114,55 @@ class TrafficWatch:
             )
         flag.write_text(f"{value} > {limit}\n")
         return True
+
+
+class CorruptWatch:
+    """corrupt/ is never silent: each message that lands there (its processing killed a
+    worker ``MaxAttempts`` times, its envelope is unreadable, an administrator moved it) is
+    logged at error level and reported to the Administrator once; the queue-depth gauge
+    (``mailgate_queue_messages{state="corrupt"}``, ``mailgate stats``) counts what waits there.
+
+    The supervisor calls ``check`` from its sweep; what was already there when it started is
+    logged once as waiting (it was reported by the run that put it there).
+    """
+
+    def __init__(self, spool: Spool, log):
+        self.spool = spool
+        self.log = log
+        self.known = self._names()
+        if self.known:
+            self.log.error("corrupt_waiting", count=len(self.known), ids=sorted(self.known)[:20])
+
+    def check(self, config: Config) -> list[str]:
+        """Report every entry new in corrupt/ since the last call; their queue IDs."""
+        now = self._names()
+        new = sorted(now - self.known)
+        self.known = now
+        for queue_id in new:
+            reason = self._reason(queue_id)
+            self.log.error("message_corrupt", qid=queue_id, reason=reason)
+            if config.administrator:
+                values = {
+                    "queue_id": queue_id,
+                    "reason": reason,
+                    "date": time.strftime(config.date_format, time.localtime()),
+                    "hostname": config.hostname,
+                    "administrator": config.administrator,
+                }
+                notify.queue(
+                    self.spool, config, "admin", "corrupt", [config.administrator], values, queue_id
+                )
+        return new
+
+    def _names(self) -> set[str]:
+        try:
+            return set(self.spool.names("corrupt"))
+        except FileNotFoundError:  # no spool yet: the supervisor creates it after this
+            return set()
+
+    def _reason(self, queue_id: str) -> str:
+        try:
+            entry = self.spool.find(queue_id, ("corrupt",))
+        except (LookupError, ValueError):
+            return "gone again"
+        return " ".join((entry.read_reason() or "no reason.txt (moved there by hand?)").split())

@@ -3,7 +3,8 @@
 Every sweep: claims whose owner is gone but was never our child to reap (a worker of an
 earlier supervisor, still finishing its message when this one started, then killed) go back
 to their queue; archived days and journal days past their retention go; the traffic
-thresholds are checked (``alerts``). Each chore logs what it did.
+thresholds are checked and what arrived in corrupt/ is reported (``alerts``). Each chore
+logs what it did.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ class Housekeeping:
         self.spool = spool
         self.log = log
         self.traffic = alerts.TrafficWatch(spool)
+        self.corrupt = alerts.CorruptWatch(spool, log)
 
     def sweep(self, config: Config, children: set[int]) -> None:
         moved = self.spool.recover(
@@ -31,6 +33,7 @@ class Housekeeping:
             self.log.info("archive_expired", day=day)
         for day in journal.expire(self.spool, config.stats_retention):
             self.log.info("journal_expired", day=day)
+        self.corrupt.check(config)
         for threshold in self.traffic.check(config):
             self.log.warning(
                 "threshold_passed", threshold=threshold, notified=config.administrator or None

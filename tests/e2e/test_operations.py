@@ -198,6 +198,24 @@ def test_corrupt_message_can_be_shown_and_requeued(make_gateway, sink):
     assert result.returncode == 4 and "unreadable envelope" in result.stderr
 
 
+def test_corrupt_is_never_silent(make_gateway, sink):
+    """What lands in corrupt/ is logged at error level and reported to the Administrator."""
+    gw = make_gateway("[smtpgw.notify]\nAdministrator=admin@company.com\n").start()
+    qid = _plant(gw.spool, "corrupt", "", "aside@test")
+    (gw.spool / "corrupt" / qid / "reason.txt").write_text("killed its scanner 3 times\n")
+    notice = wait_for(
+        lambda: [r for r in sink.received if "corrupt/" in (r.message["Subject"] or "")],
+        timeout=40,
+        what="the corrupt/ notice",
+    )[0]
+    assert notice.rcpt_tos == ["admin@company.com"] and qid in notice.message["Subject"]
+    assert b"killed its scanner 3 times" in notice.content
+    logged = [x for x in gw.log().splitlines() if f"event='message_corrupt' qid='{qid}'" in x]
+    assert logged and "level='error'" in logged[0]
+    depths = json.loads(gw.cli("stats", "--json", check=True).stdout)["queues"]
+    assert depths["corrupt"] == 1
+
+
 def test_spool_files_are_not_readable_by_others(make_gateway, sink):
     gw = make_gateway("[smtpgw.limits]\nSenders=0\n").start()
     qid = gw.send(make_message("private@test"))
