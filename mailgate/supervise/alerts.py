@@ -20,6 +20,18 @@ from mailgate.scan import notify
 from mailgate.spool import Spool, journal
 
 
+def tell_administrator(spool: Spool, config: Config, status: str, about: str, **values) -> None:
+    """Queue the ``admin-<status>.txt`` notice to the Administrator (none when unset)."""
+    if not config.administrator:
+        return
+    values.update(
+        date=time.strftime(config.date_format, time.localtime()),
+        hostname=config.hostname,
+        administrator=config.administrator,
+    )
+    notify.queue(spool, config, "admin", status, [config.administrator], values, about)
+
+
 class TrafficWatch:
     def __init__(self, spool: Spool):
         self.spool = spool
@@ -100,18 +112,9 @@ class TrafficWatch:
         flag = self.spool.stats_path(f"alert-{day}-{name}")
         if flag.exists():
             return False
-        if config.administrator:
-            values = {
-                "threshold": name,
-                "value": str(value),
-                "limit": str(limit),
-                "date": time.strftime(config.date_format, time.localtime()),
-                "hostname": config.hostname,
-                "administrator": config.administrator,
-            }
-            notify.queue(
-                self.spool, config, "admin", "threshold", [config.administrator], values, ""
-            )
+        tell_administrator(
+            self.spool, config, "threshold", "", threshold=name, value=str(value), limit=str(limit)
+        )
         flag.write_text(f"{value} > {limit}\n")
         return True
 
@@ -141,17 +144,9 @@ class CorruptWatch:
         for queue_id in new:
             reason = self._reason(queue_id)
             self.log.error("message_corrupt", qid=queue_id, reason=reason)
-            if config.administrator:
-                values = {
-                    "queue_id": queue_id,
-                    "reason": reason,
-                    "date": time.strftime(config.date_format, time.localtime()),
-                    "hostname": config.hostname,
-                    "administrator": config.administrator,
-                }
-                notify.queue(
-                    self.spool, config, "admin", "corrupt", [config.administrator], values, queue_id
-                )
+            tell_administrator(
+                self.spool, config, "corrupt", queue_id, queue_id=queue_id, reason=reason
+            )
         return new
 
     def _names(self) -> set[str]:
