@@ -94,5 +94,6 @@ def check_config(args: argparse.Namespace, config: Config) -> int:
         print(problem, file=sys.stderr)
     if problems:
         return EXIT_CONFIG
-    print(f"{config.path}: OK")
+    where = config.path if config.path.is_file() else f"built-in defaults (no {config.path})"
+    print(f"{where}: OK")
     return EXIT_OK

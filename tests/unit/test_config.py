@@ -103,3 +103,15 @@ def test_options_that_need_a_restart_are_named_by_the_schema(tmp_path):
         "[smtpgw.path]\nSpoolDir=spool\n[smtpgw.limits]\nScanners=4\n", before.path
     )
     assert configmod.restart_needed(before, bigger) == []
+
+
+def test_check_config_without_a_file_says_it_checked_the_built_in_defaults(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "mailgate", "check-config"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("built-in defaults (no ") and result.stdout.endswith(": OK\n")
