@@ -163,13 +163,14 @@ def render_text(doc: dict) -> str:
         lines += ["", title + ":"]
         lines += [f"  {row['count']:>7}  {row[key]}" for row in rows] or ["  (none)"]
     head = f"  {'hour':16} {'received':>9} {'bytes':>12} {'virus':>6} {'spam':>6}"
+    busy = busy_hours(doc)
     lines += ["", "Per hour (hours with traffic):", head]
-    for row in busy_hours(doc):
+    for row in busy:
         lines.append(
             f"  {row['hour']:16} {row['received']:>9} {row['bytes']:>12} "
             f"{row['virus']:>6} {row['spam']:>6}"
         )
-    if not busy_hours(doc):
+    if not busy:
         lines.append("  (no traffic)")
     return "\n".join(lines) + "\n"
 
