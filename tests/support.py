@@ -264,6 +264,9 @@ class Gateway:
             ],
             "smtpgw.path": ["SpoolDir=spool"],
         }
+        if "MinFreeDisk" not in extra:
+            # the default (1% of the file system) could refuse mail on a nearly full test disk
+            sections["smtpgw.limits"] = ["MinFreeDisk=8M"]
         if "[smtpgw.process]" not in extra:
             sections["smtpgw.process"] = ["User="]  # tmp_path is root's; test_privileges drops
         if "[smtpgw.admin]" not in extra:

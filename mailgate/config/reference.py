@@ -31,7 +31,7 @@ SAMPLE = [
     ("smtpgw.limits", "MaxMessageSize", "25M", ""),
     ("smtpgw.limits", "MaxRecipients", "1000", ""),
     ("smtpgw.limits", "MaxQueueSize", "10000", ""),
-    ("smtpgw.limits", "MinFreeDisk", "100M", ""),
+    ("smtpgw.limits", "MinFreeDisk", "1%", ""),
     ("smtpgw.limits", "Scanners", "2", ""),
     ("smtpgw.limits", "Senders", "2", ""),
     ("smtpgw.retry", "RetryIntervals", "1m, 5m, 15m, 30m, 1h, 2h, 4h", ""),

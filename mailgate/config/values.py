@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from dataclasses import dataclass
 
 from mailgate.config import passwords
 
@@ -51,6 +52,33 @@ def parse_size(text: str) -> int:
     if not m:
         raise BadValue(f"expected a size such as 512K, 25M or 1G, got {text!r}")
     return int(m.group(1)) * _SIZE_UNITS[m.group(2)]
+
+
+@dataclass(frozen=True)
+class Space:
+    """A floor of free space: a size, or a share of the file system's size (``percent``)."""
+
+    size: int = 0
+    percent: float | None = None
+
+    def of(self, total: int) -> int:
+        """The floor in bytes on a file system of ``total`` bytes."""
+        return int(total * self.percent / 100) if self.percent is not None else self.size
+
+
+def parse_space(text: str) -> Space:
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*%", text.strip())
+    if m:
+        percent = float(m.group(1))
+        if percent > 100:
+            raise BadValue(f"expected a percentage up to 100%, got {text!r}")
+        return Space(percent=percent)
+    try:
+        return Space(size=parse_size(text))
+    except BadValue:
+        raise BadValue(
+            f"expected a size such as 100M or a percentage such as 2%, got {text!r}"
+        ) from None
 
 
 def parse_duration(text: str) -> float:

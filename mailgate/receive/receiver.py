@@ -5,8 +5,11 @@ Invariants:
   fsync'd). Any failure to store answers 451 and leaves nothing in a queue.
 - A recipient outside ProtectedDomains from a client outside TrustedNetworks is refused with
   550 5.7.1: the gateway is never an open relay.
-- When incoming/ holds MaxQueueSize messages or the spool's file system has less than
-  MinFreeDisk free, MAIL is answered 452 4.3.1 and the session stays usable.
+- When incoming/ holds MaxQueueSize messages, the spool's file system has less than
+  MinFreeDisk free, or the SIZE a client declares (RFC 1870) would not fit above that floor,
+  MAIL is answered 452 4.3.1 and the session stays usable; a store that fails for want of
+  space answers 452 4.3.1 too and leaves nothing behind. Mail is accepted again by itself
+  once space returns (the check is at most half a second old).
 - On SIGTERM the listeners close, transactions under way finish, and the next command of any
   session gets 421; sessions still open after ``STOP_GRACE`` seconds are closed.
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import errno
 import os
 import signal
 import ssl
@@ -26,7 +30,6 @@ from pathlib import Path
 from aiosmtpd.smtp import Envelope, Session
 
 from mailgate import config as configmod
-from mailgate.message.headers import header_block
 from mailgate.receive import restrictions
 from mailgate.receive.anvil import Anvil
 from mailgate.receive.gate import Gate
@@ -56,6 +59,7 @@ class Receiver(IntrospectedNames):
         self.journal = Journal(spool, "receiver")
         self._load_checked = 0.0
         self._overloaded: str | None = None
+        self._room = 0
         self.recipients = restrictions.Recipients(config)
         self.dns = Checker(config.nameservers, config.dns_timeout)
 
@@ -87,18 +91,25 @@ class Receiver(IntrospectedNames):
 
     # ------------------------------------------------------------ checks
 
-    def overloaded(self) -> str | None:
-        """Why new mail cannot be stored now (queue or disk over its limit), else None."""
+    def overloaded(self, declared: int = 0) -> str | None:
+        """Why new mail (of ``declared`` bytes) cannot be stored now, else None."""
         now = time.monotonic()
         if now - self._load_checked >= _LOAD_CACHE_SECONDS:
             self._load_checked = now
             self._overloaded = None
-            if self.spool.count("incoming") >= self.config.max_queue_size:
-                self._overloaded = "queue full"
-            else:
+            try:
+                if self.spool.count("incoming") >= self.config.max_queue_size:
+                    self._overloaded = "queue full"
                 st = os.statvfs(self.spool.root)
-                if st.f_bavail * st.f_frsize < self.config.min_free_disk:
+            except OSError as exc:
+                self._overloaded = f"spool unusable: {exc.strerror}"
+            else:
+                floor = self.config.min_free_disk.of(st.f_blocks * st.f_frsize)
+                self._room = st.f_bavail * st.f_frsize - floor
+                if self._overloaded is None and self._room < 0:
                     self._overloaded = "disk full"
+        if self._overloaded is None and declared > self._room:
+            return "declared size does not fit"
         return self._overloaded
 
     def relay_refusal(self, session: Session, address: str) -> str | None:
@@ -138,7 +149,7 @@ class Receiver(IntrospectedNames):
         return [responses[0]] + [f"250-{x}" for x in lines[:-1]] + [f"250 {lines[-1]}"]
 
     async def handle_MAIL(self, server, session, envelope: Envelope, address, mail_options):
-        reason = self.overloaded()
+        reason = self.overloaded(restrictions.declared_size(mail_options))
         if reason:
             self.refused("overload")
             self.log.warning("backpressure", client=session.peer[0], reason=reason)
@@ -169,23 +180,9 @@ class Receiver(IntrospectedNames):
         envelope.dsn_rcpts.append(params)
         return "250 2.1.5 Recipient ok"
 
-    def header_refusal(self, data: bytes) -> str | None:
-        """Too many header fields, too large a header block, or too many hops (a loop)."""
-        config = self.config
-        head = header_block(data)
-        if config.max_header_size and len(head) > config.max_header_size:
-            return "552 5.3.4 Message header too large"
-        fields = [line for line in head.split(b"\r\n") if line and line[:1] not in b" \t"]
-        if config.max_headers and len(fields) > config.max_headers:
-            return "552 5.3.4 Too many header fields"
-        hops = sum(1 for line in fields if line[:9].lower() == b"received:")
-        if config.max_hops and hops + 1 > config.max_hops:  # with the one we would add
-            return f"554 5.4.6 Too many hops ({hops} Received headers): mail loop?"
-        return None
-
     async def handle_DATA(self, server, session, envelope: Envelope):
         data = envelope.original_content or b""
-        refusal = self.header_refusal(data)
+        refusal = restrictions.header_refusal(self.config, data)
         if refusal:
             self.refused("header")
             self.log.info("data_refused", client=session.peer[0], reply=refusal)
@@ -226,6 +223,9 @@ class Receiver(IntrospectedNames):
         except Exception as exc:
             self.counters["store_failed"] += 1
             self.log.error("store_failed", qid=queue_id, error=repr(exc))
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                self._load_checked = 0.0  # look at the disk again before the next MAIL
+                return "452 4.3.1 Insufficient system storage, try again later"
             return "451 4.3.0 Local error in processing, try again later"
         self.counters["received"] += 1
         self.metrics.received_messages.inc()

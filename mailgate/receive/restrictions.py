@@ -9,6 +9,7 @@
 - Block lists at connect (``ConnectRBL``): a listed client is refused with ``554 5.7.1`` before
   the greeting, or with ``ConnectRBLAction=mark`` let in and its mail marked
   ``X-Mailgate-RBL``.
+- DATA: too large a header block, too many fields or hops is refused (``header_refusal``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import ipaddress
 import re
 
 from mailgate.config import Config
+from mailgate.message.headers import header_block
 
 _DOMAIN_RE = re.compile(
     r"^(?=.{1,253}$)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
@@ -69,3 +71,26 @@ class Recipients:
         if known is None:
             return False  # a domain nobody listed: not verified
         return not any(fnmatch.fnmatchcase(address, mask) for mask in known)
+
+
+def header_refusal(config: Config, data: bytes) -> str | None:
+    """Too many header fields, too large a header block, or too many hops (a loop)."""
+    head = header_block(data)
+    if config.max_header_size and len(head) > config.max_header_size:
+        return "552 5.3.4 Message header too large"
+    fields = [line for line in head.split(b"\r\n") if line and line[:1] not in b" \t"]
+    if config.max_headers and len(fields) > config.max_headers:
+        return "552 5.3.4 Too many header fields"
+    hops = sum(1 for line in fields if line[:9].lower() == b"received:")
+    if config.max_hops and hops + 1 > config.max_hops:  # with the one we would add
+        return f"554 5.4.6 Too many hops ({hops} Received headers): mail loop?"
+    return None
+
+
+def declared_size(mail_options: list[str]) -> int:
+    """The SIZE= a client declared at MAIL (RFC 1870), 0 if none or unreadable."""
+    for option in mail_options:
+        name, _, value = option.partition("=")
+        if name.upper() == "SIZE" and value.isdigit() and len(value) <= 20:
+            return int(value)
+    return 0

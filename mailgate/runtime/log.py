@@ -40,10 +40,11 @@ class _Tee:
 
     def msg(self, message: str) -> None:
         line = message + "\n"
-        self.stream.write(line)
-        self.stream.flush()
+        with contextlib.suppress(OSError, ValueError):  # a full disk must not stop mail
+            self.stream.write(line)
+            self.stream.flush()
         if _file_fd is not None:
-            with contextlib.suppress(OSError):  # a full disk must not stop mail
+            with contextlib.suppress(OSError):
                 os.write(_file_fd, line.encode("utf-8", "backslashreplace"))
 
     debug = info = warning = warn = error = critical = exception = fatal = log = msg

@@ -9,6 +9,10 @@ SIGUSR1 logs this worker's counters.
 Invariant: every message this worker claims ends the ``process`` call handed on (released,
 deferred, removed, corrupt) or, if ``process`` raised, returned to its queue with ``crashes``
 raised exactly as if the worker had died, so a message that always fails ends in corrupt/.
+A storage error (disk full, quota, I/O error) is not the message's fault: the claim goes back
+as it is and the worker rests, longer each time, until writes succeed again. A claim that
+cannot be returned at once is kept and returned as soon as the spool allows, while the worker
+lives; no storage error ends the process.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import ctypes
+import errno
 import os
 import select
 import signal
@@ -27,6 +32,8 @@ from mailgate.runtime import log as logmod
 from mailgate.spool import RETURNS, Entry, Spool
 
 RESCAN_INTERVAL = 5.0
+STORAGE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS})
+REST_FIRST, REST_LONGEST = 0.5, 30.0
 IN_MOVED_TO, IN_CREATE = 0x00000080, 0x00000100  # <sys/inotify.h>
 _LIBC = ctypes.CDLL(None, use_errno=True)
 
@@ -74,6 +81,9 @@ class Worker:
         self.reload_wanted = False
         self.stats_wanted = False
         self.counters: collections.Counter[str] = collections.Counter()
+        self.resting_until = 0.0
+        self.rest = 0.0
+        self.unreturned: list[tuple[Entry, bool]] = []
 
     # ------------------------------------------------------------ hooks
 
@@ -122,7 +132,10 @@ class Worker:
                     next_housekeeping = time.monotonic() + self.housekeeping()
                 worked = self.run_pass()
                 if not worked and not self.stopping:
-                    doorbell.wait(max(0.0, next_housekeeping - time.monotonic()))
+                    wake = next_housekeeping
+                    if self.resting_until or self.unreturned:
+                        wake = min(wake, max(self.resting_until, time.monotonic() + REST_FIRST))
+                    doorbell.wait(max(0.0, wake - time.monotonic()))
         finally:
             self.close()
             self.update_counters()
@@ -147,8 +160,17 @@ class Worker:
 
     def run_pass(self) -> bool:
         """Claim and process every message listed now, oldest first. True if any was ours."""
+        if self.unreturned:
+            self.return_unreturned()
+        if time.monotonic() < self.resting_until:
+            return False
         worked = False
-        for queue_id in self.spool.names(self.source):
+        try:
+            names = self.spool.names(self.source)
+        except OSError as exc:
+            self.storage_failed(None, exc)
+            return False
+        for queue_id in names:
             if self.stopping or self.paused():
                 break
             entry = self.spool.claim(self.source, queue_id)
@@ -158,11 +180,18 @@ class Worker:
             started = time.monotonic()
             try:
                 self.process(entry)
+            except OSError as exc:
+                if exc.errno not in STORAGE_ERRORS:
+                    self.crashed(entry, exc)
+                    continue
+                self.storage_failed(entry, exc)
+                return worked
             except Exception as exc:
-                self.log.exception("processing_failed", qid=entry.id, error=repr(exc))
-                self.counters["failed"] += 1
-                self.give_back(entry)
+                self.crashed(entry, exc)
             else:
+                if self.rest:
+                    self.log.info("storage_recovered", after=self.counters["storage_errors"])
+                    self.rest = self.resting_until = 0.0
                 self.counters["processed"] += 1
                 self.log.debug(
                     "processed", qid=entry.id, ms=round((time.monotonic() - started) * 1000, 1)
@@ -171,11 +200,48 @@ class Worker:
                 self._between_passes()
         return worked
 
+    def crashed(self, entry: Entry, exc: Exception) -> None:
+        self.log.exception("processing_failed", qid=entry.id, error=repr(exc))
+        self.counters["failed"] += 1
+        self.give_back(entry)
+
+    def storage_failed(self, entry: Entry | None, exc: OSError) -> None:
+        """The spool refused a write: return the claim uncounted, rest, try again later."""
+        self.counters["storage_errors"] += 1
+        self.rest = min(REST_LONGEST, self.rest * 2 or REST_FIRST)
+        self.resting_until = time.monotonic() + self.rest
+        self.log.error(
+            "storage_failed",
+            qid=entry.id if entry else None,
+            error=repr(exc),
+            rest=self.rest,
+            note="retrying; the message stays queued",
+        )
+        if entry is not None:
+            self.unreturned.append((entry, False))
+            self.return_unreturned()
+
     def give_back(self, entry: Entry) -> None:
         """Return a claim after an unexpected error, counted like a crash."""
-        try:
-            state = self.spool.return_claim(entry, RETURNS[entry.state], self.config.max_attempts)
-        except OSError as exc:
-            self.log.error("give_back_failed", qid=entry.id, error=repr(exc))
-            return
-        self.log.warning("returned", qid=entry.id, to=state)
+        self.unreturned.append((entry, True))
+        self.return_unreturned()
+
+    def return_unreturned(self) -> None:
+        """Return the claims kept after a failed hand-back; those that fail again stay kept."""
+        kept = []
+        for entry, counted in self.unreturned:
+            try:
+                if counted:
+                    state = self.spool.return_claim(
+                        entry, RETURNS[entry.state], self.config.max_attempts
+                    )
+                else:
+                    state = self.spool.unclaim(entry).state
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                kept.append((entry, counted))
+                self.log.error("give_back_failed", qid=entry.id, error=repr(exc), kept=True)
+                continue
+            self.log.warning("returned", qid=entry.id, to=state, crash=counted)
+        self.unreturned = kept

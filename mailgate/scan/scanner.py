@@ -30,7 +30,7 @@ from mailgate.scan.av.ichecker import IChecker
 from mailgate.scan.inspection import Inspection, Inspector, engine_for, status_header
 from mailgate.scan.policy import Decision, ObjectVerdict
 from mailgate.scan.spam.spamtest import Spamtest, SpamVerdict
-from mailgate.spool import Entry, new_queue_id
+from mailgate.spool import Entry, derived_id
 from mailgate.spool import envelope as envmod
 from mailgate.spool.journal import Journal
 
@@ -101,6 +101,10 @@ class Scanner(Worker):
     def process(self, entry: Entry) -> None:
         """``headers`` collects what the sender prepends to the message as queued."""
         envelope = entry.read_envelope()
+        if envelope.get("scanned") and envelope.get("split_into") is not None:
+            self._finish_split(entry, envelope)
+            return
+        self.spool.discard_copies(entry)
         headers = [f"X-Mailgate-Queue-ID: {entry.id}"]
         rbl = (envelope.get("client") or {}).get("rbl")
         if rbl:
@@ -123,7 +127,7 @@ class Scanner(Worker):
                 raw, last_try=failures + 1 >= self.config.scan_attempts, envelope=envelope
             )
         except EngineUnavailable as exc:
-            self.spool.release(entry, "incoming", durable=False)
+            self.spool.unclaim(entry)
             self.engine_down = True
             self.counters["engine_unavailable"] += 1
             self.log.error("engine_unavailable", qid=entry.id, error=str(exc), to="incoming")
@@ -226,13 +230,15 @@ class Scanner(Worker):
         outcomes = policy.spam_outcomes(self.config, envelope, spam.status if spam else "clean")
         kept = [r for r in envelope["recipients"] if r.get("status", "pending") != "pending"]
         delivered = [o for o in outcomes if o.deliver]
+        split_into, first = [], delivered[0] if delivered else None
         for index, outcome in enumerate(outcomes):
+            queue_id = entry.id if index == 0 else derived_id(entry.id, index)
             if outcome.quarantine:
-                queue_id = entry.id if index == 0 else new_queue_id()
                 copy = {**envelope, "id": queue_id, "recipients": outcome.recipients}
                 self._quarantine(raw, copy, "spam")
-        for outcome in delivered[1:]:
-            self._split_off(envelope, message, headers, outcome, spam)
+            if outcome.deliver and outcome is not first:
+                self._stage_copy(entry, envelope, message, headers, outcome, spam, queue_id)
+                split_into.append(queue_id)
         if spam is not None:  # the spam actions, after the anti-virus ones if it found any
             virus_actions = actions if decision.status != "clean" else []
             actions = virus_actions + ([a for o in outcomes for a in o.actions] or ["deliver"])
@@ -242,13 +248,14 @@ class Scanner(Worker):
             self._account(envelope, decision.status, found, spam, actions)
             self.log.info("scanned", **log_fields, spam_action="block", to="nowhere")
             return
-        first = delivered[0]
         if first.mark:
             message, changed = mime.edit_headers(message, self._prefix(spam), untrusted), True
         if changed:
             self.spool.replace_message(entry, message)
         self._account(envelope, decision.status, found, spam, actions)
         envelope["recipients"] = kept + first.recipients
+        if split_into:
+            envelope["split_into"] = split_into
         self._to_ready(entry, envelope, headers)
         if spam is not None:
             log_fields["spam_action"] = ",".join(first.actions)
@@ -278,9 +285,18 @@ class Scanner(Worker):
             return self.config.probable_prefix
         return self.config.subject_prefix
 
-    def _split_off(self, envelope: dict, message: bytes, headers: list[str], outcome, spam) -> None:
-        """Queue a copy for the recipients of another group, with that group's treatment."""
-        queue_id = new_queue_id()
+    def _stage_copy(
+        self,
+        entry: Entry,
+        envelope: dict,
+        message: bytes,
+        headers: list[str],
+        outcome,
+        spam,
+        queue_id: str,
+    ) -> None:
+        """Stage a copy for the recipients of another group, with that group's treatment;
+        ``_to_ready`` hands it on once the original's envelope records the split."""
         if outcome.mark:
             message = mime.edit_headers(message, self._prefix(spam), ())
         copy = {
@@ -294,7 +310,7 @@ class Scanner(Worker):
             "history": [],
         }
         envmod.record(copy, "ready", self.role)
-        self.spool.enqueue(message, copy, state="ready")
+        self.spool.stage_copy(entry, message, copy)
         self.counters["split"] += 1
         self.log.info(
             "split",
@@ -304,12 +320,24 @@ class Scanner(Worker):
             spam_action=",".join(outcome.actions),
         )
 
+    def _finish_split(self, entry: Entry, envelope: dict) -> None:
+        """A scanner died after recording a split: hand on what it had not, scan nothing."""
+        moved = self.spool.hand_on_copies(entry)
+        envmod.record(envelope, "ready", self.role)
+        self.spool.release(entry, "ready", envelope)
+        self.log.info("split_finished", qid=entry.id, parts=moved, to="ready")
+
     def _to_ready(self, entry: Entry, envelope: dict, headers: list[str]) -> None:
         """Hand the message to the senders, marked scanned, with the headers to prepend."""
         envelope["headers"] = headers
         envelope["scanned"] = True
         envmod.record(envelope, "ready", self.role)
-        self.spool.release(entry, "ready", envelope, durable=False)
+        if envelope.get("split_into"):
+            self.spool.write_envelope(entry, envelope)
+            self.spool.hand_on_copies(entry)
+            self.spool.release(entry, "ready")
+        else:
+            self.spool.release(entry, "ready", envelope)
 
     def _headers(self, inspection: Inspection) -> list[str]:
         if not self.engine_name:

@@ -22,9 +22,13 @@ and delivery status, client, times, attempts, history). Its state is the directo
     log/                    ``mailgate.log``, every process's log events.
 
 Invariants:
-- A state change is one ``rename(2)`` of the message directory; the destination directory is
-  fsync'd before the change is reported as done, except for hand-offs that acknowledge
-  nothing (``release(durable=False)``). Nothing but this module builds spool paths.
+- A state change is one ``rename(2)`` of the message directory. Every file in it was fsync'd,
+  and the directory itself, before the rename; the destination directory is fsync'd after it,
+  before the change is reported as done (claims excepted: a claim lost to a power cut only
+  puts the message back in its queue). Nothing but this module builds spool paths.
+- A message split for several recipient groups stages its copies inside its own claim
+  (``split/ID``) and hands each on with one rename, after its own envelope records the split:
+  a worker that dies part way leaves every copy either staged or queued, never both.
 - ``enqueue`` returns only when the message, its envelope and its name are on disk, so the
   receiver may answer 250 afterwards.
 - A claim is a rename into ``scanning/`` or ``sending/`` whose new name ends in ``@PID`` of the
@@ -45,8 +49,16 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 
-from mailgate.spool.files import dump, fsync_dir, write_file, write_file_replacing
-from mailgate.spool.ids import CLAIM_RE, ID_RE, InvalidQueueID, check_id, id_time, new_queue_id
+from mailgate.spool.files import dump, fsync_dir, write_entry, write_file, write_file_replacing
+from mailgate.spool.ids import (
+    CLAIM_RE,
+    ID_RE,
+    InvalidQueueID,
+    check_id,
+    derived_id,
+    id_time,
+    new_queue_id,
+)
 from mailgate.spool.layout import (
     ARCHIVES,
     CLAIMS,
@@ -55,6 +67,7 @@ from mailgate.spool.layout import (
     QUARANTINE,
     REASON,
     RETURNS,
+    SPLIT,
     STATES,
     Entry,
     NotFound,
@@ -76,6 +89,7 @@ __all__ = [
     "NotFound",
     "Spool",
     "check_id",
+    "derived_id",
     "fsync_dir",
     "id_time",
     "new_queue_id",
@@ -124,36 +138,31 @@ class Spool(Stores):
         """Store a new message durably in ``state``; the envelope's ``id`` names it."""
         queue_id = check_id(envelope["id"])
         work = f"{self._dir('tmp')}/{queue_id}@{self.pid}"
-        os.mkdir(work, 0o700)
-        write_file(f"{work}/{MESSAGE}", message)
-        write_file(f"{work}/{ENVELOPE}", dump(envelope))
-        fsync_dir(work)
+        write_entry(work, message, envelope)
         folder = self._dir(state)
         target = f"{folder}/{queue_id}"
         os.rename(work, target)
         fsync_dir(folder)
         return Entry(state, queue_id, target)
 
-    def write_envelope(self, entry: Entry, envelope: dict, durable: bool = True) -> None:
-        """Replace the envelope atomically: write beside, rename over (fsync'd when durable)."""
+    def write_envelope(self, entry: Entry, envelope: dict) -> None:
+        """Replace the envelope atomically and durably: write beside, fsync, rename over."""
         new = f"{entry.where}/{ENVELOPE}.new"
         with contextlib.suppress(FileNotFoundError):
             os.unlink(new)
-        write_file(new, dump(envelope), durable)
+        write_file(new, dump(envelope))
         os.rename(new, f"{entry.where}/{ENVELOPE}")
-        if durable:
-            fsync_dir(entry.where)
+        fsync_dir(entry.where)
 
     # ------------------------------------------------------------ moving
 
-    def _move(self, entry: Entry, state: str, durable: bool = True) -> Entry:
+    def _move(self, entry: Entry, state: str) -> Entry:
         folder = self._dir(state)
         target = f"{folder}/{entry.id}"
         if os.path.lexists(target):
             raise FileExistsError(errno.EEXIST, "already in the spool", target)
         os.rename(entry.where, target)
-        if durable:
-            fsync_dir(folder)
+        fsync_dir(folder)
         return Entry(state, entry.id, target)
 
     def claim(self, state: str, queue_id: str) -> Entry | None:
@@ -166,18 +175,50 @@ class Spool(Stores):
             return None
         return Entry(CLAIMS[state], name, target)
 
-    def release(
-        self, entry: Entry, state: str, envelope: dict | None = None, durable: bool = True
-    ) -> Entry:
-        """Hand a claimed (or held) entry on to ``state``, saving its envelope first.
-
-        ``durable=False`` skips the fsyncs, for hand-offs that nothing is acknowledged on:
-        after a power loss such a hand-off may be undone (the work is done again) but is
-        never half done, since the envelope is replaced by a rename that precedes the move.
-        """
+    def release(self, entry: Entry, state: str, envelope: dict | None = None) -> Entry:
+        """Hand a claimed (or held) entry on to ``state``, saving its envelope first."""
         if envelope is not None:
-            self.write_envelope(entry, envelope, durable)
-        return self._move(entry, state, durable)
+            self.write_envelope(entry, envelope)
+        return self._move(entry, state)
+
+    def unclaim(self, entry: Entry) -> Entry:
+        """Put a claim back in its queue as it is, without a write: the way back when the
+        disk is full, since a rename needs no free blocks (the crash count stays as it is)."""
+        return self._move(entry, RETURNS[entry.state])
+
+    # ------------------------------------------------------------ split copies
+
+    def stage_copy(self, entry: Entry, message: bytes, envelope: dict) -> None:
+        """Write a copy of a claimed message, for other recipients, inside the claim."""
+        folder = f"{entry.where}/{SPLIT}"
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(folder, 0o700)
+        write_entry(f"{folder}/{check_id(envelope['id'])}", message, envelope)
+        fsync_dir(folder)
+        fsync_dir(entry.where)
+
+    def staged_copies(self, entry: Entry) -> list[str]:
+        try:
+            return sorted(n for n in os.listdir(f"{entry.where}/{SPLIT}") if ID_RE.match(n))
+        except FileNotFoundError:
+            return []
+
+    def discard_copies(self, entry: Entry) -> None:
+        """Forget copies staged by an attempt that did not get as far as recording the split."""
+        shutil.rmtree(f"{entry.where}/{SPLIT}", ignore_errors=True)
+
+    def hand_on_copies(self, entry: Entry, state: str = "ready") -> list[str]:
+        """Move every staged copy into ``state``, each with one rename; the IDs moved."""
+        folder, target = f"{entry.where}/{SPLIT}", self._dir(state)
+        moved = self.staged_copies(entry)
+        for name in moved:
+            os.rename(f"{folder}/{name}", f"{target}/{name}")
+        if moved:
+            fsync_dir(target)
+        with contextlib.suppress(FileNotFoundError):
+            os.rmdir(folder)
+            fsync_dir(entry.where)
+        return moved
 
     def defer(self, entry: Entry, envelope: dict, next_attempt: float) -> Entry:
         """Park in ``deferred/`` until ``next_attempt`` (kept as the directory's mtime)."""
@@ -268,7 +309,7 @@ class Spool(Stores):
                     moved.append((entry.id, self.return_claim(entry, queue, max_attempts)))
                 except FileNotFoundError:
                     continue  # someone else (an administrator's mv) took it first
-        self.clean_tmp(pid, alive)
+        self.clean_tmp(pid, alive if pid is not None or alive is not None else _nobody)
         return moved
 
     def return_claim(self, entry: Entry, queue: str, max_attempts: int) -> str:
@@ -294,17 +335,41 @@ class Spool(Stores):
         self.release(entry, queue, envelope)
         return queue
 
-    def clean_tmp(self, pid: int | None = None, alive: Callable[[int], bool] | None = None) -> None:
-        """Remove unfinished writes of ``pid`` (when None: of every owner not ``alive``).
+    def clean_tmp(
+        self,
+        pid: int | None = None,
+        alive: Callable[[int], bool] | None = None,
+        older_than: float | None = None,
+    ) -> list[str]:
+        """Remove unfinished writes of ``pid`` (or of every owner not ``alive``) and, with
+        ``older_than``, anything in tmp/ not touched for that many seconds. The names removed.
 
         What is in tmp/ was never acknowledged (or was already removed from its queue).
         """
+        cutoff = None if older_than is None else time.time() - older_than
+        removed = []
         with os.scandir(self.state_dir("tmp")) as it:
-            names = [e.name for e in it]
-        for name in names:
+            found = list(it)
+        for item in found:
+            name = item.name
             owner = name.rpartition("@")[2] if "@" in name else name.rpartition(".")[2]
-            if owner.isdigit() and _abandoned(int(owner), pid, alive):
+            by_owner = pid is not None or alive is not None
+            gone = by_owner and owner.isdigit() and _abandoned(int(owner), pid, alive)
+            if not gone and cutoff is not None:
+                try:
+                    gone = item.stat(follow_symlinks=False).st_mtime < cutoff
+                except FileNotFoundError:
+                    continue
+            if gone:
                 shutil.rmtree(self.state_dir("tmp") / name, ignore_errors=True)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.state_dir("tmp") / name)  # a stray file, not a directory
+                removed.append(name)
+        return removed
+
+
+def _nobody(_pid: int) -> bool:
+    return False
 
 
 def _abandoned(owner: int | None, pid: int | None, alive: Callable[[int], bool] | None) -> bool:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 from pathlib import Path
+
+from mailgate.spool.layout import ENVELOPE, MESSAGE
 
 
 def fsync_dir(path: Path | str) -> None:
@@ -37,3 +40,19 @@ def write_file_replacing(path: Path | str, data: bytes) -> None:
 
 def dump(envelope: dict) -> bytes:
     return json.dumps(envelope, separators=(",", ":")).encode("utf-8") + b"\n"
+
+
+def write_entry(work: str, message: bytes, envelope: dict, durable: bool = True) -> None:
+    """Create the message directory ``work`` (any earlier attempt there goes first) with its
+    two files, fsync'd with the directory when ``durable``. A write that fails (a full disk)
+    leaves nothing behind, so no half message ever waits in tmp/ for a sweep."""
+    shutil.rmtree(work, ignore_errors=True)
+    os.mkdir(work, 0o700)
+    try:
+        write_file(f"{work}/{MESSAGE}", message, durable)
+        write_file(f"{work}/{ENVELOPE}", dump(envelope), durable)
+        if durable:
+            fsync_dir(work)
+    except OSError:
+        shutil.rmtree(work, ignore_errors=True)
+        raise

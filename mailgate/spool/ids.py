@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
 import time
@@ -35,6 +36,14 @@ def new_queue_id() -> str:
     and hosts sharing a spool without any coordination.
     """
     return _b32(time.time_ns() // 1000, 11) + _b32(secrets.randbits(50), 10)
+
+
+def derived_id(queue_id: str, number: int) -> str:
+    """The ID of copy ``number`` made from ``queue_id``: the same arrival time, a random part
+    that depends only on the two, so a worker that makes the copies again names them the same.
+    """
+    digest = hashlib.blake2b(f"{check_id(queue_id)}/{number}".encode(), digest_size=8).digest()
+    return queue_id[:11] + _b32(int.from_bytes(digest, "big") >> 14, 10)
 
 
 def check_id(queue_id: str) -> str:

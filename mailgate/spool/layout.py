@@ -19,6 +19,7 @@ STATUS_RE = re.compile(r"^[a-z][a-z-]{0,30}$")
 MESSAGE = "message.eml"
 ENVELOPE = "envelope.json"
 REASON = "reason.txt"
+SPLIT = "split"
 
 
 class NotFound(LookupError):

@@ -12,13 +12,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from mailgate.spool.files import dump, fsync_dir, write_file
+from mailgate.spool.files import fsync_dir, write_entry
 from mailgate.spool.ids import ID_RE, check_id
 from mailgate.spool.layout import (
     ARCHIVES,
     DAY_RE,
-    ENVELOPE,
-    MESSAGE,
     QUARANTINE,
     STATES,
     STATUS_RE,
@@ -126,10 +124,7 @@ class Stores(SpoolPaths):
         folder = self.root / "archive" / kind / day
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         work = self.state_dir("tmp") / f"{queue_id}.archive-{kind}@{self.pid}"
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(mode=0o700)
-        write_file(work / MESSAGE, message, durable=False)
-        write_file(work / ENVELOPE, dump(envelope), durable=False)
+        write_entry(os.fspath(work), message, envelope, durable=False)
         try:
             os.rename(work, folder / queue_id)
         except OSError:
@@ -181,11 +176,7 @@ class Stores(SpoolPaths):
         if target.is_dir():
             return Entry(QUARANTINE, queue_id, os.fspath(target))
         work = self.state_dir("tmp") / f"{queue_id}.quarantine@{self.pid}"
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(mode=0o700)
-        write_file(work / MESSAGE, message)
-        write_file(work / ENVELOPE, dump({**envelope, "quarantined_at": time.time()}))
-        fsync_dir(work)
+        write_entry(os.fspath(work), message, {**envelope, "quarantined_at": time.time()})
         os.rename(work, target)
         fsync_dir(target_dir)
         return Entry(QUARANTINE, queue_id, os.fspath(target))

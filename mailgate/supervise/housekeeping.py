@@ -1,10 +1,12 @@
 """The supervisor's periodic chores, apart from watching its own children.
 
 Every sweep: claims whose owner is gone but was never our child to reap (a worker of an
-earlier supervisor, still finishing its message when this one started, then killed) go back
-to their queue; archived days and journal days past their retention go; the traffic
-thresholds are checked and what arrived in corrupt/ is reported (``alerts``). Each chore
-logs what it did.
+earlier supervisor, still finishing its message when this one started, then killed), or whose
+hand-back failed when the worker died (a full disk), go back to their queue; what was left in
+tmp/ by a dead writer, or untouched there for ``TMP_MAX_AGE``, goes; archived days and journal
+days past their retention go; the traffic thresholds are checked and what arrived in corrupt/
+is reported (``alerts``). Each chore logs what it did. A chore that fails on a storage error
+is logged and tried again at the next sweep; none can stop the supervisor.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from mailgate.config import Config
 from mailgate.spool import Spool, journal
 from mailgate.supervise import alerts
 
+TMP_MAX_AGE = 3600.0  # no write in tmp/ takes an hour: a receiver stores a message in one go
+
 
 class Housekeeping:
     def __init__(self, spool: Spool, log):
@@ -23,16 +27,35 @@ class Housekeeping:
         self.traffic = alerts.TrafficWatch(spool)
         self.corrupt = alerts.CorruptWatch(spool, log)
 
-    def sweep(self, config: Config, children: set[int]) -> None:
+    def recover(self, config: Config) -> None:
+        """At start: what a previous run left claimed or half written."""
+        self.sweep(config, set(), (self._claims, self._tmp))
+
+    def sweep(self, config: Config, children: set[int], chores=None) -> None:
+        for chore in chores or (self._claims, self._tmp, self._expiry, self._alerts):
+            try:
+                chore(config, children)
+            except OSError as exc:
+                self.log.error("sweep_failed", chore=chore.__name__.strip("_"), error=repr(exc))
+
+    def _claims(self, config: Config, children: set[int]) -> None:
         moved = self.spool.recover(
             config.max_attempts, alive=lambda pid: pid in children or is_worker_alive(pid)
         )
         for queue_id, state in moved:
             self.log.warning("claim_recovered", qid=queue_id, to=state, child="not ours")
+
+    def _tmp(self, config: Config, children: set[int]) -> None:
+        for name in self.spool.clean_tmp(older_than=TMP_MAX_AGE):
+            self.log.warning("tmp_removed", name=name, why=f"untouched for {TMP_MAX_AGE:.0f}s")
+
+    def _expiry(self, config: Config, children: set[int]) -> None:
         for day in self.spool.expire_archive(config.archive_retention):
             self.log.info("archive_expired", day=day)
         for day in journal.expire(self.spool, config.stats_retention):
             self.log.info("journal_expired", day=day)
+
+    def _alerts(self, config: Config, children: set[int]) -> None:
         self.corrupt.check(config)
         for threshold in self.traffic.check(config):
             self.log.warning(

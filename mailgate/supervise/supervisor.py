@@ -28,6 +28,7 @@ own.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -40,10 +41,9 @@ import filelock
 from mailgate import config as configmod
 from mailgate.runtime import log as logmod
 from mailgate.runtime import privileges, stats
-from mailgate.scan.av import avdb, clamd
 from mailgate.spool import Spool, write_file_replacing
-from mailgate.supervise import engine, ready
-from mailgate.supervise.housekeeping import Housekeeping, is_worker_alive
+from mailgate.supervise import control, engine, ready
+from mailgate.supervise.housekeeping import Housekeeping
 from mailgate.supervise.slot import Slot
 
 SIGNALS = (signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
@@ -63,27 +63,31 @@ class Supervisor:
         self.stopping = False
         self.housekeeping = Housekeeping(self.spool, self.log)
         self.listeners: list = []
+        self.clamd = engine.ManagedClamd(self.spool)
 
     # ------------------------------------------------------------ processes
 
-    def _snapshot(self) -> None:
-        write_file_replacing(
-            self.spool.run_path("mailgate.conf.new"), self.config.text.encode("utf-8")
-        )
+    def _snapshot(self, config: configmod.Config) -> None:
+        write_file_replacing(self.spool.run_path("mailgate.conf.new"), config.text.encode("utf-8"))
         os.replace(self.spool.run_path("mailgate.conf.new"), self.spool.run_path("mailgate.conf"))
 
+    def _first_snapshot(self) -> bool:
+        """Write the snapshot the workers start from, waiting out a full disk; False if a
+        stop signal came first."""
+        delay = 0.5
+        while True:
+            try:
+                self._snapshot(self.config)
+                return True
+            except OSError as exc:
+                self.log.error("snapshot_failed", error=repr(exc), retry_in=delay)
+            info = signal.sigtimedwait(SIGNALS, delay)
+            if info and info.si_signo in (signal.SIGTERM, signal.SIGINT):
+                return False
+            delay = min(delay * 2, 30.0)
+
     def _start_clamd(self, slot: Slot) -> None:
-        """Start clamd, first installing the shipped database if there is none (or it changed)."""
-        installed = avdb.ensure_seeded(self.spool, self.config.signatures_path)
-        if installed:
-            self.log.info("database_installed", version=installed, origin="shipped")
-        self.config.clamd_socket_path.unlink(missing_ok=True)
-        slot.process = subprocess.Popen(
-            clamd.command(engine.write_config(self.config, self.spool)),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            preexec_fn=privileges.die_with_parent,
-        )
+        slot.process = self.clamd.start(self.config, self.log)
         slot.started = time.monotonic()
         self.log.info("worker_spawned", worker=slot.name, child=slot.process.pid)
 
@@ -151,8 +155,11 @@ class Supervisor:
             ],
         }
         path = self.spool.run_path("workers.json")
-        write_file_replacing(path.with_suffix(".new"), json.dumps(table).encode())
-        os.replace(path.with_suffix(".new"), path)
+        try:
+            write_file_replacing(path.with_suffix(".new"), json.dumps(table).encode())
+            os.replace(path.with_suffix(".new"), path)
+        except OSError as exc:
+            self.log.error("worker_table_failed", error=repr(exc))
 
     def _reap(self) -> None:
         now = time.monotonic()
@@ -163,7 +170,13 @@ class Supervisor:
                 continue
             changed = True
             slot.process = None
-            moved = self.spool.recover(self.config.max_attempts, proc.pid)
+            try:
+                moved = self.spool.recover(self.config.max_attempts, proc.pid)
+            except OSError as exc:
+                moved = []
+                self.log.error(
+                    "recover_failed", child=proc.pid, error=repr(exc), note="the sweep retries"
+                )
             for queue_id, state in moved:
                 self.log.warning("claim_recovered", qid=queue_id, to=state, child=proc.pid)
             expected = self.stopping or slot.retired
@@ -233,19 +246,24 @@ class Supervisor:
             for sock in self.listeners:
                 sock.close()
             self.listeners = listeners
-        clamd_before = (
-            engine.config_text(self.config, self.spool) if self._managed_clamd() else None
-        )
+        clamd_before = self.clamd.config_text(self.config) if self._managed_clamd() else None
+        try:
+            self._snapshot(config)
+        except OSError as exc:
+            self.log.error(
+                "config_reload_failed",
+                problems=[f"cannot write the workers' snapshot: {exc.strerror}"],
+                note="keeping the running configuration",
+            )
+            return
         self.config = config
-        self._snapshot()
         self._signal_all(signal.SIGHUP)
         if self._managed_clamd():
             restart = (
-                clamd_before is not None
-                and engine.config_text(self.config, self.spool) != clamd_before
+                clamd_before is not None and self.clamd.config_text(self.config) != clamd_before
             )
             if restart:
-                engine.write_config(self.config, self.spool)
+                self.clamd.write_config(self.config)
             self._signal_all(signal.SIGTERM if restart else signal.SIGUSR2, ("clamd",))
         for role, moved in (("receiver", network_changed), ("admin", console_moved)):
             for slot in self.slots:
@@ -286,6 +304,7 @@ class Supervisor:
                 slot.process.kill()
                 slot.process.wait()
         self._reap()
+        self.clamd.close()
         self.spool.run_path("workers.json").unlink(missing_ok=True)
         self.log.info("stopped")
         return 0
@@ -309,12 +328,13 @@ class Supervisor:
                 print(f"mailgate: {exc}", file=sys.stderr)
                 return EXIT_CANNOT_START
             signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
-            for queue_id, state in self.spool.recover(
-                self.config.max_attempts, alive=is_worker_alive
-            ):
-                self.log.warning("claim_recovered", qid=queue_id, to=state, child="previous run")
-            self._snapshot()
-            stats.fold(self.spool)
+            self.housekeeping.recover(self.config)
+            if not self._first_snapshot():
+                return 0
+            try:
+                stats.fold(self.spool)
+            except OSError as exc:
+                self.log.error("statistics_not_folded", error=repr(exc))
             self.log.info(
                 "supervisor_started",
                 spool=str(self.spool.root),
@@ -325,7 +345,8 @@ class Supervisor:
             if self._managed_clamd():
                 self._start_engine()
             self._fit_slots()
-            print(ready.line(self.config, self._managed_clamd()), flush=True)
+            with contextlib.suppress(OSError):  # stdout on a full disk
+                print(ready.line(self.config, self._managed_clamd()), flush=True)
             next_sweep = time.monotonic() + SWEEP_INTERVAL
             while True:
                 pending = [s.restart_at for s in self.slots if s.process is None]
@@ -334,20 +355,30 @@ class Supervisor:
                 signum = info.si_signo if info else None
                 if signum in (signal.SIGTERM, signal.SIGINT):
                     return self.stop()
-                if signum == signal.SIGHUP:
-                    self.reload()
-                elif signum == signal.SIGUSR1:
-                    self.statistics()
-                self._reap()
-                for request in self.spool.control_requests():
-                    if self._control(request):
+                try:
+                    if self._tend(signum, next_sweep):
                         return self.stop()
+                except OSError as exc:  # a full or failing disk is waited out, never fatal
+                    self.log.error("supervisor_storage_failed", error=repr(exc))
                 if time.monotonic() >= next_sweep:
-                    children = {s.process.pid for s in self.slots if s.process is not None}
-                    self.housekeeping.sweep(self.config, children)
                     next_sweep = time.monotonic() + SWEEP_INTERVAL
         finally:
             lock.release()
+
+    def _tend(self, signum: int | None, next_sweep: float) -> bool:
+        """One turn of the main loop after a signal or a timeout; True to stop."""
+        if signum == signal.SIGHUP:
+            self.reload()
+        elif signum == signal.SIGUSR1:
+            self.statistics()
+        self._reap()
+        for request in self.spool.control_requests():
+            if control.handle(self.spool, request, self.reload, self.log):
+                return True
+        if time.monotonic() >= next_sweep:
+            children = {s.process.pid for s in self.slots if s.process is not None}
+            self.housekeeping.sweep(self.config, children)
+        return False
 
     def _take_privileged_resources(self) -> None:
         """Bind ListenOn; then, if root and User is set, hand the spool over and become User."""
@@ -360,46 +391,12 @@ class Supervisor:
         privileges.drop(acct)
         self.log.info("privileges_dropped", user=acct.name, uid=acct.uid)
 
-    def _control(self, request: str) -> bool:
-        """Act on a file dropped in ``control/``, then remove it; True for ``stop``.
-
-        The action comes first, so once the file is gone the request has taken effect (and a
-        crash in between repeats it, which is harmless for all of them); ``stop`` is removed
-        before the stop, or the next start would stop again at once.
-        """
-        self.log.info("control", request=request)
-        if request == "stop":
-            self.spool.take_control_request(request)
-            return True
-        if request == "reload":
-            self.reload()
-        elif request == "flush":
-            moved = self.spool.requeue_all_deferred()
-            self.log.info("flushed", messages=len(moved))
-        elif request == "pause":
-            self.spool.paused_flag.touch()
-        elif request == "resume":
-            self.spool.paused_flag.unlink(missing_ok=True)
-        else:
-            self.log.warning(
-                "control_unknown", request=request, known="reload, flush, pause, resume, stop"
-            )
-        self.spool.take_control_request(request)
-        return False
-
     def _start_engine(self) -> None:
         """Start clamd and wait for its PING before any scanner starts."""
         slot = Slot("clamd", 0)
         self.slots.append(slot)
         self._start(slot)
-        ready = clamd.wait_ready(
-            self.config.clamd_socket_path, self.config.clamd_start_timeout, slot.process
-        )
-        (self.log.info if ready else self.log.error)(
-            "clamd_ready" if ready else "clamd_not_ready",
-            socket=str(self.config.clamd_socket_path),
-            version=avdb.current_version(self.spool),
-        )
+        self.clamd.wait_ready(self.config, slot.process, self.log)
 
 
 def run(config: configmod.Config) -> int:
