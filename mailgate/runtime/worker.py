@@ -83,6 +83,7 @@ class Worker:
         self.counters: collections.Counter[str] = collections.Counter()
         self.resting_until = 0.0
         self.rest = 0.0
+        self.rest_reason = ""
         self.unreturned: list[tuple[Entry, bool]] = []
 
     # ------------------------------------------------------------ hooks
@@ -101,8 +102,13 @@ class Worker:
         """Release resources when the worker stops."""
 
     def paused(self) -> bool:
-        """True while this worker must not claim anything (say, its engine is down)."""
+        """True while this worker must not claim anything."""
         return False
+
+    def wanted(self, queue_id: str) -> bool:
+        """Should this pass claim ``queue_id``? (A scanner whose engine is down takes only
+        the messages that have waited too long.)"""
+        return True
 
     def update_counters(self) -> None:
         """Bring ``counters`` up to date before they are logged."""
@@ -171,13 +177,15 @@ class Worker:
             self.storage_failed(None, exc)
             return False
         for queue_id in names:
-            if self.stopping or self.paused():
+            if self.stopping or self.paused() or time.monotonic() < self.resting_until:
                 break
+            if not self.wanted(queue_id):
+                continue
             entry = self.spool.claim(self.source, queue_id)
             if entry is None:
                 continue
             worked = True
-            started = time.monotonic()
+            started, resting = time.monotonic(), self.resting_until
             try:
                 self.process(entry)
             except OSError as exc:
@@ -189,8 +197,8 @@ class Worker:
             except Exception as exc:
                 self.crashed(entry, exc)
             else:
-                if self.rest:
-                    self.log.info("storage_recovered", after=self.counters["storage_errors"])
+                if self.rest and self.resting_until == resting:  # no new rest taken
+                    self.log.info("resumed", after=self.rest_reason)
                     self.rest = self.resting_until = 0.0
                 self.counters["processed"] += 1
                 self.log.debug(
@@ -205,16 +213,22 @@ class Worker:
         self.counters["failed"] += 1
         self.give_back(entry)
 
+    def take_rest(self, why: str) -> float:
+        """Claim nothing for a while, twice as long as last time (up to REST_LONGEST), until
+        a message goes through again."""
+        self.rest = min(REST_LONGEST, self.rest * 2 or REST_FIRST)
+        self.resting_until = time.monotonic() + self.rest
+        self.rest_reason = why
+        return self.rest
+
     def storage_failed(self, entry: Entry | None, exc: OSError) -> None:
         """The spool refused a write: return the claim uncounted, rest, try again later."""
         self.counters["storage_errors"] += 1
-        self.rest = min(REST_LONGEST, self.rest * 2 or REST_FIRST)
-        self.resting_until = time.monotonic() + self.rest
         self.log.error(
             "storage_failed",
             qid=entry.id if entry else None,
             error=repr(exc),
-            rest=self.rest,
+            rest=self.take_rest("storage error"),
             note="retrying; the message stays queued",
         )
         if entry is not None:

@@ -57,11 +57,16 @@ class Inspector:
         self.spamtest = spam
 
     def inspect(
-        self, raw: bytes, last_try: bool = True, envelope: dict | None = None
+        self,
+        raw: bytes,
+        last_try: bool = True,
+        envelope: dict | None = None,
+        engine_lost: str = "",
     ) -> Inspection:
         """Raises EngineUnavailable; raises ObjectError unless ``last_try`` (then such
         objects are ``unscannable``). ``envelope`` (sender, recipients, client) informs the
-        spam filter; an offline scan has none."""
+        spam filter; an offline scan has none. With ``engine_lost`` (the reason) clamd is
+        not asked and every object it has not seen before is ``unscannable``."""
         config = self.config
         split = mime.split(raw, config.max_depth, config.max_parts)
         envelope = envelope or {"mail_from": "", "recipients": []}
@@ -83,13 +88,20 @@ class Inspector:
                     curable=False,
                 )
             )
-        if self.engine is not None:
-            self.engine.refresh_version(self.installed())
+        if self.engine is not None and not engine_lost:
+            try:
+                self.engine.refresh_version(self.installed())
+            except ObjectError as exc:
+                if not last_try:
+                    raise
+                engine_lost = f"engine:error ({exc})"
         for obj in split.objects:
-            verdicts.append(self._object(obj, deadline, last_try))
+            verdicts.append(self._object(obj, deadline, last_try, engine_lost))
         return Inspection(split, verdicts, policy.decide(verdicts), spam)
 
-    def _object(self, obj: mime.MimeObject, deadline: float, last_try: bool) -> ObjectVerdict:
+    def _object(
+        self, obj: mime.MimeObject, deadline: float, last_try: bool, engine_lost: str
+    ) -> ObjectVerdict:
         config, engine = self.config, self.engine
         found = [("corrupted", obj.defect)] if obj.defect else []
         cache = engine.ichecker if engine is not None else None
@@ -101,7 +113,9 @@ class Inspector:
         else:
             kind = attachments.true_type(obj.data) if self.types else ""
         if engine is not None and known is None:
-            if len(obj.data) > config.max_object_size:
+            if engine_lost:
+                found.append(("unscannable", engine_lost))
+            elif len(obj.data) > config.max_object_size:
                 found.append(("unscannable", f"larger than MaxObjectSize ({len(obj.data)} bytes)"))
             else:
                 try:

@@ -9,9 +9,13 @@ second time, so nothing is quarantined or notified twice except a notice queued 
 the crash.
 
 Never deliver unscanned: when clamd does not answer, the message goes back to incoming/
-untouched and this scanner pauses until clamd answers PING again. When clamd answers with an
-error or times out on a message, the attempt is counted in ``scan_failures``; at ScanAttempts
-the objects it could not scan are ``unscannable`` and their action applies.
+untouched and this scanner takes only messages older than ScanRetryTime until clamd answers
+PING again; those it scans without clamd, their objects ``unscannable`` (reason
+``engine:unavailable``), so that no message waits without bound. When clamd answers with an
+error, times out or answers what pyclamd cannot read, the attempt is counted in
+``scan_failures``, the message goes back and the scanner rests (longer each time); at
+ScanAttempts the objects it could not scan are ``unscannable`` and their action applies. None
+of this counts as a crash: ``crashes`` is for the scanner's own deaths.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from mailgate.scan.av.ichecker import IChecker
 from mailgate.scan.inspection import Inspection, Inspector, engine_for, status_header
 from mailgate.scan.policy import Decision, ObjectVerdict
 from mailgate.scan.spam.spamtest import Spamtest, SpamVerdict
-from mailgate.spool import Entry, derived_id
+from mailgate.spool import Entry, derived_id, id_time
 from mailgate.spool import envelope as envmod
 from mailgate.spool.journal import Journal
 
@@ -76,16 +80,17 @@ class Scanner(Worker):
     def close(self) -> None:
         self.ichecker.close()
 
-    def paused(self) -> bool:
-        return self.engine_down
+    def wanted(self, queue_id: str) -> bool:
+        return not self.engine_down or self._waited_too_long(id_time(queue_id))
+
+    def _waited_too_long(self, received_at: float) -> bool:
+        return time.time() - received_at >= self.config.scan_retry_time
 
     def housekeeping(self) -> float:
         return ENGINE_RETRY if self.engine_down else RESCAN_INTERVAL
 
     def run_pass(self) -> bool:
-        if self.engine_down:
-            if not self.engine.ping():
-                return False
+        if self.engine_down and self.engine.ping():
             self.engine_down = False
             self.log.info("engine_available", socket=self.engine.socket_path)
         return super().run_pass()
@@ -127,18 +132,27 @@ class Scanner(Worker):
                 raw, last_try=failures + 1 >= self.config.scan_attempts, envelope=envelope
             )
         except EngineUnavailable as exc:
-            self.spool.unclaim(entry)
             self.engine_down = True
             self.counters["engine_unavailable"] += 1
-            self.log.error("engine_unavailable", qid=entry.id, error=str(exc), to="incoming")
-            return
+            if not self._waited_too_long(envelope.get("received_at", id_time(entry.id))):
+                self.spool.unclaim(entry)
+                self.log.error("engine_unavailable", qid=entry.id, error=str(exc), to="incoming")
+                return
+            inspection = self.inspector.inspect(
+                raw, True, envelope, engine_lost=f"engine:unavailable ({exc})"
+            )
         except ObjectError as exc:
             envelope["scan_failures"] = failures + 1
             envmod.record(envelope, "incoming", self.role)
             self.spool.release(entry, "incoming", envelope)
             self.counters["scan_retried"] += 1
             self.log.warning(
-                "scan_failed", qid=entry.id, error=str(exc), attempt=failures + 1, to="incoming"
+                "scan_failed",
+                qid=entry.id,
+                error=str(exc),
+                attempt=failures + 1,
+                to="incoming",
+                rest=self.take_rest("clamd error"),
             )
             return
         self.metrics.scan_seconds.observe(time.monotonic() - started)

@@ -3,8 +3,9 @@
 Each decoded MIME object goes to clamd with INSTREAM. What clamd answers becomes one of the
 object statuses (``classify``); what it cannot answer is either the engine's fault
 (``EngineUnavailable``: it does not answer PING, so the message waits, unscanned, until it
-does) or the object's (``ObjectError``: an error or a timeout while clamd is up, counted
-against the message's ScanAttempts).
+does) or the object's (``ObjectError``: an error, a timeout or an answer pyclamd cannot parse
+while clamd is up, counted against the message's ScanAttempts). No exception of pyclamd's
+leaves this module as anything else: a scanner only crashes on its own bugs.
 
 Which database clamd has loaded is learnt from clamd itself: every database installed by
 ``avdb`` carries a generated signature that names its version and matches only ``CANARY``,
@@ -14,8 +15,8 @@ its memory by that version. A clamd not fed by ``avdb`` is identified by its VER
 
 from __future__ import annotations
 
-import io
 import socket
+import struct
 import time
 from pathlib import Path
 
@@ -28,8 +29,9 @@ CANARY_PREFIX = "Mailgate.DatabaseVersion."
 VERSION_CHECK_INTERVAL = 2.0
 CHUNK = 65536
 # pyclamd reads a reply up to five times before it gives up, each read waiting the socket's
-# whole timeout; the socket gets a fifth of ObjectTimeout so a silent clamd costs ObjectTimeout.
+# whole timeout; its socket gets a fifth of ObjectTimeout so a silent clamd costs ObjectTimeout.
 PYCLAMD_READ_TRIES = 5
+LONGEST_REPLY = 65536
 
 
 class EngineUnavailable(Exception):
@@ -58,44 +60,24 @@ def classify(name: str) -> str:
     return "infected"
 
 
-class _SendAll:
-    """A socket whose ``send`` sends everything: pyclamd calls ``send`` and ignores its count,
-    which on a socket with a timeout may cut a chunk short and corrupt the stream."""
-
-    def __init__(self, sock: socket.socket):
-        self._sock = sock
-
-    def send(self, data: bytes) -> int:
-        self._sock.sendall(data)
-        return len(data)
-
-    def __getattr__(self, name):
-        return getattr(self._sock, name)
-
-
-class _Clamd(pyclamd.ClamdUnixSocket):
-    def _init_socket(self):
-        super()._init_socket()
-        self.clamd_socket = _SendAll(self.clamd_socket)
-
-
 class Engine:
     """One scanner process's connection to clamd (a new socket per command, as clamd likes)."""
 
     def __init__(self, socket_path: Path, object_timeout: float, ichecker: IChecker | None = None):
         self.socket_path = str(socket_path)
         self.timeout = max(0.05, object_timeout / PYCLAMD_READ_TRIES)
+        self.object_timeout = object_timeout
         self.ichecker = ichecker
         self.db_version = ""
         self._version_checked = 0.0
-        self._client: _Clamd | None = None
+        self._client: pyclamd.ClamdUnixSocket | None = None
         self.scanned = 0
         self.scan_seconds = 0.0
 
-    def _clamd(self) -> _Clamd:
+    def _clamd(self) -> pyclamd.ClamdUnixSocket:
         if self._client is None:
             try:
-                self._client = _Clamd(self.socket_path, timeout=self.timeout)
+                self._client = pyclamd.ClamdUnixSocket(self.socket_path, timeout=self.timeout)
             except (pyclamd.ConnectionError, OSError) as exc:
                 raise EngineUnavailable(f"clamd not reachable at {self.socket_path}") from exc
         return self._client
@@ -103,22 +85,22 @@ class Engine:
     def ping(self) -> bool:
         try:
             return bool(self._clamd().ping())
-        except (EngineUnavailable, pyclamd.ConnectionError, OSError):
+        except Exception:  # whatever pyclamd raises, clamd did not answer
             return False
 
     def reload(self) -> None:
         """Ask clamd to re-read its database directory (it goes on scanning meanwhile)."""
         try:
             self._clamd().reload()
-        except (pyclamd.ConnectionError, OSError) as exc:
-            raise EngineUnavailable(str(exc)) from exc
+        except Exception as exc:
+            raise EngineUnavailable(f"clamd RELOAD failed: {exc!r}") from exc
 
     def engine_version(self) -> str:
         """clamd's own VERSION reply, e.g. ``ClamAV 1.4.6``."""
         try:
             return str(self._clamd().version())
-        except (pyclamd.ConnectionError, OSError) as exc:
-            raise EngineUnavailable(str(exc)) from exc
+        except Exception as exc:
+            raise EngineUnavailable(f"clamd VERSION failed: {exc!r}") from exc
 
     def loaded_version(self) -> str:
         """The database version clamd has loaded now (see the module docstring)."""
@@ -143,21 +125,23 @@ class Engine:
 
     def _instream(self, data: bytes) -> tuple[str, str] | None:
         """clamd's answer to INSTREAM: None (clean) or (FOUND|ERROR, text)."""
-        client = self._clamd()
         try:
-            # As a file: pyclamd then ends the stream with one zero-length chunk. Given bytes,
-            # it sends a second one when the length is a multiple of CHUNK (an empty object),
-            # and that write fails (EPIPE) if clamd has already answered and closed.
-            result = client.scan_stream(io.BytesIO(data), chunk_size=CHUNK)
-        except pyclamd.BufferTooLongError as exc:
-            raise TooLarge(str(exc)) from exc
-        except (pyclamd.ConnectionError, OSError) as exc:
+            reply = instream(self.socket_path, data, self.object_timeout)
+        except Exception as exc:  # a socket error, a timeout, a reply cut short
             if not self.ping():
-                raise EngineUnavailable(f"clamd stopped answering: {exc}") from exc
-            raise ObjectError(f"clamd did not answer in time ({exc})") from exc
-        if not result:
+                raise EngineUnavailable(f"clamd stopped answering: {exc!r}") from exc
+            raise ObjectError(f"clamd gave no usable answer ({exc!r})") from exc
+        if reply == "INSTREAM size limit exceeded. ERROR":
+            raise TooLarge(reply)
+        name, sep, verdict = reply.partition(": ")
+        if not sep or name != "stream":
+            raise ObjectError(f"clamd's answer was not understood ({reply!r:.200})")
+        if verdict == "OK":
             return None
-        return next(iter(result.values()))
+        text, _, status = verdict.rpartition(" ")
+        if status not in ("FOUND", "ERROR") or not text:
+            raise ObjectError(f"clamd's answer was not understood ({reply!r:.200})")
+        return status, text
 
     def scan(self, data: bytes) -> tuple[str, str]:
         """(status, detail) of one object, from clamd."""
@@ -171,3 +155,39 @@ class Engine:
             raise ObjectError(f"clamd error: {answer[1]}")
         name = answer[1].removesuffix(".UNOFFICIAL")
         return ("clean", "") if name.startswith(CANARY_PREFIX) else (classify(name), name)
+
+
+def instream(socket_path: str, data: bytes, timeout: float) -> str:
+    """Send ``data`` to clamd with INSTREAM (``man clamd``) and return its reply, without the
+    closing NUL.
+
+    This one command is spoken here rather than through pyclamd: its ``scan_stream`` returns
+    the same None for "stream: OK" and for a connection closed with no reply at all, and a
+    scanner must never take silence for a clean verdict. A reply that does not end with NUL
+    raises ``ConnectionError``. When clamd stops reading early (its StreamMaxLength), the
+    broken pipe is ignored and the reply it sent is read.
+    """
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(socket_path)
+        try:
+            sock.sendall(b"zINSTREAM\0")
+            view = memoryview(data)
+            for start in range(0, len(view), CHUNK):
+                chunk = view[start : start + CHUNK]
+                sock.sendall(struct.pack("!L", len(chunk)))
+                sock.sendall(chunk)
+            sock.sendall(b"\0\0\0\0")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        reply = bytearray()
+        while not reply.endswith(b"\0"):
+            got = sock.recv(4096)
+            if not got:
+                raise ConnectionError(
+                    f"clamd closed the connection without a verdict ({reply!r:.80})"
+                )
+            reply += got
+            if len(reply) > LONGEST_REPLY:
+                raise ConnectionError("clamd's reply has no end")
+    return reply[:-1].decode("utf-8", "replace").strip()
