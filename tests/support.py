@@ -240,6 +240,7 @@ class Gateway:
     sink_port: int
     extra: str = ""
     python: str = sys.executable  # the interpreter that runs mailgate (a wheel's venv, say)
+    wrapper: tuple[str, ...] = ()  # a command that runs ``mailgate run`` (strace, say)
     process: subprocess.Popen | None = None
     log_path: Path = field(init=False)
 
@@ -292,7 +293,7 @@ class Gateway:
     def start(self, wait: bool = True) -> Gateway:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [self.python, "-m", "mailgate", "run", "-c", str(self.conf)],
+                [*self.wrapper, self.python, "-m", "mailgate", "run", "-c", str(self.conf)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -334,7 +335,11 @@ class Gateway:
     def stop(self, timeout: float = 60.0) -> int:
         if self.process is None or self.process.poll() is not None:
             return self.process.returncode if self.process else 0
-        self.process.send_signal(signal.SIGTERM)
+        supervisor = self.workers().get("supervisor") if self.wrapper else None
+        if supervisor:  # the wrapper's child; the wrapper ends with it
+            os.kill(supervisor, signal.SIGTERM)
+        else:
+            self.process.send_signal(signal.SIGTERM)
         try:
             return self.process.wait(timeout)
         except subprocess.TimeoutExpired:

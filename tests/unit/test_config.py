@@ -115,3 +115,13 @@ def test_check_config_without_a_file_says_it_checked_the_built_in_defaults(tmp_p
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("built-in defaults (no ") and result.stdout.endswith(": OK\n")
+
+
+def test_min_free_disk_is_a_size_or_a_share_of_the_file_system(tmp_path):
+    conf = tmp_path / "m.conf"
+    for text, total, floor in (("100M", 10**12, 100 * 2**20), ("2%", 10**9, 2 * 10**7)):
+        conf.write_text(f"[smtpgw.limits]\nMinFreeDisk={text}\n")
+        assert configmod.load(conf).min_free_disk.of(total) == floor
+    conf.write_text("[smtpgw.limits]\n\nMinFreeDisk=101%\n")
+    with pytest.raises(configmod.ConfigError, match=r"m\.conf:3"):
+        configmod.load(conf)

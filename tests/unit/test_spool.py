@@ -10,7 +10,15 @@ import sys
 
 import pytest
 
-from mailgate.spool import ID_RE, InvalidQueueID, NotFound, Spool, id_time, new_queue_id
+from mailgate.spool import (
+    ID_RE,
+    InvalidQueueID,
+    NotFound,
+    Spool,
+    derived_id,
+    id_time,
+    new_queue_id,
+)
 from mailgate.spool import envelope as envmod
 
 
@@ -127,3 +135,59 @@ def test_large_listing_is_complete_and_ordered(spool):
         os.mkdir(spool.state_dir("deferred") / new_queue_id())
     names = spool.names("deferred")
     assert len(names) == 20000 and names == sorted(names)
+
+
+def test_derived_ids_are_valid_stable_and_distinct():
+    qid = new_queue_id()
+    copies = [derived_id(qid, n) for n in range(1, 50)]
+    assert copies == [derived_id(qid, n) for n in range(1, 50)]
+    assert len(set(copies) | {qid}) == 50
+    assert all(ID_RE.match(c) and c[:11] == qid[:11] for c in copies)
+    assert abs(id_time(copies[0]) - id_time(qid)) < 1e-6
+    with pytest.raises(InvalidQueueID):
+        derived_id("../etc", 1)
+
+
+def test_a_failed_write_leaves_nothing_in_tmp(spool, monkeypatch):
+    def full(*_args, **_kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError):
+        spool.enqueue(b"x\r\n", envmod.new(new_queue_id(), "a@b.example", []))
+    assert os.listdir(spool.state_dir("tmp")) == []
+    assert spool.names("incoming") == []
+
+
+def test_tmp_is_swept_by_owner_and_by_age(spool):
+    tmp = spool.state_dir("tmp")
+    mine, dead, old = (tmp / f"{new_queue_id()}@{os.getpid()}", tmp / "x@999999", tmp / "stray")
+    for path in (mine, dead, old):
+        path.mkdir()
+    os.utime(old, (1, 1))
+    assert spool.clean_tmp(older_than=3600) == ["stray"]
+    assert sorted(spool.clean_tmp(alive=lambda pid: pid == os.getpid())) == ["x@999999"]
+    assert os.listdir(tmp) == [mine.name]
+
+
+def test_unclaim_puts_a_claim_back_without_writing(spool):
+    entry = spool.enqueue(b"x\r\n", envmod.new(new_queue_id(), "a@b.example", []))
+    claim = spool.claim("incoming", entry.id)
+    before = claim.read_envelope()
+    back = spool.unclaim(claim)
+    assert back.state == "incoming" and back.read_envelope() == before
+
+
+def test_staged_copies_move_with_one_rename_each(spool):
+    entry = spool.enqueue(b"x\r\n", envmod.new(new_queue_id(), "a@b.example", []))
+    claim = spool.claim("incoming", entry.id)
+    ids = [derived_id(entry.id, n) for n in (1, 2)]
+    for qid in ids:
+        spool.stage_copy(claim, b"copy\r\n", envmod.new(qid, "a@b.example", []))
+    assert spool.staged_copies(claim) == sorted(ids)
+    assert spool.hand_on_copies(claim) == sorted(ids)
+    assert spool.names("ready") == sorted(ids) and spool.staged_copies(claim) == []
+    assert sorted(os.listdir(claim.where)) == ["envelope.json", "message.eml"]
+    spool.stage_copy(claim, b"copy\r\n", envmod.new(derived_id(entry.id, 3), "a@b.example", []))
+    spool.discard_copies(claim)
+    assert spool.staged_copies(claim) == []
