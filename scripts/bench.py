@@ -56,7 +56,7 @@ def wait_port(port: int, timeout: float = 30.0) -> None:
                     return
         except OSError:
             time.sleep(0.05)
-    raise SystemExit(f"bench: nothing answers on port {port}")
+    raise SystemExit(f"{Path(sys.argv[0]).stem}: no SMTP greeting on port {port}")
 
 
 def start_sink(port: int) -> subprocess.Popen:

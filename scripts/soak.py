@@ -36,7 +36,6 @@ import re
 import shutil
 import signal
 import smtplib
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,6 +45,7 @@ import zipfile
 from pathlib import Path
 
 from aiosmtpd.controller import Controller
+from bench import free_port, wait_port  # scripts/ is on the path of a script run there
 
 EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 GTUBE = b"XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
@@ -78,12 +78,6 @@ WORDS = tuple(
 MSGID_RE = re.compile(rb"<soak-\d+@soak\.test>")
 ROLES = ("receiver", "scanner", "sender")
 STATES = ("incoming", "scanning", "ready", "sending", "deferred", "hold", "corrupt")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class NextHop:
@@ -405,18 +399,6 @@ def fill(path: Path) -> None:
                 f.write(chunk)
             except OSError:
                 return
-
-
-def wait_port(port: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                if s.recv(4).startswith(b"220"):
-                    return
-        except OSError:
-            time.sleep(0.2)
-    raise SystemExit(f"soak: the gateway did not answer on port {port}")
 
 
 def main(argv: list[str] | None = None) -> int:

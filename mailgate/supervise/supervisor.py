@@ -218,11 +218,7 @@ class Supervisor:
             return
         frozen = configmod.restart_needed(self.config, config)
         if frozen:
-            self.log.error(
-                "config_reload_failed",
-                problems=[f"{key} changes need a restart" for key in frozen],
-                note="keeping the running configuration",
-            )
+            self._keep_config(*(f"{key} changes need a restart" for key in frozen))
             return
         network_changed = (config.listen, config.tls_certificate, config.tls_key) != (
             self.config.listen,
@@ -237,11 +233,7 @@ class Supervisor:
             try:
                 listeners = privileges.bind(config.listen)
             except OSError as exc:
-                self.log.error(
-                    "config_reload_failed",
-                    problems=[f"ListenOn: {exc.strerror}"],
-                    note="keeping the running configuration",
-                )
+                self._keep_config(f"ListenOn: {exc.strerror}")
                 return
             for sock in self.listeners:
                 sock.close()
@@ -250,11 +242,7 @@ class Supervisor:
         try:
             self._snapshot(config)
         except OSError as exc:
-            self.log.error(
-                "config_reload_failed",
-                problems=[f"cannot write the workers' snapshot: {exc.strerror}"],
-                note="keeping the running configuration",
-            )
+            self._keep_config(f"cannot write the workers' snapshot: {exc.strerror}")
             return
         self.config = config
         self._signal_all(signal.SIGHUP)
@@ -272,6 +260,10 @@ class Supervisor:
                     slot.backoff, slot.started = 0.0, time.monotonic() - STABLE_AFTER
         self._fit_slots()
         self.log.info("config_reloaded", receiver_restarted=network_changed)
+
+    def _keep_config(self, *problems: str) -> None:
+        note = "keeping the running configuration"
+        self.log.error("config_reload_failed", problems=list(problems), note=note)
 
     def statistics(self) -> None:
         """SIGUSR1: log every counter (totals and since start), then ask workers for theirs."""
