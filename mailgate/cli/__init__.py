@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         getattr(args, "role", None) or args.command,
         config.log_level,
         logmod.file_for(config) if args.command in ("run", "worker") else None,
+        open_now=not (args.command == "run" and privileges.account_wanted(config.user)),
     )
     if args.command in SPOOL_COMMANDS:
         privileges.act_as_spool_owner(config.user, config.spool_path)

@@ -59,19 +59,25 @@ def reopen() -> None:
     if _file_path is not None:
         try:
             _file_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            _file_fd = os.open(_file_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            _file_fd = os.open(
+                _file_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600
+            )
         except OSError as exc:
             sys.stderr.write(f"mailgate: cannot open log file {_file_path}: {exc}\n")
 
 
-def setup(role: str, level: str = "info", file: Path | None = None) -> None:
+def setup(role: str, level: str = "info", file: Path | None = None, open_now: bool = True) -> None:
     """Configure structlog for this process; every line names the role and the pid.
 
-    ``file``: also append every event there (``mailgate run`` and its workers).
+    ``file``: also append every event there (``mailgate run`` and its workers), opened at
+    once or, with ``open_now`` False, at the first ``reopen`` (a root supervisor opens it only
+    once it runs as User: the file is in a directory that user can write). The file itself is
+    never opened through a symlink.
     """
     global _file_path
     _file_path = file
-    reopen()
+    if open_now:
+        reopen()
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -46,9 +46,14 @@ class Account:
     groups: tuple[int, ...]
 
 
+def account_wanted(user: str) -> bool:
+    """Will this process become ``user`` (root, with a User set)?"""
+    return os.geteuid() == 0 and bool(user)
+
+
 def account(user: str) -> Account | None:
     """The account to become: None when not root or when ``user`` is empty."""
-    if os.geteuid() != 0 or not user:
+    if not account_wanted(user):
         return None
     try:
         entry = pwd.getpwnam(user)

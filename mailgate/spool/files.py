@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
+import stat
 from pathlib import Path
 
 from mailgate.spool.layout import ENVELOPE, MESSAGE
@@ -56,3 +58,55 @@ def write_entry(work: str, message: bytes, envelope: dict, durable: bool = True)
     except OSError:
         shutil.rmtree(work, ignore_errors=True)
         raise
+
+
+class RootSafeLock:
+    """An exclusive ``flock`` on ``run/NAME``, taken by a process that may still be root in a
+    directory the service user can write.
+
+    filelock would follow a symlink planted there (and truncate what it points to); here the
+    directory and the file are opened with O_NOFOLLOW, and anything but a regular file is
+    refused with ``UnsafePath``. ``acquire`` is False when another process holds the lock.
+    """
+
+    def __init__(self, folder: Path | str, name: str):
+        self.folder, self.name = os.fspath(folder), name
+        self.fd: int | None = None
+
+    def acquire(self) -> bool:
+        try:
+            dir_fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError as exc:
+            raise UnsafePath(f"{self.folder}: {exc.strerror} (a symlink planted there?)") from None
+        try:
+            fd = os.open(
+                self.name,
+                os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o600,
+                dir_fd=dir_fd,
+            )
+        except OSError as exc:
+            raise UnsafePath(
+                f"{self.folder}/{self.name}: {exc.strerror} (a symlink planted there?)"
+            ) from None
+        finally:
+            os.close(dir_fd)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise UnsafePath(f"{self.folder}/{self.name} is not a regular file")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self.fd = fd
+        return True
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+class UnsafePath(OSError):
+    """A path in the spool is not what mailgate made there (a symlink, a device...)."""

@@ -105,6 +105,11 @@ class SpoolPaths:
         except KeyError:
             raise ValueError(f"unknown spool state {state!r}") from None
 
+    @property
+    def run_dir(self) -> Path:
+        """``run/``: the supervisor's lock, worker table and configuration snapshot."""
+        return self.root / "run"
+
     def run_path(self, name: str) -> Path:
         """A file of the supervisor's in ``run/`` (lock, worker table, config snapshot)."""
         if "/" in name or name.startswith("."):

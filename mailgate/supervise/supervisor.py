@@ -36,12 +36,11 @@ import subprocess
 import sys
 import time
 
-import filelock
-
 from mailgate import config as configmod
 from mailgate.runtime import log as logmod
 from mailgate.runtime import privileges, stats
 from mailgate.spool import Spool, write_file_replacing
+from mailgate.spool.files import RootSafeLock, UnsafePath
 from mailgate.supervise import control, engine, ready
 from mailgate.supervise.housekeeping import Housekeeping
 from mailgate.supervise.slot import Slot
@@ -306,12 +305,15 @@ class Supervisor:
     def run(self) -> int:
         os.umask(0o077)  # spool, quarantine, caches, logs of clamd: readable by us alone
         self.spool.create()
-        lock = filelock.FileLock(str(self.spool.run_path("supervisor.lock")))
+        lock = RootSafeLock(self.spool.run_dir, "supervisor.lock")
         try:
-            lock.acquire(timeout=0)
-        except filelock.Timeout:
-            self.log.error("already_running", spool=str(self.spool.root))
-            return EXIT_ALREADY_RUNNING
+            if not lock.acquire():
+                self.log.error("already_running", spool=str(self.spool.root))
+                return EXIT_ALREADY_RUNNING
+        except UnsafePath as exc:
+            self.log.error("cannot_start", error=str(exc))
+            print(f"mailgate: refusing to start: {exc}", file=sys.stderr)
+            return EXIT_CANNOT_START
         try:
             try:
                 self._take_privileged_resources()
@@ -381,6 +383,7 @@ class Supervisor:
         privileges.hand_over(self.spool.root, acct)
         privileges.probe(acct, self.spool.root, self.config.path)
         privileges.drop(acct)
+        logmod.reopen()  # the log file is opened only now, as User (see cli.main)
         self.log.info("privileges_dropped", user=acct.name, uid=acct.uid)
 
     def _start_engine(self) -> None:

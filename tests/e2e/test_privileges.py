@@ -87,3 +87,28 @@ def test_a_missing_user_or_an_unreachable_spool_stops_the_start(open_base, tmp_p
     assert hidden.process.wait(60) == 8
     assert "user 'mailgate' cannot run the gateway" in hidden.log()
     assert "cannot use the spool" in hidden.log()
+
+
+def test_symlinks_planted_in_the_spool_are_refused_not_followed_by_root(open_base, sink):
+    """The mailgate user owns the spool, so it could plant links where root would write."""
+    victim = open_base / "victim"
+    victim.write_text("precious\n")
+    gw = Gateway(open_base / "gw", privileged_port(), sink.port_number, USER)
+    (gw.spool / "run").mkdir(parents=True)
+    (gw.spool / "log").mkdir()
+    (gw.spool / "log" / "mailgate.log").symlink_to(victim)
+    try:
+        gw.start()
+        gw.send(make_message("linked@test"))
+        wait_for(lambda: "<linked@test>" in sink.ids(), 60, "delivery")
+    finally:
+        assert gw.stop() == 0
+    assert victim.read_text() == "precious\n"
+    assert "cannot open log file" in gw.log() and "Too many levels of symbolic links" in gw.log()
+
+    (gw.spool / "run" / "supervisor.lock").unlink(missing_ok=True)
+    (gw.spool / "run" / "supervisor.lock").symlink_to(victim)
+    gw.start(wait=False)
+    assert gw.process.wait(60) == 8
+    assert "refusing to start" in gw.log() and "supervisor.lock" in gw.log()
+    assert victim.read_text() == "precious\n"
