@@ -8,6 +8,10 @@
 - Enhanced status codes (RFC 2034, RFC 3463): every 2xx/4xx/5xx reply but the greeting and the
   EHLO/HELO lines carries one; aiosmtpd's own replies get the code that fits their basic code.
 - A stopping server answers 421 to the next command instead of starting a new transaction.
+- No control character (C0, DEL) gets in through a command: HELO/EHLO with one is refused
+  with 501 5.5.2, MAIL/RCPT with one anywhere on the line with 553 5.1.7 / 553 5.1.3, and an
+  ENVID or ORCPT whose xtext decodes to one with 501 5.5.4, so none can reach a header, a DSN
+  or a log line downstream.
 - Per-connection cost: aiosmtpd builds each session's command, hook and AUTH tables by
   walking ``dir()`` of the protocol and of the handler; both list only the names it looks
   for (:class:`IntrospectedNames`), so a connection does not pay for ~250 lookups.
@@ -22,7 +26,7 @@ import time
 
 from aiosmtpd.smtp import SMTP
 
-from mailgate.message.xtext import XTEXT_RE
+from mailgate.message.xtext import XTEXT_RE, xtext_decode
 from mailgate.runtime import stats
 
 _ENHANCED_RE = re.compile(r"^[245]\d\d[ -][245]\.\d{1,3}\.\d{1,3}\b")
@@ -51,6 +55,7 @@ _DEFAULT_ENHANCED = {
     "555": "5.5.4",
 }
 _NOTIFY_WORDS = {"SUCCESS", "FAILURE", "DELAY"}
+CONTROLS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class ParameterError(ValueError):
@@ -91,8 +96,14 @@ def parse_mail_dsn(arg: str) -> tuple[str, dict[str, str]]:
         params["RET"] = params["RET"].upper()
         if params["RET"] not in ("FULL", "HDRS"):
             raise ParameterError("501 5.5.4 RET must be FULL or HDRS")
-    if "ENVID" in params and (len(params["ENVID"]) > 100 or not XTEXT_RE.match(params["ENVID"])):
-        raise ParameterError("501 5.5.4 ENVID must be xtext of at most 100 characters")
+    if "ENVID" in params and (
+        len(params["ENVID"]) > 100
+        or not XTEXT_RE.match(params["ENVID"])
+        or CONTROLS.search(xtext_decode(params["ENVID"]))
+    ):
+        raise ParameterError(
+            "501 5.5.4 ENVID must be xtext of at most 100 characters, without controls"
+        )
     return rest, params
 
 
@@ -113,9 +124,10 @@ def parse_rcpt_dsn(arg: str) -> tuple[str, dict[str, str]]:
             not sep
             or not re.fullmatch(r"[A-Za-z0-9-]+", addr_type)
             or not XTEXT_RE.match(value)
+            or CONTROLS.search(xtext_decode(value))
             or len(params["ORCPT"]) > 500
         ):
-            raise ParameterError("501 5.5.4 ORCPT must be addr-type;xtext")
+            raise ParameterError("501 5.5.4 ORCPT must be addr-type;xtext, without controls")
     return rest, params
 
 
@@ -246,6 +258,8 @@ class GatewaySMTP(IntrospectedNames, SMTP):
         return result
 
     async def smtp_EHLO(self, hostname: str):
+        if hostname and CONTROLS.search(hostname):
+            return await self.push("501 5.5.2 Control characters are not allowed in EHLO")
         self._plain_replies = True
         try:
             await super().smtp_EHLO(hostname)
@@ -253,6 +267,8 @@ class GatewaySMTP(IntrospectedNames, SMTP):
             self._plain_replies = False
 
     async def smtp_HELO(self, hostname: str):
+        if hostname and CONTROLS.search(hostname):
+            return await self.push("501 5.5.2 Control characters are not allowed in HELO")
         self._plain_replies = True
         try:
             await super().smtp_HELO(hostname)
@@ -287,9 +303,13 @@ class GatewaySMTP(IntrospectedNames, SMTP):
             await self.push("421 4.7.0 Too much mail in one session, reconnect to send more")
             self._close()
             return
+        if arg and CONTROLS.search(arg):
+            return await self.push("553 5.1.7 Control characters are not allowed in MAIL")
         await self._with_dsn(arg, parse_mail_dsn, "dsn_mail", super().smtp_MAIL)
 
     async def smtp_RCPT(self, arg: str | None):
+        if arg and CONTROLS.search(arg):
+            return await self.push("553 5.1.3 Control characters are not allowed in RCPT")
         await self._with_dsn(arg, parse_rcpt_dsn, "dsn_rcpt", super().smtp_RCPT)
 
     async def _with_dsn(self, arg: str | None, parse, attr: str, command) -> None:

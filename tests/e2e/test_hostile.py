@@ -261,3 +261,40 @@ def test_a_pipelined_flood_is_answered_in_order(held_gateway):
     assert len(replies) == len(commands)
     assert replies[1:2001] == [b"250"] * 2000
     assert replies[-3:] == [b"250", b"250", b"221"]
+
+
+CONTROL_CHARS = st.sampled_from([chr(c) for c in (*range(0, 10), *range(11, 32), 127)])
+PLACES = st.sampled_from(
+    [
+        ("EHLO ", "client{}.example.org", "501 5.5.2"),
+        ("HELO ", "client{}.example.org", "501 5.5.2"),
+        ("MAIL FROM:", "<a{}b@example.org>", "553 5.1.7"),
+        ("MAIL FROM:", "<ab@example.org> RET=FU{}LL", "553 5.1.7"),
+        ("MAIL FROM:", "<ab@example.org> ENVID=x{}y", "501 5.5.4"),
+        ("RCPT TO:", "<u{}@company.com>", "553 5.1.3"),
+        ("RCPT TO:", "<user@company.com> ORCPT=rfc822;u{}@company.com", "501 5.5.4"),
+    ]
+)
+
+
+def _xtext(c: str) -> str:
+    return f"+{ord(c):02X}"
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(place=PLACES, char=CONTROL_CHARS)
+def test_control_characters_are_refused_at_the_command(held_gateway, place, char):
+    """Raw in HELO, addresses and parameters, or xtext-encoded in ENVID and ORCPT: refused
+    where they arrive, with an enhanced code, and the session goes on."""
+    verb, template, expected = place
+    encoded = "ENVID" in template or "ORCPT" in template
+    line = verb + template.format(_xtext(char) if encoded else char)
+    with RawSession(held_gateway.port) as s:
+        s.cmd("EHLO client.example.org")
+        if verb == "RCPT TO:":
+            assert s.cmd("MAIL FROM:<a@example.org>").startswith("250")
+        reply = s.cmd(line.encode("latin-1"))
+        assert reply.startswith(expected), (line, reply)
+        assert s.cmd("NOOP").startswith("250")
