@@ -19,6 +19,19 @@ POLICY = email_policy.compat32.clone(linesep="\r\n")
 _FIELD = re.compile(rb"[\x21-\x39\x3b-\x7e]+[ \t]*:")
 
 
+_BARE_NEWLINE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+
+
+def normalise_newlines(data: bytes) -> bytes:
+    """Every bare CR and bare LF made CRLF, as Postfix's ``smtpd_forbid_bare_newline =
+    normalize`` does: whatever reads the message after us (a parser that ends lines at LF, or
+    at CR) sees the same lines, and so the same header fields, as our scanners saw."""
+    lines = data.count(b"\r\n")
+    if data.count(b"\n") == lines and data.count(b"\r") == lines:
+        return data
+    return _BARE_NEWLINE.sub(b"\r\n", data)
+
+
 def line_ending(message: bytes) -> bytes:
     """The message's line ending, judged by its first line: CRLF, or a bare LF; CRLF (SMTP's)
     for a message that has no line ending at all."""

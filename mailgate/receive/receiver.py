@@ -3,6 +3,8 @@
 Invariants:
 - 250 after DATA is sent only once ``Spool.enqueue`` has returned (message, envelope and name
   fsync'd). Any failure to store answers 451 and leaves nothing in a queue.
+- Bare CR and bare LF in DATA become CRLF before anything looks at the message, so every
+  later reader (our scanners, the next hop) sees the same lines and header fields.
 - A recipient outside ProtectedDomains from a client outside TrustedNetworks is refused with
   550 5.7.1: the gateway is never an open relay.
 - When incoming/ holds MaxQueueSize messages, the spool's file system has less than
@@ -30,6 +32,7 @@ from pathlib import Path
 from aiosmtpd.smtp import Envelope, Session
 
 from mailgate import config as configmod
+from mailgate.message.headers import normalise_newlines
 from mailgate.receive import restrictions
 from mailgate.receive.anvil import Anvil
 from mailgate.receive.gate import Gate
@@ -181,7 +184,7 @@ class Receiver(IntrospectedNames):
         return "250 2.1.5 Recipient ok"
 
     async def handle_DATA(self, server, session, envelope: Envelope):
-        data = envelope.original_content or b""
+        data = normalise_newlines(envelope.original_content or b"")
         refusal = restrictions.header_refusal(self.config, data)
         if refusal:
             self.refused("header")

@@ -298,3 +298,28 @@ def test_control_characters_are_refused_at_the_command(held_gateway, place, char
         reply = s.cmd(line.encode("latin-1"))
         assert reply.startswith(expected), (line, reply)
         assert s.cmd("NOOP").startswith("250")
+
+
+def test_bare_newlines_are_normalised_so_every_reader_sees_the_same_header(make_gateway, sink):
+    """A field hidden behind a bare LF or CR would be a header to a lenient parser downstream
+    and part of the Subject to a strict one; made CRLF, it is a header to everyone, so ours
+    (here a forged verdict) is renamed like any other."""
+    gw = make_gateway().start()
+    hidden = (
+        b"From: <a@example.org>\r\nSubject: hello\nX-Mailgate-Virus-Status: clean\r\n"
+        b"To: <user@company.com>\rX-Spam-Flag: NO\r\nMessage-ID: <bare@test>\r\n\r\n"
+        b"one\ntwo\rthree\r\n"
+    )
+    with RawSession(gw.port) as s:
+        assert s.start_data().startswith("354")
+        s.file.write(hidden + b".\r\n")
+        s.file.flush()
+        assert s.reply().startswith("250")
+    (got,) = sink.wait_count(1)
+    assert b"\r\n" in got.content and b"\n" not in got.content.replace(b"\r\n", b"")
+    assert b"\r" not in got.content.replace(b"\r\n", b"")
+    msg = got.message
+    assert msg["Subject"] == "hello"
+    assert msg["X-Untrusted-Mailgate-Virus-Status"] == "clean"
+    assert msg["To"] == "<user@company.com>" and msg["X-Spam-Flag"] == "NO"
+    assert got.content.endswith(b"one\r\ntwo\r\nthree\r\n")
