@@ -10,7 +10,7 @@ import time
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support import RawSession, free_port
+from support import RawSession, free_port, wait_for
 
 QUEUED = re.compile(rb"^250 2\.0\.0 Ok: queued as ([0-9A-Z]{21})", re.M)
 
@@ -212,7 +212,26 @@ def test_bare_lf_dot_does_not_end_data_smtp_smuggling(held_gateway):
     (queue_id,) = QUEUED.findall(transcript)
     assert set(held_gateway.entries("incoming")) - before == {queue_id.decode()}
     stored = (held_gateway.spool / "incoming" / queue_id.decode() / "message.eml").read_bytes()
-    assert b"first\n.\nMAIL FROM:<evil@example.org>\n" in stored  # data, not commands
+    # data, not commands; its bare LFs made CRLF (the sender dot-stuffs the "." line)
+    assert b"first\r\n.\r\nMAIL FROM:<evil@example.org>\r\n" in stored
+
+
+def test_a_smuggling_attempt_reaches_the_next_hop_as_one_message(make_gateway, sink):
+    gw = make_gateway().start()
+    with RawSession(gw.port) as s:
+        assert s.start_data().startswith("354")
+        s.file.write(
+            b"Subject: outer\r\nMessage-ID: <outer@test>\r\n\r\nfirst\n.\n"
+            b"MAIL FROM:<evil@example.org>\nRCPT TO:<victim@company.com>\nDATA\n"
+            b"Subject: smuggled\n\nsecond\r\n.\r\n"
+        )
+        s.file.flush()
+        assert s.reply().startswith("250")
+    (got,) = sink.wait_count(1)
+    assert got.message_id == "<outer@test>" and got.rcpt_tos == ["user@company.com"]
+    assert b"first\r\n.\r\nMAIL FROM:<evil@example.org>\r\n" in got.content
+    wait_for(lambda: not gw.queue(), 30, "an empty queue")
+    assert len(sink.received) == 1
 
 
 def test_data_lines_keep_a_slow_transfer_alive_but_a_stall_times_out(make_gateway, sink):
