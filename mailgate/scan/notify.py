@@ -47,6 +47,7 @@ VARIABLES = {
 }
 KINDS = ("admin", "sender", "recipient")
 _HEADER_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]*:")
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def check(path: Path) -> list[str]:
@@ -92,10 +93,15 @@ def find(config: Config, kind: str, status: str) -> Path:
 
 
 def render(path: Path, variables: dict[str, str]) -> tuple[dict[str, str], str]:
-    """(headers, body) of a template with ``variables`` filled in."""
-    text = string.Template(path.read_text(encoding="utf-8")).safe_substitute(variables)
-    headers: dict[str, str] = {}
-    lines = text.splitlines()
+    """(headers, body) of a template with ``variables`` filled in.
+
+    The template is split into header fields and body first, and the values go into each
+    field afterwards, each made one line: a value (a Subject decoded from encoded words, a
+    file name) cannot end a field and start another.
+    """
+    lines = path.read_text(encoding="utf-8").splitlines()
+    values = {k: v if k == "objects" else one_line(v) for k, v in variables.items()}
+    fields: dict[str, str] = {}
     if lines and _HEADER_RE.match(lines[0]):
         last = None
         while lines:
@@ -103,11 +109,18 @@ def render(path: Path, variables: dict[str, str]) -> tuple[dict[str, str], str]:
             if not line.strip():
                 break
             if line[0] in " \t" and last:
-                headers[last] += " " + line.strip()
+                fields[last] += " " + line.strip()
             else:
                 last, _, value = line.partition(":")
-                headers[last] = value.strip()
-    return headers, "\n".join(lines) + "\n"
+                fields[last] = value.strip()
+    headers = {k: one_line(string.Template(v).safe_substitute(values)) for k, v in fields.items()}
+    body = string.Template("\n".join(lines)).safe_substitute(values)
+    return headers, body + "\n"
+
+
+def one_line(value: str) -> str:
+    """``value`` with every control character (CR, LF, NUL, ...) a space."""
+    return _CONTROLS.sub(" ", value)
 
 
 def variables(config: Config, envelope: dict, subject: str, decision, objects) -> dict:
@@ -122,8 +135,10 @@ def variables(config: Config, envelope: dict, subject: str, decision, objects) -
         "object_name": ", ".join(o.name or f"part {o.path}" for o in bad),
         "virus_name": ", ".join(o.detail for o in bad if o.detail),
         "objects": "\n".join(
-            f"  {o.name or 'part ' + o.path} ({o.content_type}): {o.status}"
-            + (f", {o.detail}" if o.detail else "")
+            one_line(
+                f"  {o.name or 'part ' + o.path} ({o.content_type}): {o.status}"
+                + (f", {o.detail}" if o.detail else "")
+            )
             for o in bad
         ),
         "date": time.strftime(config.date_format, time.localtime()),
@@ -152,7 +167,7 @@ def compose(
         "MIME-Version: 1.0",
         f'Content-Type: {content_type}; charset="utf-8"',
     ]
-    lines += [f"{k}: {v}" for k, v in headers.items() if k.lower() not in ("from", "to")]
+    lines += [f"{k}: {one_line(v)}" for k, v in headers.items() if k.lower() not in ("from", "to")]
     data = body.encode("utf-8")
     if data.isascii():
         lines.append("Content-Transfer-Encoding: 7bit")
