@@ -282,3 +282,11 @@ class Zone:
             elif fnmatch.fnmatchcase(reply, mask):
                 return True
         return False
+
+
+def parse_bounce_content(text: str) -> str:
+    """``headers`` or ``full``: what a DSN to a sender outside TrustedNetworks carries."""
+    value = text.strip().lower()
+    if value not in ("headers", "full"):
+        raise BadValue(f"expected headers or full, got {text!r}")
+    return value

@@ -379,7 +379,13 @@ class Scanner(Worker):
         targets = []
         if config.administrator and decision.status in config.notify_admin:
             targets.append(("admin", [config.administrator]))
-        if envelope["mail_from"] and decision.status in config.notify_sender:
+        client = (envelope.get("client") or {}).get("ip", "")
+        trusted = bool(client) and config.is_trusted(client)
+        if (
+            envelope["mail_from"]
+            and decision.status in config.notify_sender
+            and (trusted or config.notify_outside_senders)
+        ):
             targets.append(("sender", [envelope["mail_from"]]))
         if decision.status in config.notify_recipients and decision.action != "deliver":
             targets.append(("recipient", [r["address"] for r in envelope["recipients"]]))

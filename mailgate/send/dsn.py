@@ -54,8 +54,12 @@ def build(
     action: str,
     reporting_mta: str,
     retry_until: float | None = None,
+    full: bool = True,
 ) -> bytes:
-    """The DSN for ``recipients`` of ``envelope`` as CRLF bytes, ready for the spool."""
+    """The DSN for ``recipients`` of ``envelope`` as CRLF bytes, ready for the spool.
+
+    The whole message goes back only when the sender asked (RET=FULL) and ``full`` allows it
+    (``BounceContent``); otherwise its header block."""
     boundary = f"=_mailgate_{envelope['id']}_{int(time.time() * 1000)}"
     now = time.time()
     human = [_INTRO[action], ""]
@@ -81,7 +85,7 @@ def build(
             lines.append(f"Will-Retry-Until: {_date(retry_until)}")
         blocks.append("\r\n".join(lines))
 
-    if envelope.get("ret") == "FULL":
+    if envelope.get("ret") == "FULL" and full:
         returned_type, returned = "message/rfc822", message
     else:
         returned_type, returned = "text/rfc822-headers", header_block(message)

@@ -328,7 +328,13 @@ class Sender(Worker):
             if envmod.wants(r, {"failed": "FAILURE", "delayed": "DELAY"}.get(action, "SUCCESS"))
         ]
         if wanted and envelope["mail_from"]:
-            report = dsn.build(envelope, message, wanted, action, self.config.hostname, retry_until)
+            client = (envelope.get("client") or {}).get("ip", "")
+            full = self.config.bounce_content == "full" or (
+                bool(client) and self.config.is_trusted(client)
+            )
+            report = dsn.build(
+                envelope, message, wanted, action, self.config.hostname, retry_until, full
+            )
             queue_id = new_queue_id()
             report_env = envmod.new(
                 queue_id,

@@ -394,3 +394,22 @@ def test_a_thousand_nested_multiparts_are_quarantined_unscannable_not_corrupt(ga
     assert "limit:depth" in json.dumps(verdict["verdict"])
     assert gateway.entries("corrupt") == []
     assert "<deep@test>" not in sink.ids()
+
+
+def test_sender_notices_go_to_outside_senders_only_when_asked(make_gateway, sink):
+    """The sender of a virus from outside is almost always forged: NotifySender reaches only
+    senders whose mail came from TrustedNetworks, unless NotifyOutsideSenders is on."""
+    notify = "[smtpgw.notify]\nNotifySender=infected\nNotifyRecipients=\n"
+    for name, extra, source, told in (
+        ("inside", "", "127.0.0.1", True),
+        ("outside", "", "127.0.0.2", False),
+        ("asked", "NotifyOutsideSenders=yes\n", "127.0.0.2", True),
+    ):
+        sink.received.clear()
+        gw = make_gateway(notify + extra, name=name).start()
+        raw = multipart([TEXT, part(EICAR, filename="eicar.com")], msgid=f"{name}@test")
+        gw.send(raw, sender=f"{name}@example.org", source=source)
+        arrived(sink, f"{name}@test")
+        wait_for(lambda gw=gw: not gw.queue(), 60, "an empty queue")
+        assert bool(by_recipient(sink, f"{name}@example.org")) is told, name
+        gw.stop()

@@ -68,6 +68,28 @@ def test_ret_full_returns_the_whole_message_with_envid(gateway, sink):
     assert "x" * 76 in inner.get_payload()
 
 
+@pytest.mark.parametrize("content", ["", "full"])
+def test_a_bounce_to_an_outside_sender_returns_only_the_headers(make_gateway, sink, content):
+    """A sender whose mail came from outside TrustedNetworks is mostly forged: RET=FULL would
+    mail the whole spam to its victim (backscatter). Unless BounceContent=full, headers only."""
+    gw = make_gateway(f"[smtpgw.retry]\nBounceContent={content}\n" if content else "").start()
+    sink.rcpt_replies["gone@company.com"] = ["550 5.1.1 gone"]
+    gw.send(
+        make_message("outside@test", size=3000),
+        to="gone@company.com",
+        source="127.0.0.2",
+        mail_options=("RET=FULL",),
+    )
+    report = sink.wait_count(1)[0].message
+    returned = report.get_payload()[2]
+    if content == "full":
+        assert returned.get_content_type() == "message/rfc822"
+    else:
+        assert returned.get_content_type() == "text/rfc822-headers"
+        assert "Message-ID: <outside@test>" in returned.get_payload()
+        assert "x" * 76 not in report.as_string()
+
+
 def test_success_notification_when_next_hop_lacks_dsn(gateway, sink):
     gateway.send(
         make_message("success@test"),
