@@ -116,7 +116,7 @@ def build() -> argparse.ArgumentParser:
     rep.add_argument("--top", type=int, default=10, help="rows in each top list")
     rep.add_argument("--mail", action="store_true", help="also mail it to the Administrator")
 
-    pw = command("passwd", "set the web console password ([smtpgw.admin] PasswordHash)")
+    pw = command("passwd", "set the web console password (in [smtpgw.admin] PasswordFile)")
     pw.add_argument("--stdin", action="store_true", help="read the password from standard input")
 
     update = command("update", "install a new anti-virus database and have clamd reload it")

@@ -7,7 +7,8 @@ import getpass
 import sys
 
 from mailgate.cli.common import EXIT_OK, EXIT_USAGE, CommandError
-from mailgate.config import Config, parse, passwords
+from mailgate.config import Config, passwords
+from mailgate.runtime import privileges
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
@@ -23,8 +24,18 @@ def run(args: argparse.Namespace, config: Config) -> int:
             f"a password needs at least {passwords.MIN_LENGTH} characters; nothing changed",
             EXIT_USAGE,
         )
-    text = passwords.with_hash(config.text, passwords.hash_password(password))
-    parse(text, config.path)  # the edit must leave a valid file
-    passwords.write_config(config.path, text)
-    print(f"{config.path}: PasswordHash written; 'mailgate run' picks it up on reload (SIGHUP)")
+    path = config.password_path
+    try:
+        acct = privileges.account(config.user)
+    except privileges.PrivilegeError:
+        acct = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        passwords.write_password_file(
+            path, passwords.hash_password(password), (acct.uid, acct.gid) if acct else None
+        )
+    except OSError as exc:
+        problem = f"cannot write {path}: {exc.strerror}; nothing changed"
+        raise CommandError(problem, EXIT_USAGE) from None
+    print(f"{path}: password set; it takes effect at the next login and ends every session")
     return EXIT_OK

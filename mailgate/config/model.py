@@ -78,6 +78,12 @@ class _Behaviour:
             return self.resolve(self.clamd_socket)
         return self.spool_path / "run" / "clamd.sock"
 
+    @property
+    def password_path(self) -> Path:
+        if self.password_file:
+            return self.resolve(self.password_file)
+        return self.spool_path / "run" / "console.password"
+
     def is_protected(self, domain: str) -> bool:
         domain = domain.lower().rstrip(".")
         return any(fnmatch.fnmatchcase(domain, mask) for mask in self.protected_domains)

@@ -1,4 +1,5 @@
-"""The console password: an scrypt hash in the configuration, written by ``mailgate passwd``.
+"""The console password: an scrypt hash in ``PasswordFile`` (0600, the service's), written by
+``mailgate passwd``; ``PasswordHash`` in the configuration is read when there is no such file.
 
 Format: ``scrypt$N$r$p$SALT$HASH`` (salt and hash in unpadded base64), from the standard
 library's ``hashlib.scrypt``; checking costs about 50 ms and 16 MiB, which is what makes a
@@ -8,6 +9,7 @@ stolen configuration file slow to attack. The cleartext is never stored anywhere
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import os
@@ -53,42 +55,34 @@ def verify(password: str, stored: str) -> bool:
     return hmac.compare_digest(digest, _unb64(m.group(5)))
 
 
-def with_hash(text: str, stored: str) -> str:
-    """The configuration ``text`` with ``[smtpgw.admin] PasswordHash`` set to ``stored``.
-
-    The line is replaced where it is, or added under the section, or the section is added at
-    the end; every other line (comments included) stays as it was.
-    """
-    lines = text.splitlines(keepends=True)
-    section_at = None
-    current = None
-    for index, line in enumerate(lines):
-        stripped = line.strip()
-        header = re.fullmatch(r"\[([^\]]+)\]", stripped)
-        if header:
-            current = header.group(1).strip().lower()
-            if current == "smtpgw.admin" and section_at is None:
-                section_at = index
-            continue
-        key = stripped.split("=", 1)[0].strip().lower()
-        if current == "smtpgw.admin" and "=" in stripped and key == "passwordhash":
-            lines[index] = f"PasswordHash={stored}\n"
-            return "".join(lines)
-    if section_at is not None:
-        lines.insert(section_at + 1, f"PasswordHash={stored}\n")
-        return "".join(lines)
-    if lines and not lines[-1].endswith("\n"):
-        lines[-1] += "\n"
-    return "".join(lines) + f"\n[smtpgw.admin]\nPasswordHash={stored}\n"
+def stored(config) -> str:
+    """The hash a login is checked against now: ``PasswordFile``'s, else ``PasswordHash``.
+    Read at every login, so ``mailgate passwd`` takes effect without a reload."""
+    try:
+        with open(config.password_path, encoding="ascii") as handle:
+            text = handle.read().strip()
+    except (OSError, UnicodeDecodeError):
+        return config.password_hash
+    return text if well_formed(text) else ""
 
 
-def write_config(path: Path, text: str) -> None:
-    """Replace the configuration file in one rename, keeping its permissions."""
-    mode = path.stat().st_mode & 0o7777
+def fingerprint(hashed: str) -> str:
+    """A short digest of a stored hash: sessions carry it, so a new password ends them."""
+    return hashlib.sha256(hashed.encode()).hexdigest()[:16]
+
+
+def write_password_file(path: Path, hashed: str, owner: tuple[int, int] | None = None) -> None:
+    """Replace ``path`` with ``hashed`` in one rename: mode 0600, never through a symlink,
+    owned by ``owner`` (uid, gid) when given (root setting the service's password)."""
     new = path.with_name(path.name + ".new")
-    fd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(new)
+    fd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(fd, hashed.encode("ascii") + b"\n")
+        os.fsync(fd)
+        if owner is not None:
+            os.fchown(fd, *owner)
+    finally:
+        os.close(fd)
     os.replace(new, path)

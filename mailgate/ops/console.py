@@ -53,10 +53,12 @@ def create_app(config: configmod.Config, serve_metrics: bool = True) -> Flask:
         SESSION_COOKIE_NAME="mailgate_session",
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Strict",
+        SESSION_COOKIE_SECURE=config.secure_cookie,
         MAX_CONTENT_LENGTH=1024 * 1024,
     )
     app.extensions["mailgate"] = {"config": config}
     throttle = logins.Throttle()
+    sessions = logins.Sessions(spool.run_path("console-sessions"))
     log = logmod.get()
 
     def current() -> configmod.Config:
@@ -80,10 +82,8 @@ def create_app(config: configmod.Config, serve_metrics: bool = True) -> Flask:
                 abort(400, "missing or wrong CSRF token")
         if request.endpoint == "login":
             return None
-        logged_in = (
-            session.get("user") and time.time() - session.get("at", 0) < logins.SESSION_HOURS * 3600
-        )
-        if not logged_in:
+        fingerprint = passwords.fingerprint(passwords.stored(current()))
+        if not sessions.valid(session.get("sid", ""), fingerprint):
             return redirect(url_for("login"))
         return None
 
@@ -109,20 +109,23 @@ def create_app(config: configmod.Config, serve_metrics: bool = True) -> Flask:
             if throttle.blocked(ip):
                 log.warning("console_login_throttled", client=ip)
                 return render_template("login.html", error="Too many failed logins; wait."), 429
-            if passwords.verify(request.form.get("password", ""), current().password_hash):
+            stored = passwords.stored(current())
+            if passwords.verify(request.form.get("password", ""), stored):
                 throttle.succeeded(ip)
                 session.clear()
-                session.update(user="admin", at=time.time(), csrf=secrets.token_urlsafe(32))
+                sid = sessions.open(passwords.fingerprint(stored))
+                session.update(user="admin", sid=sid, csrf=secrets.token_urlsafe(32))
                 log.info("console_login", client=ip)
                 return redirect(url_for("dashboard"))
             throttle.failed(ip)
             log.warning("console_login_failed", client=ip)
             error = "Wrong password."
-        unset = not current().password_hash
+        unset = not passwords.stored(current())
         return render_template("login.html", error=error, unset=unset), 401 if error else 200
 
     @app.post("/logout")
     def logout():
+        sessions.close(session.get("sid", ""))
         session.clear()
         return redirect(url_for("login"))
 
@@ -311,6 +314,8 @@ def create_app(config: configmod.Config, serve_metrics: bool = True) -> Flask:
 
         @app.get("/metrics")
         def metrics():
+            if not configmod.in_networks(request.remote_addr or "", current().metrics_allow):
+                abort(403, "not in MetricsAllow")
             return pages.metrics_response(spool)
 
     return app

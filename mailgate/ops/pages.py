@@ -149,6 +149,9 @@ def metrics_app(config: configmod.Config):
         if environ.get("PATH_INFO") != "/metrics":
             start_response("404 Not Found", [("Content-Type", "text/plain")])
             return [b"only /metrics here\n"]
+        if not configmod.in_networks(environ.get("REMOTE_ADDR", ""), config.metrics_allow):
+            start_response("403 Forbidden", [("Content-Type", "text/plain")])
+            return [b"not in MetricsAllow\n"]
         response = metrics_response(spool)
         return response(environ, start_response)
 

@@ -7,7 +7,7 @@ how to reach the console. Nothing here comes from a client: every value is confi
 
 from __future__ import annotations
 
-from mailgate.config import Config
+from mailgate.config import Config, passwords
 from mailgate.runtime import log as logmod
 
 
@@ -25,7 +25,7 @@ def next_hops(config: Config) -> str:
 
 def console(config: Config) -> str:
     parts = []
-    if config.admin_listen and config.password_hash:
+    if config.admin_listen and passwords.stored(config):
         parts.append(f"console http://{_address(*config.admin_listen)}/")
     elif config.admin_listen:
         url = f"http://{_address(*config.admin_listen)}/"

@@ -11,6 +11,8 @@ import http.cookiejar
 import os
 import re
 import socket
+import subprocess
+import sys
 import tempfile
 import urllib.error
 import urllib.parse
@@ -160,9 +162,13 @@ class Client:
 
     def __init__(self, base: str):
         self.base = base
+        self.jar = http.cookiejar.CookieJar()
         self.opener = urllib.request.build_opener(
-            urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()), NoRedirect()
+            urllib.request.HTTPCookieProcessor(self.jar), NoRedirect()
         )
+
+    def cookie(self) -> str:
+        return next(c.value for c in self.jar if c.name == "mailgate_session")
 
     def request(self, path: str, data: dict | None = None):
         body = urllib.parse.urlencode(data, doseq=True).encode() if data is not None else None
@@ -184,6 +190,19 @@ class Client:
 class NoRedirect(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args, **kwargs):
         return None
+
+
+def with_cookie(gw, path: str, cookie: str) -> int:
+    """The status of a GET that carries ``cookie`` (say, one copied from a browser)."""
+    request = urllib.request.Request(
+        gw.console + path, headers={"Cookie": f"mailgate_session={cookie}"}
+    )
+    try:
+        with urllib.request.build_opener(NoRedirect()).open(request, timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code
 
 
 def post(gw, path: str, data: dict, cookie: str) -> int:
@@ -295,3 +314,50 @@ def test_queue_pages_hold_release_requeue_and_delete(make_gateway, sink):
 
     status, _, body = client.request(f"/logs?qid={first}")
     assert status == 200 and b"event=&#39;queued&#39;" in body
+
+
+def test_a_session_ends_at_logout_even_for_a_copy_of_its_cookie(make_gateway, sink):
+    gw = console_gateway(make_gateway)
+    client = Client(gw.console)
+    assert client.log_in() == 302 and client.request("/")[0] == 200
+    copied = client.cookie()
+    assert with_cookie(gw, "/", copied) == 200
+    assert client.request("/logout", {"csrf": client.csrf("/")})[0] == 302
+    assert with_cookie(gw, "/", copied) == 302  # the server has forgotten the session
+
+
+def test_a_new_password_ends_every_session(make_gateway, sink):
+    gw = console_gateway(make_gateway)
+    client = Client(gw.console)
+    assert client.log_in() == 302 and client.request("/")[0] == 200
+    done = subprocess.run(
+        [sys.executable, "-m", "mailgate", "passwd", "--stdin", "-c", str(gw.conf)],
+        input="a brand new secret\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert client.request("/")[0] == 302
+    assert client.log_in() == 401  # the old password is gone with the sessions
+    assert Client(gw.console).log_in("a brand new secret") == 302
+
+
+def test_wrong_guesses_slow_down_but_never_lock_out(make_gateway, sink):
+    gw = console_gateway(make_gateway)
+    attacker = Client(gw.console)
+    for _ in range(6):
+        assert attacker.log_in("guess") in (401, 429)
+    assert attacker.log_in() == 429  # waiting out the back-off, even with the right password
+    wait_for(lambda: Client(gw.console).log_in() == 302, 10, "the back-off to pass")
+
+
+def test_metrics_only_for_metrics_allow_and_secure_cookies_when_asked(make_gateway, sink):
+    gw = console_gateway(make_gateway, "MetricsAllow=127.0.0.1/32\nSecureCookie=yes\n")
+    assert Client(gw.console).request("/metrics")[0] == 200
+    port = int(gw.console.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), source_address=("127.0.0.2", 0)) as s:
+        s.sendall(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        assert s.recv(64).split()[1] == b"403"
+    _, headers, _ = Client(gw.console).request("/login")
+    assert "Secure" in headers.get("Set-Cookie", ""), headers

@@ -182,22 +182,24 @@ def test_protected_addresses_are_counted_over_the_window(make_gateway, sink, tmp
     assert watch.check(config) == ["ProtectedAddressLimit"]
 
 
-def test_passwd_writes_a_hash_the_configuration_accepts(tmp_path):
+def test_passwd_writes_the_hash_to_a_private_file_not_the_configuration(tmp_path):
     conf = tmp_path / "mailgate.conf"
     original = "; my gateway\n[smtpgw.path]\nSpoolDir=spool ; here\n"
     conf.write_text(original)
+    config = configmod.load(conf)
     short = _passwd(conf, "short")
-    assert short.returncode == 2 and conf.read_text() == original
+    assert short.returncode == 2 and not config.password_path.exists()
     done = _passwd(conf, "a long enough secret")
     assert done.returncode == 0, done.stderr
-    text = conf.read_text()
-    assert text.startswith(original)  # comments and settings stay as they were
-    stored = configmod.load(conf).password_hash
+    assert conf.read_text() == original  # the configuration (often world-readable) untouched
+    assert config.password_path == tmp_path / "spool" / "run" / "console.password"
+    assert config.password_path.stat().st_mode & 0o777 == 0o600
+    stored = passwords.stored(config)
     assert passwords.verify("a long enough secret", stored)
     assert not passwords.verify("a long enough secreT", stored)
     assert _passwd(conf, "another good secret").returncode == 0
-    assert conf.read_text().count("PasswordHash=") == 1
-    assert passwords.verify("another good secret", configmod.load(conf).password_hash)
+    assert passwords.verify("another good secret", passwords.stored(config))
+    assert sorted(p.name for p in config.password_path.parent.iterdir()) == ["console.password"]
 
     conf.write_text(original + "[smtpgw.admin]\nPasswordHash=plaintext\n")
     bad = mailgate("check-config", "-c", conf)
