@@ -242,6 +242,7 @@ class Receiver(IntrospectedNames):
             client=session.peer[0],
         )
         server.messages += 1
+        server.junk = 0  # a message went through: the session is making progress
         server.bytes += len(message)
         self.log.info(
             "queued",

@@ -8,6 +8,10 @@
 - Enhanced status codes (RFC 2034, RFC 3463): every 2xx/4xx/5xx reply but the greeting and the
   EHLO/HELO lines carries one; aiosmtpd's own replies get the code that fits their basic code.
 - A stopping server answers 421 to the next command instead of starting a new transaction.
+- A session must make progress: NOOP, RSET, HELP and VRFY count as junk; past
+  ``MaxJunkCommands`` without a message accepted the session gets 421 and is closed. Under
+  stress (the anvil's ``stressed``) the command timeout drops to ``StressTimeout`` and the
+  junk limit to a tenth, so idle or NOOP-ing clients cannot hold the slots.
 - No control character (C0, DEL) gets in through a command: HELO/EHLO with one is refused
   with 501 5.5.2, MAIL/RCPT with one anywhere on the line with 553 5.1.7 / 553 5.1.3, and an
   ENVID or ORCPT whose xtext decodes to one with 501 5.5.4, so none can reach a header, a DSN
@@ -202,6 +206,7 @@ class GatewaySMTP(IntrospectedNames, SMTP):
         super().__init__(handler, **kwargs)
         self._plain_replies = False
         self.errors = 0
+        self.junk = 0
         self.messages = 0
         self.bytes = 0
         self.rbl = ""
@@ -226,11 +231,18 @@ class GatewaySMTP(IntrospectedNames, SMTP):
             self._idle = None
         super().connection_lost(exc)
 
+    def _stressed(self) -> bool:
+        anvil = getattr(self, "anvil", None)
+        return anvil is not None and anvil.stressed()
+
     def _idle_check(self) -> None:
         limit = self.data_timeout if self._in_data else self.session_timeout
+        stress = self.limits.stress_timeout if self.limits is not None else None
+        if stress and self._stressed():
+            limit = min(limit or stress, stress)
         left = self._last_line + (limit or 0.0) - time.monotonic()
-        if left > 0:
-            self._idle = self.loop.call_later(left, self._idle_check)
+        if left > 0:  # look again at least every StressTimeout: stress may begin meanwhile
+            self._idle = self.loop.call_later(min(left, stress or left), self._idle_check)
             return
         self._idle = None
         if self.transport is not None and not self.transport.is_closing():
@@ -274,6 +286,38 @@ class GatewaySMTP(IntrospectedNames, SMTP):
             await super().smtp_HELO(hostname)
         finally:
             self._plain_replies = False
+
+    async def _junk(self) -> bool:
+        """Count a command that moves no mail; True (and the session closed) past the limit."""
+        limits = self.limits
+        if limits is None or not limits.max_junk_commands:
+            return False
+        self.junk += 1
+        allowed = limits.max_junk_commands
+        if self._stressed():
+            allowed = max(1, allowed // 10)
+        if self.junk <= allowed:
+            return False
+        stats.rejected("junk")
+        await super().push("421 4.7.0 Too many commands without mail, closing the session")
+        self._close()
+        return True
+
+    async def smtp_NOOP(self, arg: str):
+        if not await self._junk():
+            await super().smtp_NOOP(arg)
+
+    async def smtp_RSET(self, arg: str):
+        if not await self._junk():
+            await super().smtp_RSET(arg)
+
+    async def smtp_HELP(self, arg: str):
+        if not await self._junk():
+            await super().smtp_HELP(arg)
+
+    async def smtp_VRFY(self, arg: str):
+        if not await self._junk():
+            await super().smtp_VRFY(arg)
 
     async def _refuse_if_stopping(self) -> bool:
         if not GatewaySMTP.stopping:

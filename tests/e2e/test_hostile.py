@@ -90,7 +90,7 @@ def held_gateway(tmp_path_factory):
         tmp_path_factory.mktemp("hostile"),
         free_port(),
         sink.port_number,
-        "[smtpgw.limits]\nScanners=0\nSenders=0\nMaxErrors=0\n",
+        "[smtpgw.limits]\nScanners=0\nSenders=0\nMaxErrors=0\nMaxJunkCommands=0\n",
     )
     gw.start()
     yield gw

@@ -148,3 +148,75 @@ def test_header_limits_and_mail_loops(make_gateway, sink):
     assert code == 554 and text.startswith(b"5.4.6 Too many hops"), text
     assert refused(ok) == (250, b"")
     assert {r.message_id for r in sink.wait_count(2)} == {"<ok@test>", "<hops@test>"}
+
+
+def test_junk_commands_end_a_session_that_moves_no_mail(make_gateway, sink):
+    gw = make_gateway("[smtpgw.limits]\nMaxJunkCommands=5\n").start()
+    with RawSession(gw.port) as s:
+        s.cmd("EHLO client.example.org")
+        for command in ("NOOP", "RSET", "HELP", "VRFY x", "NOOP"):
+            assert s.cmd(command)[:1] in "25", command
+        assert s.cmd("NOOP").startswith("421 4.7.0")
+        assert s.file.readline() == b""  # closed
+    with RawSession(gw.port) as s:  # a message accepted starts the count again
+        s.cmd("EHLO client.example.org")
+        for _ in range(4):
+            s.cmd("NOOP")
+        assert s.start_data().startswith("354")  # (its EHLO is not junk)
+        assert s.cmd(b"Subject: x\r\n\r\nbody\r\n.").startswith("250")
+        for _ in range(5):
+            assert s.cmd("NOOP").startswith("250")
+
+
+def test_slots_held_from_many_addresses_cannot_shut_out_new_clients(make_gateway, sink):
+    """Dozens of loopback addresses hold every slot they can get and keep them with NOOPs; the
+    per-network limit, the trusted reserve and stress mode leave a newcomer served at once,
+    and a trusted client always."""
+    gw = make_gateway(
+        "[smtpgw.limits]\nMaxSessions=30\nTrustedSessions=5\nMaxSessionsPerNetwork=10\n"
+        "MaxSessionsPerClient=2\nStressAt=50\nStressTimeout=1s\nMaxJunkCommands=20\n"
+    ).start()
+    held, refused = [], 0
+    for net in range(4):  # 4 networks of 12 addresses: 10 per network get in, 25 in all
+        for host in range(2, 14):
+            try:
+                session = RawSession(gw.port, source=f"127.0.{net}.{host}", timeout=10)
+            except OSError:
+                refused += 1
+                continue
+            if session.banner.startswith("220"):
+                held.append(session)
+            else:
+                assert session.banner.startswith("421 4.7.0"), session.banner
+                refused += 1
+                session.close()
+    assert len(held) == 25 and refused == 48 - 25
+    with RawSession(gw.port, source="127.0.0.1") as trusted:
+        assert trusted.banner.startswith("220")  # the reserve
+
+    stop = threading.Event()
+
+    def keep_alive() -> None:  # the attackers: a NOOP every half second on every slot
+        while not stop.wait(0.5):
+            for session in held:
+                try:
+                    session.file.write(b"NOOP\r\n")
+                    session.file.flush()
+                except OSError:
+                    pass
+
+    thread = threading.Thread(target=keep_alive)
+    thread.start()
+    try:
+
+        def newcomer_served() -> bool:
+            with RawSession(gw.port, source="127.0.9.9", timeout=5) as s:
+                return s.banner.startswith("220")
+
+        wait_for(newcomer_served, 5, "a new client's banner")
+    finally:
+        stop.set()
+        thread.join()
+        for session in held:
+            session.close()
+    assert "event='connection_refused'" in gw.log()
