@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from mailgate.config import Config
 from mailgate.scan import mime, policy
-from mailgate.scan.av import attachments
+from mailgate.scan.av import archives, attachments
 from mailgate.scan.av.engine import Engine, ObjectError
 from mailgate.scan.av.ichecker import IChecker
 from mailgate.scan.policy import Decision, ObjectVerdict
@@ -130,9 +130,9 @@ class Inspector:
                     found.append(verdict)
                     if cache is not None:
                         cache.put(digest, engine.db_version, *verdict, kind)
-        bomb = attachments.archive_bomb(obj.data, config.max_unpacked_size)
-        if bomb is not None:
-            found.append(("unscannable", bomb))
+        limit = archives.limit_broken(obj.data, archives.limits_of(config))
+        if limit is not None:
+            found.append(("unscannable", limit))
         ban = attachments.check(config, obj.name, kind)
         if ban is not None:
             found.append(("banned", ban.detail))

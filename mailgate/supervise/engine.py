@@ -21,7 +21,7 @@ from pathlib import Path
 
 from mailgate.config import Config
 from mailgate.runtime import privileges
-from mailgate.scan.av import avdb, clamd
+from mailgate.scan.av import archives, avdb, clamd
 from mailgate.spool import Spool
 
 SCRATCH_CANDIDATES = ("/dev/shm",)
@@ -58,6 +58,8 @@ class ManagedClamd:
             self.scratch(config),
             config.max_object_size,
             self.spool.run_path("clamd.log"),
+            archives.limits_of(config),
+            config.object_timeout,
         )
 
     def write_config(self, config: Config) -> Path:

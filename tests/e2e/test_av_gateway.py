@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import email
+import io
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
 import threading
+import zipfile
 from pathlib import Path
 
 from mimebuild import EICAR, TEXT, multipart, part, zipped
@@ -413,3 +416,37 @@ def test_sender_notices_go_to_outside_senders_only_when_asked(make_gateway, sink
         wait_for(lambda gw=gw: not gw.queue(), 60, "an empty queue")
         assert bool(by_recipient(sink, f"{name}@example.org")) is told, name
         gw.stop()
+
+
+def test_malware_hidden_past_the_limits_is_never_delivered_as_clean(make_gateway, sink):
+    """EICAR after 3 MB of padding in a zip member, with MaxFileSize 2M written into the
+    managed clamd too (which then does not look that far), and 42.zip's shape: both
+    quarantined `unscannable` with the limit named, neither delivered."""
+    gw = make_gateway(ADMIN + "[smtpgw.antivirus]\nMaxFileSize=2M\nMaxUnpackedSize=40M\n").start()
+    assert "MaxFileSize 2048K" in (gw.spool / "run" / "clamd.conf").read_text()
+    padding = random.Random(7).randbytes(3 << 20)
+    hidden = zipped("report.bin", padding + EICAR)
+    level = zipped("leaf.bin", (random.Random(8).randbytes(20_000) * 50)[: 1 << 20])
+    for _ in range(4):
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+            for n in range(16):
+                z.writestr(f"{n}.zip", level)
+        level = out.getvalue()
+    ids = {}
+    for name, data in (("hidden", hidden), ("recursive", level)):
+        raw = multipart([TEXT, part(data, "application/zip", f"{name}.zip")], msgid=f"{name}@test")
+        ids[name] = gw.send(raw)
+    wait_for(
+        lambda: sorted(gw.entries("quarantine/unscannable")) == sorted(ids.values()),
+        60,
+        "both quarantined",
+    )
+    for name, reason in (("hidden", "limit:max-filesize"), ("recursive", "limit:max-scansize")):
+        envelope = json.loads(
+            (gw.spool / "quarantine" / "unscannable" / ids[name] / "envelope.json").read_text()
+        )
+        details = [o["detail"] for o in envelope["verdict"]["objects"] if o["status"] != "clean"]
+        assert any(d.startswith(reason) for d in details), (name, details)
+    wait_for(lambda: not gw.queue(), 60, "an empty queue")
+    assert not {"<hidden@test>", "<recursive@test>"} & set(sink.ids())

@@ -13,8 +13,6 @@ The first rule that matches decides the object's actions; a banned object has th
 from __future__ import annotations
 
 import fnmatch
-import io
-import zipfile
 from dataclasses import dataclass
 
 import magic
@@ -67,29 +65,6 @@ def double_extension(name: str) -> bool:
         return False
     last, previous = parts[-1].strip(), parts[-2].strip()
     return last in EXECUTABLE_EXTENSIONS and previous.isalnum() and 1 < len(previous) <= 5
-
-
-def archive_bomb(data: bytes, limit: int, ratio: int = 1000) -> str | None:
-    """Why a zip archive looks like a decompression bomb, from its central directory alone
-    (nothing is inflated): more than ``limit`` bytes unpacked, or a ratio over ``ratio``.
-
-    clamd is meant to report such archives (AlertExceedsMax) but does not for zip members
-    over its limits (ClamAV issue #633), and would then scan only part of them.
-    """
-    if not data.startswith(b"PK\x03\x04"):
-        return None
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            members = archive.infolist()
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError):
-        return None  # clamd judges what Python cannot read
-    unpacked = sum(m.file_size for m in members)
-    packed = max(1, sum(m.compress_size for m in members))
-    if limit and unpacked > limit:
-        return f"archive unpacks to {unpacked} bytes (over {limit})"
-    if unpacked > 1024 * 1024 and unpacked // packed > ratio:
-        return f"archive unpacks {unpacked // packed}:1 ({unpacked} bytes): a decompression bomb?"
-    return None
 
 
 def _matching(rules: list[AttachmentRule], value: str) -> tuple[AttachmentRule, str] | None:

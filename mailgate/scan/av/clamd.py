@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from mailgate.scan.av.archives import DEFAULT_LIMITS, Limits
 from mailgate.scan.av.engine import Engine
 
 CLAMD_CANDIDATES = ("/usr/sbin/clamd", "/usr/local/sbin/clamd")
@@ -33,12 +34,20 @@ def binary() -> str:
 
 
 def config_text(
-    socket_path: Path, database: Path, work_dir: Path, max_object_size: int, log_file: Path
+    socket_path: Path,
+    database: Path,
+    work_dir: Path,
+    max_object_size: int,
+    log_file: Path,
+    limits: Limits = DEFAULT_LIMITS,
+    scan_time: float = 120.0,
 ) -> str:
     """clamd.conf for an instance of ours. AlertEncrypted* and AlertBrokenExecutables turn
     password-protected and broken objects into detections that ``classify`` maps to the
-    ``encrypted`` and ``corrupted`` statuses; AlertExceedsMax turns archive bombs into
-    ``unscannable`` instead of a silent partial scan."""
+    ``encrypted`` and ``corrupted`` statuses; the limits are written out (the same ones
+    ``archives`` checks), and AlertExceedsMax with heuristic alerts turns an object clamd
+    stops scanning at one of them into ``Heuristics.Limits.Exceeded.*``, which is
+    ``unscannable``, instead of a silent partial scan."""
     return "\n".join(
         [
             f"LocalSocket {socket_path}",
@@ -54,6 +63,12 @@ def config_text(
             "AlertEncryptedDoc yes",
             "AlertBrokenExecutables yes",
             "AlertExceedsMax yes",
+            "HeuristicAlerts yes",
+            f"MaxFileSize {max(1, limits.max_file_size // 1024)}K",
+            f"MaxScanSize {max(1, limits.max_scan_size // 1024)}K",
+            f"MaxFiles {limits.max_files}",
+            f"MaxRecursion {limits.max_recursion}",
+            f"MaxScanTime {max(1000, int(scan_time * 1000))}",
             f"StreamMaxLength {max(1, max_object_size // 1024 + 1)}K",
             "MaxThreads 8",
             "",

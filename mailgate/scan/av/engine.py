@@ -15,6 +15,7 @@ its memory by that version. A clamd not fed by ``avdb`` is identified by its VER
 
 from __future__ import annotations
 
+import re
 import socket
 import struct
 import time
@@ -26,6 +27,7 @@ from mailgate.scan.av.ichecker import IChecker
 
 CANARY = b"MAILGATE-AVDB-VERSION-CANARY-7Q3XK9"
 CANARY_PREFIX = "Mailgate.DatabaseVersion."
+LIMITS_PREFIX = "Heuristics.Limits.Exceeded."
 VERSION_CHECK_INTERVAL = 2.0
 CHUNK = 65536
 # pyclamd reads a reply up to five times before it gives up, each read waiting the socket's
@@ -154,7 +156,12 @@ class Engine:
         if answer[0] != "FOUND":
             raise ObjectError(f"clamd error: {answer[1]}")
         name = answer[1].removesuffix(".UNOFFICIAL")
-        return ("clean", "") if name.startswith(CANARY_PREFIX) else (classify(name), name)
+        if name.startswith(CANARY_PREFIX):
+            return ("clean", "")
+        if name.startswith(LIMITS_PREFIX):  # e.g. ...Exceeded.MaxFileSize: limit:max-filesize
+            which = name[len(LIMITS_PREFIX) :]
+            return ("unscannable", f"limit:{re.sub(r'^Max', 'max-', which).lower()} ({name})")
+        return (classify(name), name)
 
 
 def instream(socket_path: str, data: bytes, timeout: float) -> str:
