@@ -290,3 +290,11 @@ def parse_bounce_content(text: str) -> str:
     if value not in ("headers", "full"):
         raise BadValue(f"expected headers or full, got {text!r}")
     return value
+
+
+def parse_verification(text: str) -> str:
+    """``no`` or ``next-hop``: how recipients in ProtectedDomains are checked at RCPT."""
+    value = text.strip().lower()
+    if value not in ("no", "next-hop"):
+        raise BadValue(f"expected no or next-hop, got {text!r}")
+    return value

@@ -37,6 +37,7 @@ from mailgate.receive import restrictions
 from mailgate.receive.anvil import Anvil
 from mailgate.receive.gate import Gate
 from mailgate.receive.smtp import GatewaySMTP, IntrospectedNames
+from mailgate.receive.verify import Verifier
 from mailgate.runtime import log as logmod
 from mailgate.runtime import privileges, stats
 from mailgate.runtime.dnsbl import Checker
@@ -65,9 +66,11 @@ class Receiver(IntrospectedNames):
         self._room = 0
         self.recipients = restrictions.Recipients(config)
         self.dns = Checker(config.nameservers, config.dns_timeout)
+        self.verifier = Verifier(config, self.executor)
 
     def reconfigure(self, config: configmod.Config) -> None:
         self.config = config
+        self.verifier.reconfigure(config)
         self.recipients = restrictions.Recipients(config)
         self.dns = Checker(config.nameservers, config.dns_timeout)
 
@@ -115,16 +118,6 @@ class Receiver(IntrospectedNames):
             return "declared size does not fit"
         return self._overloaded
 
-    def relay_refusal(self, session: Session, address: str) -> str | None:
-        local, _, domain = address.rpartition("@")
-        if not local or not domain:
-            return "501 5.1.3 Recipient address must be user@domain"
-        if self.config.is_trusted(session.peer[0]):
-            return None
-        if not self.config.is_protected(domain) or any(c in local for c in "@%!"):
-            return "550 5.7.1 Relay access denied"
-        return None
-
     # ------------------------------------------------------------ aiosmtpd hooks
 
     def helo_refusal(self, session: Session, hostname: str) -> str | None:
@@ -168,7 +161,7 @@ class Receiver(IntrospectedNames):
         if len(envelope.rcpt_tos) >= self.config.max_recipients:
             self.refused("recipients")
             return "452 4.5.3 Too many recipients"
-        refusal = self.relay_refusal(session, address)
+        refusal = restrictions.relay_refusal(self.config, session.peer[0], address)
         if refusal:
             self.refused("relay")
             self.log.info("rcpt_refused", client=session.peer[0], to=address, reply=refusal)
@@ -177,6 +170,11 @@ class Receiver(IntrospectedNames):
             self.refused("unknown_user")
             self.log.info("rcpt_refused", client=session.peer[0], to=address, reply="unknown")
             return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
+        refusal = await self.verifier.refusal(address)
+        if refusal:
+            self.refused("unverified" if refusal[0] == "4" else "unknown_user")
+            self.log.info("rcpt_refused", client=session.peer[0], to=address, reply=refusal)
+            return refusal
         params = getattr(session, "dsn_rcpt", {})
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)

@@ -73,6 +73,19 @@ class Recipients:
         return not any(fnmatch.fnmatchcase(address, mask) for mask in known)
 
 
+def relay_refusal(config: Config, ip: str, address: str) -> str | None:
+    """Never an open relay: outside TrustedNetworks, only ProtectedDomains, and no address
+    tricks a next hop could route onward (percent hack, bang paths, quoted @)."""
+    local, _, domain = address.rpartition("@")
+    if not local or not domain:
+        return "501 5.1.3 Recipient address must be user@domain"
+    if config.is_trusted(ip):
+        return None
+    if not config.is_protected(domain) or any(c in local for c in "@%!"):
+        return "550 5.7.1 Relay access denied"
+    return None
+
+
 def header_refusal(config: Config, data: bytes) -> str | None:
     """Too many header fields, too large a header block, or too many hops (a loop)."""
     head = header_block(data)

@@ -87,3 +87,27 @@ def test_block_list_at_connect_only_marks(make_gateway, sink, rbl_dns):
     gw.send(make_message("marked@test"), source="127.0.0.2")
     got = sink.wait_count(1)[0]
     assert got.message["X-Mailgate-RBL"].startswith("listed in bl.test")
+
+
+def test_recipients_are_verified_at_the_next_hop_and_remembered(make_gateway, sink):
+    closed = free_port()
+    gw = make_gateway(
+        "[smtpgw.network]\nRecipientVerification=next-hop\nProtectedDomains=down.example\n"
+        f"[smtpgw.forward]\nForwardRoute=*@down.example [127.0.0.1:{closed}]\n"
+    ).start()
+    sink.rcpt_replies["ghost@company.com"] = ["550 5.1.1 no such user here"]
+    with RawSession(gw.port, source="127.0.0.2") as s:  # from outside: verified
+        s.cmd("EHLO client.example.org")
+        s.cmd("MAIL FROM:<a@example.org>")
+        assert s.cmd("RCPT TO:<ghost@company.com>").startswith("550 5.1.1")
+        probes = sink.sessions
+        # the next hop would say yes now (its one 550 is used up): the answer is remembered
+        assert s.cmd("RCPT TO:<Ghost@company.com>").startswith("550 5.1.1")
+        assert sink.sessions == probes
+        assert s.cmd("RCPT TO:<x@down.example>").startswith("450 4.1.1")  # no answer
+        assert s.cmd("RCPT TO:<user@company.com>").startswith("250")
+        assert s.cmd("DATA").startswith("354")
+        assert s.cmd(b"Subject: verified\r\nMessage-ID: <v@test>\r\n\r\nhi\r\n.").startswith("250")
+    (got,) = sink.wait_count(1)
+    assert got.rcpt_tos == ["user@company.com"]
+    assert "event='rcpt_refused'" in gw.log()
