@@ -101,9 +101,18 @@ def create_app(config: configmod.Config, serve_metrics: bool = True) -> Flask:
 
     # -------------------------------------------------------------- login
 
+    def client() -> str:
+        """The client's address; through a TrustedProxies proxy, the one it forwarded."""
+        ip = request.remote_addr or ""
+        forwarded = request.headers.get("X-Forwarded-For", "")
+        if forwarded and configmod.in_networks(ip, current().trusted_proxies):
+            last = forwarded.rsplit(",", 1)[-1].strip()
+            return last if configmod.client_address(last) is not None else ip
+        return ip
+
     @app.route("/login", methods=["GET", "POST"])
     def login():
-        ip = request.remote_addr or ""
+        ip = client()
         error = None
         if request.method == "POST":
             if throttle.blocked(ip):

@@ -19,6 +19,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import pytest
 from mimebuild import EICAR, TEXT, multipart, part
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
@@ -160,12 +161,14 @@ def test_log_in_see_a_quarantined_eicar_message_and_release_it(make_gateway, sin
 class Client:
     """A plain HTTP client with a cookie jar (what a script or an attacker would use)."""
 
-    def __init__(self, base: str):
+    def __init__(self, base: str, forwarded_for: str | None = None):
         self.base = base
         self.jar = http.cookiejar.CookieJar()
         self.opener = urllib.request.build_opener(
             urllib.request.HTTPCookieProcessor(self.jar), NoRedirect()
         )
+        if forwarded_for:
+            self.opener.addheaders.append(("X-Forwarded-For", forwarded_for))
 
     def cookie(self) -> str:
         return next(c.value for c in self.jar if c.name == "mailgate_session")
@@ -361,3 +364,16 @@ def test_metrics_only_for_metrics_allow_and_secure_cookies_when_asked(make_gatew
         assert s.recv(64).split()[1] == b"403"
     _, headers, _ = Client(gw.console).request("/login")
     assert "Secure" in headers.get("Set-Cookie", ""), headers
+
+
+@pytest.mark.parametrize("proxy", [True, False], ids=["behind-a-trusted-proxy", "header-ignored"])
+def test_the_back_off_counts_the_forwarded_client_only_behind_a_trusted_proxy(
+    make_gateway, sink, proxy
+):
+    gw = console_gateway(make_gateway, "TrustedProxies=127.0.0.1/32\n" if proxy else "")
+    attacker = Client(gw.console, forwarded_for="192.0.2.66")
+    for _ in range(6):
+        attacker.log_in("guess")
+    assert attacker.log_in() == 429
+    colleague = Client(gw.console, forwarded_for="198.51.100.7")  # same proxy, other person
+    assert colleague.log_in() == (302 if proxy else 429)
