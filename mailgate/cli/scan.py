@@ -10,7 +10,7 @@ import sys
 from mailgate.cli.common import EXIT_CONFIG, EXIT_ENGINE, EXIT_OK, EXIT_USAGE, CommandError
 from mailgate.config import Config
 from mailgate.scan import notify
-from mailgate.scan.av import avdb, clamd
+from mailgate.scan.av import archives, avdb, clamd
 from mailgate.scan.av.engine import Engine, EngineUnavailable
 from mailgate.scan.inspection import Inspector
 from mailgate.scan.spam.spamtest import Spamtest
@@ -94,6 +94,11 @@ def check_config(args: argparse.Namespace, config: Config) -> int:
         print(problem, file=sys.stderr)
     if problems:
         return EXIT_CONFIG
+    if config.av_enabled and not config.manage_clamd:
+        for warning in clamd.external_warnings(
+            config.resolve(config.clamd_config), archives.limits_of(config)
+        ):
+            print(f"warning: {warning}", file=sys.stderr)
     where = config.path if config.path.is_file() else f"built-in defaults (no {config.path})"
     print(f"{where}: OK")
     return EXIT_OK

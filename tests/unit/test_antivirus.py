@@ -411,3 +411,22 @@ def test_archives_that_would_be_scanned_only_in_part_are_unscannable(scan):
         assert bad(verdict)[0]["detail"].startswith(reason), (name, bad(verdict))
         assert verdict["action"] == "block,quarantine"  # kept in quarantine, not delivered
     assert verdicts["fine.eml"]["status"] == "clean", verdicts["fine.eml"]
+
+
+def test_check_config_warns_about_an_external_clamd_that_would_stop_silently(tmp_path):
+    clamd_conf = tmp_path / "clamd.conf"
+    conf = tmp_path / "m.conf"
+    conf.write_text(
+        "[smtpgw.antivirus]\nManageClamd=no\nClamdSocket=/run/clamav/clamd.ctl\n"
+        f"ClamdConfig={clamd_conf}\n"
+    )
+    clamd_conf.write_text("# a stock Debian clamd.conf says nothing of AlertExceedsMax\n")
+    stock = mailgate("check-config", "-c", str(conf))
+    assert stock.returncode == 0 and "AlertExceedsMax is off" in stock.stderr
+    clamd_conf.write_text("AlertExceedsMax yes\nMaxFileSize 10M\nMaxRecursion 30\n")
+    low = mailgate("check-config", "-c", str(conf))
+    assert low.returncode == 0 and "AlertExceedsMax" not in low.stderr
+    assert "MaxFileSize 10M is below mailgate's" in low.stderr
+    assert "MaxRecursion" not in low.stderr
+    clamd_conf.write_text("AlertExceedsMax yes\nMaxFileSize 100M\nMaxRecursion 20\n")
+    assert "warning" not in mailgate("check-config", "-c", str(conf)).stderr

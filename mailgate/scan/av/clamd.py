@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -136,3 +137,51 @@ def temporary(database: Path, timeout: float = 120.0) -> Iterator[Path]:
         if process.stdout is not None:
             process.stdout.close()
         shutil.rmtree(work, ignore_errors=True)
+
+
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+_LIMIT_KEYS = {
+    "MaxFileSize": "max_file_size",
+    "MaxScanSize": "max_scan_size",
+    "MaxFiles": "max_files",
+    "MaxRecursion": "max_recursion",
+}
+# clamd's own defaults, for keys its configuration leaves out (man clamd.conf)
+_CLAMD_DEFAULTS = {
+    "AlertExceedsMax": "no",
+    "HeuristicAlerts": "yes",
+    "MaxFileSize": "100M",
+    "MaxScanSize": "400M",
+    "MaxFiles": "10000",
+    "MaxRecursion": "17",
+}
+
+
+def external_warnings(conf: Path, limits: Limits) -> list[str]:
+    """What in an external clamd's configuration could let a partial scan pass as clean."""
+    try:
+        text = conf.read_text(errors="replace")
+    except OSError as exc:
+        return [f"{conf}: cannot read the external clamd's configuration ({exc.strerror})"]
+    settings = dict(_CLAMD_DEFAULTS)
+    for line in text.splitlines():
+        words = line.split(None, 1)
+        if len(words) == 2 and not words[0].startswith("#"):
+            settings[words[0]] = words[1].strip()
+    warnings = []
+    for key in ("AlertExceedsMax", "HeuristicAlerts"):
+        if settings[key].lower() not in ("yes", "true", "1"):
+            warnings.append(
+                f"{conf}: {key} is off: clamd would stop at its limits without a word "
+                "(set it to yes)"
+            )
+    for key, attr in _LIMIT_KEYS.items():
+        m = re.fullmatch(r"(\d+)\s*([kmg]?)b?", settings[key].lower())
+        value = int(m.group(1)) * _SIZE_UNITS[m.group(2)] if m else None
+        ours = getattr(limits, attr)
+        if value is not None and value and ours and value < ours:
+            warnings.append(
+                f"{conf}: {key} {settings[key]} is below mailgate's ({ours}): clamd stops "
+                "scanning sooner than mailgate checks"
+            )
+    return warnings
