@@ -171,11 +171,15 @@ def parse_list_sources(text: str) -> list[ListSource]:
     return [ListSource(item) for item in split_list(text)]
 
 
+def _one_of(text: str, *choices: str) -> str:
+    value = text.strip().lower()
+    if value not in choices:
+        raise BadValue(f"expected {' or '.join(choices)}, got {text!r}")
+    return value
+
+
 def parse_rbl_action(text: str) -> str:
-    low = text.strip().lower()
-    if low not in ("reject", "mark"):
-        raise BadValue(f"expected reject or mark, got {text!r}")
-    return low
+    return _one_of(text, "reject", "mark")
 
 
 def parse_zones(text: str) -> list:
@@ -286,15 +290,9 @@ class Zone:
 
 def parse_bounce_content(text: str) -> str:
     """``headers`` or ``full``: what a DSN to a sender outside TrustedNetworks carries."""
-    value = text.strip().lower()
-    if value not in ("headers", "full"):
-        raise BadValue(f"expected headers or full, got {text!r}")
-    return value
+    return _one_of(text, "headers", "full")
 
 
 def parse_verification(text: str) -> str:
     """``no`` or ``next-hop``: how recipients in ProtectedDomains are checked at RCPT."""
-    value = text.strip().lower()
-    if value not in ("no", "next-hop"):
-        raise BadValue(f"expected no or next-hop, got {text!r}")
-    return value
+    return _one_of(text, "no", "next-hop")
