@@ -3,6 +3,7 @@ lists, presets, training, learning and token table updates."""
 
 from __future__ import annotations
 
+import email
 import importlib.util
 import json
 import re
@@ -450,3 +451,12 @@ def test_tuning_folds_keep_each_sender_domain_together():
     sizes = [fold.count(k) for k in range(5)]
     assert max(sizes) - min(sizes) <= max(members.values())
     assert tune.assign_folds(data, 5, "random") == [i % 5 for i in range(200)]
+
+
+def test_only_the_start_of_a_huge_text_part_is_read():
+    """As SpamAssassin's body_part_scan_size: a 20 MB text body costs what its first
+    TEXT_LIMIT bytes cost; words after that are not tokens."""
+    filler = b"ordinary words in a very long report\r\n" * (bayes.TEXT_LIMIT // 38 + 10)
+    raw = b"Subject: long\r\n\r\nearlyword\r\n" + filler + b"lateword\r\n" + filler * 40
+    tokens = bayes.tokens(email.message_from_bytes(raw))
+    assert "earlyword" in tokens and "lateword" not in tokens

@@ -50,6 +50,8 @@ _HTML_FEATURES = {
     "comment": re.compile(r"<!--"),
     "hidden": re.compile(r"(?i)display\s*:\s*none|visibility\s*:\s*hidden"),
 }
+TEXT_LIMIT = 256 * 1024  # bytes of each text part the filter reads
+
 _HEADER_WORDS = ("subject",)
 _HEADER_ADDRESSES = ("from", "reply-to", "return-path", "sender")
 _HEADER_WHOLE = ("x-mailer", "user-agent", "content-type", "x-priority", "mime-version")
@@ -92,8 +94,11 @@ def _url_tokens(text: str) -> Iterable[str]:
 
 
 def _decoded_text(part: Message) -> str:
+    """A text part's content, its first ``TEXT_LIMIT`` bytes only (as SpamAssassin's
+    body_part_scan_size): what spam says, it says early, and a 20 MB text body must not cost
+    seconds and hundreds of megabytes."""
     try:
-        payload = part.get_payload(decode=True) or b""
+        payload = (part.get_payload(decode=True) or b"")[:TEXT_LIMIT]
     except (ValueError, LookupError, AssertionError):
         return ""
     charset = part.get_content_charset() or "latin-1"

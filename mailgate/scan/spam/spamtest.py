@@ -103,10 +103,11 @@ def _facts(split: Split, envelope: dict, config: Config) -> Facts:
             continue
         part = obj.part
         charset = (part.get_content_charset() if part is not None else None) or "latin-1"
+        data = obj.data[: bayes.TEXT_LIMIT]
         try:
-            text = obj.data.decode(charset, "replace")
+            text = data.decode(charset, "replace")
         except LookupError:
-            text = obj.data.decode("latin-1", "replace")
+            text = data.decode("latin-1", "replace")
         raws.append(text)
         if obj.content_type == "text/html":
             has_html = True
