@@ -1,8 +1,10 @@
 """Receiver: SMTP in, durable message in incoming/ out.
 
 Invariants:
-- 250 after DATA is sent only once ``Spool.enqueue`` has returned (message, envelope and name
-  fsync'd). Any failure to store answers 451 and leaves nothing in a queue.
+- DATA is written to ``tmp/`` as it arrives (``receive.data``), so a session holds one line
+  in memory, not the message; 250 after DATA is sent only once the message, its envelope and
+  its name are fsync'd in incoming/. Any failure to store answers 451 (452 for want of
+  space) and leaves nothing in a queue or in tmp/.
 - Bare CR and bare LF in DATA become CRLF before anything looks at the message, so every
   later reader (our scanners, the next hop) sees the same lines and header fields.
 - A recipient outside ProtectedDomains from a client outside TrustedNetworks is refused with
@@ -21,12 +23,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import errno
-import os
 import signal
 import ssl
-import time
 from concurrent.futures import ThreadPoolExecutor
-from email.utils import formatdate
 from pathlib import Path
 
 from aiosmtpd.smtp import Envelope, Session
@@ -35,19 +34,20 @@ from mailgate import config as configmod
 from mailgate.message.headers import normalise_newlines
 from mailgate.receive import restrictions
 from mailgate.receive.anvil import Anvil
+from mailgate.receive.data import Capture, received_header
 from mailgate.receive.gate import Gate
 from mailgate.receive.smtp import GatewaySMTP, IntrospectedNames
 from mailgate.receive.verify import Verifier
 from mailgate.runtime import log as logmod
 from mailgate.runtime import privileges, stats
 from mailgate.runtime.dnsbl import Checker
-from mailgate.spool import Spool, new_queue_id
+from mailgate.spool import MESSAGE, Spool, new_queue_id
 from mailgate.spool import envelope as envmod
+from mailgate.spool.files import MessageWriter
 from mailgate.spool.journal import Journal
 
 STOP_GRACE = 30.0
 NO_IDLE_TIMER = 30 * 86400.0  # aiosmtpd's own idle timer; GatewaySMTP keeps the real ones
-_LOAD_CACHE_SECONDS = 0.5
 
 
 class Receiver(IntrospectedNames):
@@ -61,9 +61,7 @@ class Receiver(IntrospectedNames):
         self.counters: collections.Counter[str] = collections.Counter()
         self.metrics = stats.metrics()
         self.journal = Journal(spool, "receiver")
-        self._load_checked = 0.0
-        self._overloaded: str | None = None
-        self._room = 0
+        self.storage = restrictions.Storage(spool)
         self.recipients = restrictions.Recipients(config)
         self.dns = Checker(config.nameservers, config.dns_timeout)
         self.verifier = Verifier(config, self.executor)
@@ -97,29 +95,6 @@ class Receiver(IntrospectedNames):
 
     # ------------------------------------------------------------ checks
 
-    def overloaded(self, declared: int = 0) -> str | None:
-        """Why new mail (of ``declared`` bytes) cannot be stored now, else None."""
-        now = time.monotonic()
-        if now - self._load_checked >= _LOAD_CACHE_SECONDS:
-            self._load_checked = now
-            self._overloaded = None
-            try:
-                if self.spool.count("incoming") >= self.config.max_queue_size:
-                    self._overloaded = "queue full"
-                st = os.statvfs(self.spool.root)
-            except OSError as exc:
-                self._overloaded = f"spool unusable: {exc.strerror}"
-            else:
-                floor = self.config.min_free_disk.of(st.f_blocks * st.f_frsize)
-                self._room = st.f_bavail * st.f_frsize - floor
-                if self._overloaded is None and self._room < 0:
-                    self._overloaded = "disk full"
-        if self._overloaded is None and declared > self._room:
-            return "declared size does not fit"
-        return self._overloaded
-
-    # ------------------------------------------------------------ aiosmtpd hooks
-
     def helo_refusal(self, session: Session, hostname: str) -> str | None:
         refusal = restrictions.helo_refusal(self.config, hostname, session.peer[0])
         if refusal:
@@ -145,7 +120,7 @@ class Receiver(IntrospectedNames):
         return [responses[0]] + [f"250-{x}" for x in lines[:-1]] + [f"250 {lines[-1]}"]
 
     async def handle_MAIL(self, server, session, envelope: Envelope, address, mail_options):
-        reason = self.overloaded(restrictions.declared_size(mail_options))
+        reason = self.storage.refusal(self.config, restrictions.declared_size(mail_options))
         if reason:
             self.refused("overload")
             self.log.warning("backpressure", client=session.peer[0], reason=reason)
@@ -181,17 +156,45 @@ class Receiver(IntrospectedNames):
         envelope.dsn_rcpts.append(params)
         return "250 2.1.5 Recipient ok"
 
+    def open_data(self, server) -> Capture | None:
+        """GatewaySMTP's call at its 354: where this message's DATA is written as it comes
+        (None: keep it in memory, as when the spool cannot take a new file now)."""
+        queue_id = new_queue_id()
+        try:
+            writer = self.spool.open_message(queue_id)
+            writer.write(received_header(self.config, server.session, server.envelope, queue_id))
+        except OSError as exc:
+            self.log.error("store_failed", qid=queue_id, error=repr(exc))
+            return None
+        return Capture(writer, self.config.max_message_size, self.config.max_line_length + 2)
+
     async def handle_DATA(self, server, session, envelope: Envelope):
-        data = normalise_newlines(envelope.original_content or b"")
-        refusal = restrictions.header_refusal(self.config, data)
+        capture = server.take_capture()
+        if capture is not None and capture.fed == 0:  # the whole message came before our 354
+            capture.writer.abort()
+            capture = None
+        if capture is not None and (capture.failed or envelope.original_content):
+            capture.writer.abort()
+            self.refused("data")
+            return capture.failed or "503 5.5.0 Improper pipelining: data sent before the 354"
+        data = b""
+        if capture is None:
+            data = normalise_newlines(envelope.original_content or b"")
+        refusal = restrictions.header_refusal(self.config, bytes(capture.head) if capture else data)
         if refusal:
+            if capture is not None:
+                capture.writer.abort()
             self.refused("header")
             self.log.info("data_refused", client=session.peer[0], reply=refusal)
             return refusal
-        queue_id = new_queue_id()
-        if not data.endswith(b"\r\n"):
-            data += b"\r\n"
-        message = self._received_header(server, session, envelope, queue_id) + data
+        if capture is None:
+            queue_id = new_queue_id()
+            if not data.endswith(b"\r\n"):
+                data += b"\r\n"
+            message = received_header(self.config, session, envelope, queue_id) + data
+            size = len(message)
+        else:
+            queue_id, size = capture.writer.queue_id, capture.writer.size
         recipients = [
             envmod.recipient(
                 addr,
@@ -209,7 +212,7 @@ class Receiver(IntrospectedNames):
             envid=envelope.dsn.get("ENVID"),
             body="8BITMIME" if "BODY=8BITMIME" in envelope.mail_options else "7BIT",
             smtputf8=envelope.smtp_utf8,
-            size=len(message),
+            size=size,
             client={
                 "ip": session.peer[0],
                 "port": session.peer[1],
@@ -220,62 +223,59 @@ class Receiver(IntrospectedNames):
         )
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self.executor, self._store, message, env)
+            if capture is None:
+                await loop.run_in_executor(self.executor, self._store, message, env)
+            else:
+                await loop.run_in_executor(self.executor, self._commit, capture.writer, env)
         except Exception as exc:
             self.counters["store_failed"] += 1
             self.log.error("store_failed", qid=queue_id, error=repr(exc))
             if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                self._load_checked = 0.0  # look at the disk again before the next MAIL
+                self.storage.checked = 0.0  # look at the disk again before the next MAIL
                 return "452 4.3.1 Insufficient system storage, try again later"
             return "451 4.3.0 Local error in processing, try again later"
         self.counters["received"] += 1
         self.metrics.received_messages.inc()
-        self.metrics.received_bytes.inc(len(message))
+        self.metrics.received_bytes.inc(size)
         self.journal.write(
             "received",
             queue_id,
             **{"from": mail_from},
             to=envelope.rcpt_tos,
-            size=len(message),
+            size=size,
             client=session.peer[0],
         )
         server.messages += 1
         server.junk = 0  # a message went through: the session is making progress
-        server.bytes += len(message)
+        server.bytes += size
         self.log.info(
             "queued",
             qid=queue_id,
             client=session.peer[0],
             **{"from": mail_from},
             nrcpt=len(recipients),
-            size=len(message),
+            size=size,
         )
         return f"250 2.0.0 Ok: queued as {queue_id}"
+
+    def _commit(self, writer: MessageWriter, env: dict) -> None:
+        """Queue a streamed message durably; then, if asked, archive it (read back)."""
+        where = writer.commit(env)
+        if self.config.archive_received:
+            with open(f"{where}/{MESSAGE}", "rb") as f:
+                self._archive(f.read(), env)
 
     def _store(self, message: bytes, env: dict) -> None:
         """Queue the message durably; then, if asked, keep a copy in the received archive."""
         self.spool.enqueue(message, env)
         if self.config.archive_received:
-            try:
-                self.spool.archive("received", message, env, env["received_at"])
-            except OSError as exc:
-                self.log.error("archive_failed", qid=env["id"], error=repr(exc))
+            self._archive(message, env)
 
-    def _received_header(self, server, session, envelope, queue_id: str) -> bytes:
-        proto = "ESMTP" if session.extended_smtp else "SMTP"
-        if session.ssl is not None:
-            proto += "S"
-        if envelope.smtp_utf8:
-            proto = "UTF8" + proto
-        ip = session.peer[0]
-        literal = f"IPv6:{ip}" if ":" in ip else ip
-        recipient = f"\r\n\tfor <{envelope.rcpt_tos[0]}>" if len(envelope.rcpt_tos) == 1 else ""
-        text = (
-            f"Received: from {session.host_name or 'unknown'} ([{literal}])\r\n"
-            f"\tby {self.config.hostname} (mailgate) with {proto} id {queue_id}{recipient};"
-            f"\r\n\t{formatdate(localtime=True)}\r\n"
-        )
-        return text.encode("utf-8", "surrogateescape")
+    def _archive(self, message: bytes, env: dict) -> None:
+        try:
+            self.spool.archive("received", message, env, env["received_at"])
+        except OSError as exc:
+            self.log.error("archive_failed", qid=env["id"], error=repr(exc))
 
 
 class Listener:

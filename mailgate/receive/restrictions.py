@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import fnmatch
 import ipaddress
+import os
 import re
+import time
 
 from mailgate.config import Config
 from mailgate.message.headers import header_block
@@ -107,3 +109,38 @@ def declared_size(mail_options: list[str]) -> int:
         if name.upper() == "SIZE" and value.isdigit() and len(value) <= 20:
             return int(value)
     return 0
+
+
+class Storage:
+    """Can new mail be stored now? ``incoming/`` under MaxQueueSize and the spool's file
+    system above MinFreeDisk (with room for a declared SIZE); looked at no more than every
+    ``CACHE_SECONDS``, so a flood of MAIL commands costs no flood of statvfs calls."""
+
+    CACHE_SECONDS = 0.5
+
+    def __init__(self, spool):
+        self.spool = spool
+        self.checked = 0.0
+        self.reason: str | None = None
+        self.room = 0
+
+    def refusal(self, config: Config, declared: int = 0) -> str | None:
+        """Why new mail (of ``declared`` bytes) cannot be stored now, else None."""
+        now = time.monotonic()
+        if now - self.checked >= self.CACHE_SECONDS:
+            self.checked = now
+            self.reason = None
+            try:
+                if self.spool.count("incoming") >= config.max_queue_size:
+                    self.reason = "queue full"
+                st = os.statvfs(self.spool.root)
+            except OSError as exc:
+                self.reason = f"spool unusable: {exc.strerror}"
+            else:
+                floor = config.min_free_disk.of(st.f_blocks * st.f_frsize)
+                self.room = st.f_bavail * st.f_frsize - floor
+                if self.reason is None and self.room < 0:
+                    self.reason = "disk full"
+        if self.reason is None and declared > self.room:
+            return "declared size does not fit"
+        return self.reason

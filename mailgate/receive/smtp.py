@@ -204,6 +204,9 @@ class GatewaySMTP(IntrospectedNames, SMTP):
 
     def __init__(self, handler, **kwargs):
         super().__init__(handler, **kwargs)
+        self._open_data = getattr(handler, "open_data", None)  # streams DATA when present
+        self._capture = None
+        self._captured = None
         self._plain_replies = False
         self.errors = 0
         self.junk = 0
@@ -223,9 +226,27 @@ class GatewaySMTP(IntrospectedNames, SMTP):
     def data_received(self, data: bytes) -> None:
         if b"\n" in data:
             self._last_line = time.monotonic()
+        if self._capture is not None:  # DATA goes to the spool file, not to aiosmtpd
+            rest = self._capture.feed(data)
+            if rest is None:
+                return
+            self._captured, self._capture = self._capture, None
+            data = b".\r\n" + rest  # aiosmtpd ends DATA on the dot, then reads what follows
         super().data_received(data)
 
+    def take_capture(self):
+        """The DATA just streamed to the spool (see ``receive.data``), or None."""
+        captured, self._captured = self._captured, None
+        return captured
+
+    def _drop_capture(self) -> None:
+        for capture in (self._capture, self._captured):
+            if capture is not None:
+                capture.writer.abort()
+        self._capture = self._captured = None
+
     def connection_lost(self, exc) -> None:
+        self._drop_capture()
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
@@ -260,6 +281,8 @@ class GatewaySMTP(IntrospectedNames, SMTP):
             stats.rejected("size")  # aiosmtpd's own SIZE and DATA size refusals
         if isinstance(status, str) and (not self._plain_replies or status[:1] in "45"):
             status = with_enhanced_code(status)  # EHLO's 250 lines stay plain, errors do not
+        if isinstance(status, str) and status[:3] == "354" and self._open_data is not None:
+            self._capture = self._open_data(self)  # before the reply: the client may be quick
         result = await super().push(status)
         if isinstance(status, str) and status[:1] == "5" and self.limits is not None:
             self.errors += 1
@@ -332,6 +355,7 @@ class GatewaySMTP(IntrospectedNames, SMTP):
         try:
             return await super().smtp_DATA(arg)
         finally:
+            self._drop_capture()  # whatever the handler did not take (DATA cut short)
             self._in_data = False
             self._last_line = time.monotonic()  # the client waited for our reply
 

@@ -49,7 +49,14 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 
-from mailgate.spool.files import dump, fsync_dir, write_entry, write_file, write_file_replacing
+from mailgate.spool.files import (
+    MessageWriter,
+    dump,
+    fsync_dir,
+    write_entry,
+    write_file,
+    write_file_replacing,
+)
 from mailgate.spool.ids import (
     CLAIM_RE,
     ID_RE,
@@ -144,6 +151,12 @@ class Spool(Stores):
         os.rename(work, target)
         fsync_dir(folder)
         return Entry(state, queue_id, target)
+
+    def open_message(self, queue_id: str, state: str = "incoming") -> MessageWriter:
+        """A message to be written as it arrives, then ``commit``-ted to ``state``."""
+        return MessageWriter(
+            f"{self._dir('tmp')}/{check_id(queue_id)}@{self.pid}", self._dir(state)
+        )
 
     def write_envelope(self, entry: Entry, envelope: dict) -> None:
         """Replace the envelope atomically and durably: write beside, fsync, rename over."""

@@ -342,3 +342,23 @@ def test_bare_newlines_are_normalised_so_every_reader_sees_the_same_header(make_
     assert msg["X-Untrusted-Mailgate-Virus-Status"] == "clean"
     assert msg["To"] == "<user@company.com>" and msg["X-Spam-Flag"] == "NO"
     assert got.content.endswith(b"one\r\ntwo\r\nthree\r\n")
+
+
+def test_data_sent_before_the_354_is_still_taken_whole(held_gateway):
+    """A client that does not wait for 354 (RFC 2920 says it must): everything it sent went
+    to aiosmtpd's reader before the stream to the spool began, and is stored all the same."""
+    before = set(held_gateway.entries("incoming"))
+    with RawSession(held_gateway.port) as s:
+        s.cmd("EHLO early.example.org")
+        s.cmd("MAIL FROM:<a@example.org>")
+        s.cmd("RCPT TO:<user@company.com>")
+        s.file.write(b"DATA\r\nSubject: early\r\n\r\nno waiting\r\n.\r\n")
+        s.file.flush()
+        assert s.reply().startswith("354")
+        reply = s.reply()
+        assert reply.startswith("250"), reply
+        assert s.cmd("NOOP").startswith("250")
+    (queue_id,) = set(held_gateway.entries("incoming")) - before
+    stored = (held_gateway.spool / "incoming" / queue_id / "message.eml").read_bytes()
+    assert stored.endswith(b"Subject: early\r\n\r\nno waiting\r\n")
+    assert held_gateway.entries("tmp") == []

@@ -220,3 +220,33 @@ def test_slots_held_from_many_addresses_cannot_shut_out_new_clients(make_gateway
         for session in held:
             session.close()
     assert "event='connection_refused'" in gw.log()
+
+
+def test_streamed_data_over_its_limits_is_refused_and_leaves_nothing(make_gateway, sink):
+    """DATA goes to the spool as it arrives: an endless line and an oversized message are
+    read to the end and thrown away (not kept in memory), refused with their codes, nothing
+    stays in tmp/, and the session goes on to deliver a good message."""
+    gw = make_gateway("[smtpgw.limits]\nMaxMessageSize=2M\nMaxLineLength=64K\n").start()
+    with RawSession(gw.port) as s:
+        assert s.start_data().startswith("354")
+        chunk = b"x" * (1 << 20)
+        for _ in range(20):  # a 20 MB line without CRLF
+            s.file.write(chunk)
+        s.file.write(b"\r\n.\r\n")
+        s.file.flush()
+        assert s.reply().startswith("500 5.5.6")
+        assert s.cmd("RSET").startswith("250")
+        assert s.cmd("MAIL FROM:<a@example.org>").startswith("250")
+        assert s.cmd("RCPT TO:<user@company.com>").startswith("250")
+        assert s.cmd("DATA").startswith("354")
+        s.file.write(b"Subject: big\r\n\r\n")
+        for _ in range(40):  # 3 MB of short lines, over MaxMessageSize
+            s.file.write((b"y" * 76 + b"\r\n") * 1000)
+        s.file.write(b".\r\n")
+        s.file.flush()
+        assert s.reply().startswith("552 5.3.4")
+        assert s.cmd("RSET").startswith("250")
+        assert s.start_data().startswith("354")
+        assert s.cmd(b"Subject: fine\r\nMessage-ID: <fine@test>\r\n\r\nok\r\n.").startswith("250")
+    sink.wait_count(1)
+    assert gw.entries("tmp") == []

@@ -1,0 +1,122 @@
+"""DATA streamed to the spool as it arrives: memory per session stays bounded by one line.
+
+aiosmtpd collects a message's lines in memory and joins them at the end (a 24 MB message cost
+the receiver about three times that). Instead, from the moment the session has answered
+``354``, the bytes the client sends go to a ``Capture`` (through the asyncio protocol's public
+``data_received``), which frames lines on CRLF as RFC 5321 does, removes dot-stuffing, makes
+bare CR and bare LF inside a line CRLF (so no reader after us sees a header field our scanners
+did not), and writes them to ``tmp/ID@PID`` through the spool's ``MessageWriter``. When the
+lone dot arrives, aiosmtpd is handed just that dot and finishes DATA as for an empty message;
+the handler then commits the written file.
+
+Limits are kept while streaming: past ``MaxMessageSize`` nothing more is kept (``552 5.3.4``),
+a line past ``MaxLineLength`` is dropped as it arrives (``500 5.5.6``), a full disk stops the
+writing (``452 4.3.1``); in every case the rest of DATA is read and thrown away until the dot,
+then the reply is sent, the file removed and the session goes on. Only the first
+``HEAD_BYTES`` of the message are kept in memory, for the header checks.
+"""
+
+from __future__ import annotations
+
+import errno
+import re
+from email.utils import formatdate
+
+from mailgate.config import Config
+from mailgate.spool.files import MessageWriter
+
+HEAD_BYTES = 512 * 1024
+_BARE_NEWLINE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+
+
+class Capture:
+    def __init__(self, writer: MessageWriter, size_limit: int, line_limit: int):
+        self.writer = writer
+        self.size_limit = size_limit
+        self.line_limit = line_limit
+        self.partial = bytearray()
+        self.head = bytearray()
+        self.data_size = 0  # bytes of the message itself (not counting our Received line)
+        self.failed: str | None = None
+        self.fed = 0
+        self.skipping_line = False
+
+    def feed(self, data: bytes) -> bytes | None:
+        """Take bytes of DATA; None while DATA goes on, else what followed the lone dot."""
+        self.fed += len(data)
+        pos = 0
+        while True:
+            end = data.find(b"\r\n", pos)
+            if end < 0:
+                self._part(data[pos:])
+                return None
+            line = bytes(self.partial) + data[pos:end] if self.partial else data[pos:end]
+            self.partial.clear()
+            pos = end + 2
+            if self.skipping_line:
+                self.skipping_line = False
+                continue
+            if line == b".":
+                return data[pos:]
+            self._line(line)
+
+    def _part(self, piece: bytes) -> None:
+        """The start of a line whose CRLF has not come yet: kept up to the line limit."""
+        if self.skipping_line:
+            return
+        self.partial += piece
+        if len(self.partial) > self.line_limit:
+            self.partial.clear()
+            self.skipping_line = True
+            self._fail("500 5.5.6 Line too long (see RFC 5321 4.5.3.1.6)")
+
+    def _line(self, line: bytes) -> None:
+        if self.failed is not None:
+            return
+        if len(line) + 2 > self.line_limit:
+            self._fail("500 5.5.6 Line too long (see RFC 5321 4.5.3.1.6)")
+            return
+        if line[:1] == b".":
+            line = line[1:]
+        if b"\r" in line or b"\n" in line:
+            line = _BARE_NEWLINE.sub(b"\r\n", line)
+        line += b"\r\n"
+        self.data_size += len(line)
+        if self.size_limit and self.data_size > self.size_limit:
+            self._fail("552 5.3.4 Message size exceeds fixed maximum message size")
+            return
+        if len(self.head) < HEAD_BYTES:
+            self.head += line[: HEAD_BYTES - len(self.head)]
+        try:
+            self.writer.write(line)
+        except OSError as exc:
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            self._fail(
+                "452 4.3.1 Insufficient system storage, try again later"
+                if full
+                else "451 4.3.0 Local error in processing, try again later"
+            )
+
+    def _fail(self, reply: str) -> None:
+        if self.failed is None:
+            self.failed = reply
+            self.writer.abort()
+
+
+def received_header(config: Config, session, envelope, queue_id: str) -> bytes:
+    """Our trace line, the first of every message (RFC 5321 4.4); built at DATA, so that a
+    streamed message can start with it."""
+    proto = "ESMTP" if session.extended_smtp else "SMTP"
+    if session.ssl is not None:
+        proto += "S"
+    if envelope.smtp_utf8:
+        proto = "UTF8" + proto
+    ip = session.peer[0]
+    literal = f"IPv6:{ip}" if ":" in ip else ip
+    recipient = f"\r\n\tfor <{envelope.rcpt_tos[0]}>" if len(envelope.rcpt_tos) == 1 else ""
+    text = (
+        f"Received: from {session.host_name or 'unknown'} ([{literal}])\r\n"
+        f"\tby {config.hostname} (mailgate) with {proto} id {queue_id}{recipient};"
+        f"\r\n\t{formatdate(localtime=True)}\r\n"
+    )
+    return text.encode("utf-8", "surrogateescape")
