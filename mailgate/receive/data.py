@@ -40,25 +40,48 @@ class Capture:
         self.failed: str | None = None
         self.fed = 0
         self.skipping_line = False
+        self.cr_pending = False
 
     def feed(self, data: bytes) -> bytes | None:
-        """Take bytes of DATA; None while DATA goes on, else what followed the lone dot."""
+        """Take bytes of DATA; None while DATA goes on, else what followed the lone dot.
+
+        The bytes may be cut anywhere, a CRLF included: a CR at the end of one piece waits
+        for the next to say whether it ends the line."""
         self.fed += len(data)
         pos = 0
+        if self.cr_pending:
+            self.cr_pending = False
+            if data[:1] == b"\n":
+                pos = 1
+                done = self._end_of_line(b"")
+                if done:
+                    return data[pos:]
+            else:
+                self._part(b"\r")
         while True:
             end = data.find(b"\r\n", pos)
             if end < 0:
-                self._part(data[pos:])
+                piece = data[pos:]
+                if piece.endswith(b"\r"):
+                    piece, self.cr_pending = piece[:-1], True
+                self._part(piece)
                 return None
-            line = bytes(self.partial) + data[pos:end] if self.partial else data[pos:end]
-            self.partial.clear()
+            done = self._end_of_line(data[pos:end])
             pos = end + 2
-            if self.skipping_line:
-                self.skipping_line = False
-                continue
-            if line == b".":
+            if done:
                 return data[pos:]
-            self._line(line)
+
+    def _end_of_line(self, tail: bytes) -> bool:
+        """A CRLF came: the line is the partial start plus ``tail``; True at the lone dot."""
+        line = bytes(self.partial) + tail if self.partial else tail
+        self.partial.clear()
+        if self.skipping_line:
+            self.skipping_line = False
+            return False
+        if line == b".":
+            return True
+        self._line(line)
+        return False
 
     def _part(self, piece: bytes) -> None:
         """The start of a line whose CRLF has not come yet: kept up to the line limit."""
