@@ -22,6 +22,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from mailgate.runtime import log as logmod
 from mailgate.spool import STATES, Spool, write_file_replacing
 
 PREFIX = "mailgate_"
@@ -78,12 +79,43 @@ def start(spool: Spool) -> None:
     """
     live = spool.stats_path("live")
     live.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if os.environ.get(ENV) != str(live):
-        if "prometheus_client" in sys.modules:
-            raise RuntimeError(f"prometheus_client was imported before {ENV} was set")
+    if "prometheus_client" in sys.modules and os.environ.get(ENV) != str(live):
+        raise RuntimeError(f"prometheus_client was imported before {ENV} was set")
+    if _reserve(live):
         os.environ[ENV] = str(live)
+    else:  # no room for this process's counters: they stay in memory rather than crash it
+        os.environ.pop(ENV, None)
+        logmod.get().error("statistics_in_memory", why="no room under stats/live")
     global _metrics
     _metrics = None
+
+
+# The files prometheus_client's multiprocess mode maps for a process's counters and
+# histograms (``{kind}_{pid}.db``, prometheus_client < 0.27, pinned). It creates them sparse
+# and writes through mmap, so on a full file system a first write to a new page is SIGBUS,
+# which no handler survives; allocated here in full beforehand, they are never sparse.
+RESERVED_KINDS = ("counter", "histogram")
+RESERVED_BYTES = 1 << 20
+
+
+def _reserve(live: Path) -> bool:
+    """Allocate this process's metric files in full; False when the file system is full."""
+    made = []
+    try:
+        for kind in RESERVED_KINDS:
+            path = live / f"{kind}_{os.getpid()}.db"
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            made.append(path)
+            try:
+                if os.fstat(fd).st_size == 0:
+                    os.posix_fallocate(fd, 0, RESERVED_BYTES)
+            finally:
+                os.close(fd)
+    except OSError:
+        for path in made:
+            path.unlink(missing_ok=True)
+        return False
+    return True
 
 
 def metrics() -> _Metrics:

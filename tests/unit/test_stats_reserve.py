@@ -1,0 +1,62 @@
+"""prometheus_client maps its multiprocess files and writes through the mapping: on a full
+file system a sparse page means SIGBUS. mailgate allocates each process's files in full first,
+or keeps that process's counters in memory; these tests hold prometheus_client to the file
+names reserved (an upgrade that changes them fails here) and check the full-disk case."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from mailgate.runtime import stats
+
+PROBE = """
+import json, os, sys
+from mailgate.spool import Spool
+from mailgate.runtime import stats
+spool = Spool(sys.argv[1]); spool.create()
+stats.start(spool)
+metrics = stats.metrics()
+metrics.scanned.inc(); metrics.scan_seconds.observe(0.1); metrics.virus_status.labels("clean").inc()
+mine = [p for p in spool.stats_path("live").iterdir() if p.name.endswith(f"_{os.getpid()}.db")]
+print(json.dumps({
+    "files": sorted(p.name.split("_")[0] for p in mine),
+    "allocated": all(p.stat().st_blocks * 512 >= stats.RESERVED_BYTES for p in mine),
+    "shared": os.environ.get(stats.ENV) is not None,
+}))
+"""
+
+
+def probe(spool) -> dict:
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, str(spool)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def test_the_metric_files_are_the_reserved_ones_and_fully_allocated(tmp_path):
+    got = probe(tmp_path / "spool")
+    assert got == {"files": sorted(stats.RESERVED_KINDS), "allocated": True, "shared": True}
+
+
+def test_on_a_full_file_system_the_counters_stay_in_memory_instead_of_sigbus(tmp_path):
+    small = tmp_path / "small"
+    small.mkdir()
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], capture_output=True
+    )
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a small file system: {mount.stderr.decode().strip()}")
+    try:
+        (small / "spool").mkdir()
+        with open(small / "fill", "wb") as f, pytest.raises(OSError):
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        assert probe(small / "spool") == {"files": [], "allocated": True, "shared": False}
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
