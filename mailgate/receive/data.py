@@ -13,7 +13,8 @@ Limits are kept while streaming: past ``MaxMessageSize`` nothing more is kept (`
 a line past ``MaxLineLength`` is dropped as it arrives (``500 5.5.6``), a full disk stops the
 writing (``452 4.3.1``); in every case the rest of DATA is read and thrown away until the dot,
 then the reply is sent, the file removed and the session goes on. Only the first
-``HEAD_BYTES`` of the message are kept in memory, for the header checks.
+``HEAD_BYTES`` of the message (more if MaxHeaderSize asks) are kept in memory, for the header
+checks.
 """
 
 from __future__ import annotations
@@ -30,10 +31,13 @@ _BARE_NEWLINE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 
 
 class Capture:
-    def __init__(self, writer: MessageWriter, size_limit: int, line_limit: int):
+    def __init__(
+        self, writer: MessageWriter, size_limit: int, line_limit: int, head_limit: int = HEAD_BYTES
+    ):
         self.writer = writer
         self.size_limit = size_limit
         self.line_limit = line_limit
+        self.head_limit = head_limit
         self.partial = bytearray()
         self.head = bytearray()
         self.data_size = 0  # bytes of the message itself (not counting our Received line)
@@ -108,8 +112,8 @@ class Capture:
         if self.size_limit and self.data_size > self.size_limit:
             self._fail("552 5.3.4 Message size exceeds fixed maximum message size")
             return
-        if len(self.head) < HEAD_BYTES:
-            self.head += line[: HEAD_BYTES - len(self.head)]
+        if len(self.head) < self.head_limit:
+            self.head += line[: self.head_limit - len(self.head)]
         try:
             self.writer.write(line)
         except OSError as exc:

@@ -34,7 +34,7 @@ from mailgate import config as configmod
 from mailgate.message.headers import normalise_newlines
 from mailgate.receive import restrictions
 from mailgate.receive.anvil import Anvil
-from mailgate.receive.data import Capture, received_header
+from mailgate.receive.data import HEAD_BYTES, Capture, received_header
 from mailgate.receive.gate import Gate
 from mailgate.receive.smtp import GatewaySMTP, IntrospectedNames
 from mailgate.receive.verify import Verifier
@@ -166,7 +166,9 @@ class Receiver(IntrospectedNames):
         except OSError as exc:
             self.log.error("store_failed", qid=queue_id, error=repr(exc))
             return None
-        return Capture(writer, self.config.max_message_size, self.config.max_line_length + 2)
+        config = self.config
+        head = max(HEAD_BYTES, config.max_header_size + 1024)
+        return Capture(writer, config.max_message_size, config.max_line_length + 2, head)
 
     async def handle_DATA(self, server, session, envelope: Envelope):
         capture = server.take_capture()
