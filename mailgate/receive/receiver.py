@@ -41,7 +41,7 @@ from mailgate.receive.verify import Verifier
 from mailgate.runtime import log as logmod
 from mailgate.runtime import privileges, stats
 from mailgate.runtime.dnsbl import Checker
-from mailgate.spool import MESSAGE, Spool, new_queue_id
+from mailgate.spool import Spool, new_queue_id
 from mailgate.spool import envelope as envmod
 from mailgate.spool.files import MessageWriter
 from mailgate.spool.journal import Journal
@@ -261,11 +261,17 @@ class Receiver(IntrospectedNames):
         return f"250 2.0.0 Ok: queued as {queue_id}"
 
     def _commit(self, writer: MessageWriter, env: dict) -> None:
-        """Queue a streamed message durably; then, if asked, archive it (read back)."""
-        where = writer.commit(env)
+        """Queue a streamed message durably; then, if asked, archive it. The copy is read
+        before the message is queued: once in incoming/, a scanner may take it at once."""
+        copy = None
         if self.config.archive_received:
-            with open(f"{where}/{MESSAGE}", "rb") as f:
-                self._archive(f.read(), env)
+            try:
+                copy = writer.read()
+            except OSError as exc:
+                self.log.error("archive_failed", qid=env["id"], error=repr(exc))
+        writer.commit(env)
+        if copy is not None:
+            self._archive(copy, env)
 
     def _store(self, message: bytes, env: dict) -> None:
         """Queue the message durably; then, if asked, keep a copy in the received archive."""

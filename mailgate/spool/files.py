@@ -144,6 +144,12 @@ class MessageWriter:
         while self.pending:
             del self.pending[: os.write(self.fd, self.pending)]
 
+    def read(self) -> bytes:
+        """The message written so far (for an archive copy, say)."""
+        self._flush()
+        with open(f"{self.work}/{MESSAGE}", "rb") as f:
+            return f.read()
+
     def commit(self, envelope: dict) -> str:
         """Queue the message (durably); the path of its entry."""
         try:
