@@ -20,6 +20,7 @@ _FIELD = re.compile(rb"[\x21-\x39\x3b-\x7e]+[ \t]*:")
 
 
 _BARE_NEWLINE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+CONTROLS = re.compile(r"[\x00-\x1f\x7f]")  # C0 and DEL: never in a command or a header value
 
 
 def normalise_newlines(data: bytes) -> bytes:

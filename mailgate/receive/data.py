@@ -20,14 +20,14 @@ checks.
 from __future__ import annotations
 
 import errno
-import re
 from email.utils import formatdate
 
 from mailgate.config import Config
+from mailgate.message.headers import normalise_newlines
 from mailgate.spool.files import MessageWriter
 
 HEAD_BYTES = 512 * 1024
-_BARE_NEWLINE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+TOO_LONG = "500 5.5.6 Line too long (see RFC 5321 4.5.3.1.6)"
 
 
 class Capture:
@@ -95,19 +95,17 @@ class Capture:
         if len(self.partial) > self.line_limit:
             self.partial.clear()
             self.skipping_line = True
-            self._fail("500 5.5.6 Line too long (see RFC 5321 4.5.3.1.6)")
+            self._fail(TOO_LONG)
 
     def _line(self, line: bytes) -> None:
         if self.failed is not None:
             return
         if len(line) + 2 > self.line_limit:
-            self._fail("500 5.5.6 Line too long (see RFC 5321 4.5.3.1.6)")
+            self._fail(TOO_LONG)
             return
         if line[:1] == b".":
             line = line[1:]
-        if b"\r" in line or b"\n" in line:
-            line = _BARE_NEWLINE.sub(b"\r\n", line)
-        line += b"\r\n"
+        line = normalise_newlines(line) + b"\r\n"
         self.data_size += len(line)
         if self.size_limit and self.data_size > self.size_limit:
             self._fail("552 5.3.4 Message size exceeds fixed maximum message size")

@@ -30,6 +30,7 @@ import time
 
 from aiosmtpd.smtp import SMTP
 
+from mailgate.message.headers import CONTROLS
 from mailgate.message.xtext import XTEXT_RE, xtext_decode
 from mailgate.runtime import stats
 
@@ -59,7 +60,6 @@ _DEFAULT_ENHANCED = {
     "555": "5.5.4",
 }
 _NOTIFY_WORDS = {"SUCCESS", "FAILURE", "DELAY"}
-CONTROLS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class ParameterError(ValueError):

@@ -23,6 +23,7 @@ from email.header import Header
 from pathlib import Path
 
 from mailgate.config import Config
+from mailgate.message.headers import CONTROLS
 from mailgate.spool import Spool, new_queue_id
 from mailgate.spool import envelope as envmod
 
@@ -47,7 +48,6 @@ VARIABLES = {
 }
 KINDS = ("admin", "sender", "recipient")
 _HEADER_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]*:")
-_CONTROLS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def check(path: Path) -> list[str]:
@@ -120,7 +120,7 @@ def render(path: Path, variables: dict[str, str]) -> tuple[dict[str, str], str]:
 
 def one_line(value: str) -> str:
     """``value`` with every control character (CR, LF, NUL, ...) a space."""
-    return _CONTROLS.sub(" ", value)
+    return CONTROLS.sub(" ", value)
 
 
 def variables(config: Config, envelope: dict, subject: str, decision, objects) -> dict:
