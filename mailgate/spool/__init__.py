@@ -143,14 +143,13 @@ class Spool(Stores):
 
     def enqueue(self, message: bytes, envelope: dict, state: str = "incoming") -> Entry:
         """Store a new message durably in ``state``; the envelope's ``id`` names it."""
-        queue_id = check_id(envelope["id"])
-        work = f"{self._dir('tmp')}/{queue_id}@{self.pid}"
-        write_entry(work, message, envelope)
-        folder = self._dir(state)
-        target = f"{folder}/{queue_id}"
-        os.rename(work, target)
-        fsync_dir(folder)
-        return Entry(state, queue_id, target)
+        writer = self.open_message(envelope["id"], state)
+        try:
+            writer.write(message)
+        except OSError:
+            writer.abort()  # a full disk leaves no half message behind
+            raise
+        return Entry(state, writer.queue_id, writer.commit(envelope))
 
     def open_message(self, queue_id: str, state: str = "incoming") -> MessageWriter:
         """A message to be written as it arrives, then ``commit``-ted to ``state``."""

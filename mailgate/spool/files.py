@@ -135,8 +135,13 @@ class MessageWriter:
         self.size = 0
 
     def write(self, data: bytes) -> None:
-        self.pending += data
         self.size += len(data)
+        if not self.pending and len(data) >= self.BLOCK:  # a whole message: no copy
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self.fd, view) :]
+            return
+        self.pending += data
         if len(self.pending) >= self.BLOCK:
             self._flush()
 
