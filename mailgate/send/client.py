@@ -11,8 +11,10 @@ import smtplib
 import socket
 import ssl
 import time
+from collections.abc import Iterable, Iterator
 
 from mailgate.config import Config
+from mailgate.message.content import BLOCK, Content, blocks
 from mailgate.send.routing import Target
 
 
@@ -83,28 +85,57 @@ def envelope_command(verb: str, address: str, options: list[str]) -> str:
 _LEADING_DOT = re.compile(rb"(?m)^\.")
 
 
-def send_body(conn: smtplib.SMTP, data: bytes) -> tuple[int, bytes]:
+def send_body(conn: smtplib.SMTP, blocks: Iterable[bytes]) -> tuple[int, bytes]:
     """After DATA's 354: the message dot-stuffed and CRLF-terminated, then ``.``; the reply.
 
-    The stuffing regex scans every position of the message (60 µs for 6 KB, the sender's
-    largest single cost); most messages have no line starting with a dot, which two
-    C-speed searches tell first.
+    ``blocks`` each begin at the start of a line (``sent_blocks``), so ``^.`` finds every
+    line that needs its dot doubled, and a large message goes out one block at a time. The
+    stuffing regex scans every position (60 µs for 6 KB, the sender's largest single cost);
+    most messages have no line starting with a dot, which two C-speed searches tell first.
+    A small message leaves in one write with the terminating dot.
     """
-    if data.startswith(b".") or b"\n." in data:
-        data = _LEADING_DOT.sub(b"..", data)
-    if not data.endswith(b"\r\n"):
-        data += b"\r\n"
-    conn.send(data + b".\r\n")
+    previous = b""
+    for block in blocks:
+        if block.startswith(b".") or b"\n." in block:
+            block = _LEADING_DOT.sub(b"..", block)
+        if previous:
+            conn.send(previous)
+        previous = block
+    if not previous.endswith(b"\r\n"):
+        previous += b"\r\n"
+    conn.send(previous + b".\r\n")
     return conn.getreply()
 
 
 SMTP_LINE = 998  # octets of text per line, CRLF not counted (RFC 5321 4.5.3.1.6)
 
 
-def as_sent(envelope: dict, message: bytes) -> bytes:
-    """The bytes a next hop receives: the scanner's headers, then the message, folded."""
-    headers = "".join(h + "\r\n" for h in envelope.get("headers", [])).encode()
-    return fold_long_lines(headers + message)
+def sent_size(envelope: dict, message: Content) -> int:
+    """The size announced with SIZE= (RFC 1870 asks for an estimate): folding adds a little."""
+    return sum(len(h) + 2 for h in envelope.get("headers", [])) + len(message)
+
+
+def sent_blocks(envelope: dict, message: Content, size: int = BLOCK) -> Iterator[bytes]:
+    """The bytes a next hop receives: the scanner's headers, then the message, folded, in
+    blocks of about ``size`` that each end at the end of a line (the last may not).
+
+    A line longer than four blocks (no receiver of ours stores one; ``MaxLineLength``) is
+    cut at a multiple of the fold width and continued as ``fold_long_lines`` would."""
+    pending = "".join(h + "\r\n" for h in envelope.get("headers", [])).encode()
+    for data in blocks(message, size):
+        pending = pending + data if pending else data
+        if len(pending) < size:
+            continue
+        cut = pending.rfind(b"\n") + 1
+        if cut:
+            yield fold_long_lines(pending[:cut])
+            pending = pending[cut:]
+        elif len(pending) > 4 * size:
+            cut = len(pending) // SMTP_LINE * SMTP_LINE
+            yield fold_long_lines(pending[:cut]) + b"\r\n"
+            pending = b" " + pending[cut:]
+    if pending:
+        yield fold_long_lines(pending)
 
 
 def fold_long_lines(data: bytes) -> bytes:

@@ -1,7 +1,8 @@
 """Delivery status notifications (RFC 3464 multipart/report) for bounces, delays and relays.
 
 The original message is returned untouched: in full as message/rfc822 when the sender asked
-for RET=FULL, else its header only as text/rfc822-headers. The report is addressed to the
+for RET=FULL (and it is at most ``FULL_LIMIT`` bytes, as Postfix's bounce_size_limit keeps
+reports small), else its header only as text/rfc822-headers. The report is addressed to the
 original envelope sender and sent from the null sender, so it can never cause another report.
 """
 
@@ -41,6 +42,10 @@ def status_of(reply: str | None, action: str) -> str:
 
 def _date(epoch: float) -> str:
     return format_datetime(datetime.fromtimestamp(epoch, UTC))
+
+
+FULL_LIMIT = 10 << 20  # a larger original is returned as its header block only
+HEAD_LIMIT = 1 << 20  # what is read of it to find that block
 
 
 def _one_line(text: str) -> str:

@@ -22,16 +22,18 @@ from collections import defaultdict
 from pathlib import Path
 
 from mailgate.config import Config
+from mailgate.message.content import Content, MessageFile, blocks, head
 from mailgate.runtime import stats
 from mailgate.runtime.worker import RESCAN_INTERVAL, Worker
 from mailgate.send import dsn
 from mailgate.send.client import (
     Connections,
-    as_sent,
     describe,
     envelope_command,
     reply_text,
     send_body,
+    sent_blocks,
+    sent_size,
 )
 from mailgate.send.routing import RouteError, Router, Target
 from mailgate.spool import Entry, new_queue_id
@@ -82,8 +84,10 @@ class Sender(Worker):
             self.spool.release(entry, "incoming", envelope)
             self.log.warning("not_scanned", qid=entry.id, to="incoming")
             return
-        message = entry.read_message()
-        data = as_sent(envelope, message)
+        with MessageFile(entry.message_path) as source:
+            self._attempt(entry, envelope, source.content())
+
+    def _attempt(self, entry: Entry, envelope: dict, message: Content) -> None:
         envelope["attempts"] = envelope.get("attempts", 0) + 1
         groups: dict[tuple[Target, ...], list[dict]] = defaultdict(list)
         for rcpt in envmod.pending(envelope):
@@ -94,7 +98,7 @@ class Sender(Worker):
                 self._result(envelope, rcpt, f"{code} {exc}", None)
         hops = list(groups.items())
         for index, (targets, rcpts) in enumerate(hops):
-            self._deliver(envelope, data, targets, rcpts)
+            self._deliver(envelope, message, targets, rcpts)
             if index < len(hops) - 1 and any(r["status"] != envmod.PENDING for r in rcpts):
                 self.spool.write_envelope(entry, envelope)
         self._finish(entry, envelope, message)
@@ -123,7 +127,7 @@ class Sender(Worker):
         )
 
     def _deliver(
-        self, envelope: dict, data: bytes, targets: tuple[Target, ...], rcpts: list[dict]
+        self, envelope: dict, message: Content, targets: tuple[Target, ...], rcpts: list[dict]
     ) -> None:
         """One transaction with the first target that answers; results into ``rcpts``.
 
@@ -140,7 +144,7 @@ class Sender(Worker):
                     last_error = f"451 4.4.1 connection to {target} failed: {describe(exc)}"
                     break
                 try:
-                    results, dsn_ok = self._transaction(conn, envelope, data, rcpts)
+                    results, dsn_ok = self._transaction(conn, envelope, message, rcpts)
                 except (OSError, smtplib.SMTPException) as exc:
                     conn.close()
                     last_error = f"451 4.4.2 {target}: {describe(exc)}"
@@ -161,7 +165,7 @@ class Sender(Worker):
             self._result(envelope, rcpt, last_error, None)
 
     def _transaction(
-        self, conn: smtplib.SMTP, envelope: dict, data: bytes, rcpts: list[dict]
+        self, conn: smtplib.SMTP, envelope: dict, message: Content, rcpts: list[dict]
     ) -> tuple[list[tuple[dict, str]], bool]:
         """MAIL, RCPT per recipient, DATA: each recipient's reply, and whether DSN was on.
 
@@ -175,7 +179,7 @@ class Sender(Worker):
         dsn_ok = conn.has_extn("dsn")
         options = []
         if conn.has_extn("size"):
-            options.append(f"SIZE={len(data)}")
+            options.append(f"SIZE={sent_size(envelope, message)}")
         if envelope.get("body") == "8BITMIME" and conn.has_extn("8bitmime"):
             options.append("BODY=8BITMIME")
         if envelope.get("smtputf8") and conn.has_extn("smtputf8"):
@@ -216,7 +220,7 @@ class Sender(Worker):
                     results.append((rcpt, reply_text(code, text)))
         if data_reply is not None and data_reply[0] == 354:
             if accepted:
-                final = send_body(conn, data)
+                final = send_body(conn, sent_blocks(envelope, message))
                 return results + [(rcpt, reply_text(*final)) for rcpt in accepted], dsn_ok
             conn.send(".\r\n")  # DATA went ahead in the pipeline of a failed transaction
             conn.getreply()
@@ -227,7 +231,7 @@ class Sender(Worker):
 
     # ------------------------------------------------------------ after the attempt
 
-    def _finish(self, entry: Entry, envelope: dict, message: bytes) -> None:
+    def _finish(self, entry: Entry, envelope: dict, message: Content) -> None:
         now = time.time()
         pending = envmod.pending(envelope)
         age = now - envelope["received_at"]
@@ -307,16 +311,16 @@ class Sender(Worker):
             error=envelope.get("last_error"),
         )
 
-    def _archive_sent(self, envelope: dict, message: bytes) -> None:
+    def _archive_sent(self, envelope: dict, message: Content) -> None:
         try:
-            self.spool.archive("sent", as_sent(envelope, message), envelope, time.time())
+            self.spool.archive("sent", sent_blocks(envelope, message), envelope, time.time())
         except OSError as exc:
             self.log.error("archive_failed", qid=envelope["id"], error=repr(exc))
 
     def _report(
         self,
         envelope: dict,
-        message: bytes,
+        message: Content,
         rcpts: list[dict],
         action: str,
         retry_until: float | None = None,
@@ -332,8 +336,12 @@ class Sender(Worker):
             full = self.config.bounce_content == "full" or (
                 bool(client) and self.config.is_trusted(client)
             )
+            if len(message) <= dsn.FULL_LIMIT:
+                returned = message if isinstance(message, bytes) else b"".join(blocks(message))
+            else:  # as Postfix's bounce_size_limit: a large original goes back as headers
+                returned, full = head(message, dsn.HEAD_LIMIT), False
             report = dsn.build(
-                envelope, message, wanted, action, self.config.hostname, retry_until, full
+                envelope, returned, wanted, action, self.config.hostname, retry_until, full
             )
             queue_id = new_queue_id()
             report_env = envmod.new(

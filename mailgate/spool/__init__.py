@@ -49,6 +49,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 
+from mailgate.message.content import Content
 from mailgate.spool.files import (
     MessageWriter,
     dump,
@@ -200,7 +201,7 @@ class Spool(Stores):
 
     # ------------------------------------------------------------ split copies
 
-    def stage_copy(self, entry: Entry, message: bytes, envelope: dict) -> None:
+    def stage_copy(self, entry: Entry, message: Content, envelope: dict) -> None:
         """Write a copy of a claimed message, for other recipients, inside the claim."""
         folder = f"{entry.where}/{SPLIT}"
         with contextlib.suppress(FileExistsError):
@@ -247,7 +248,7 @@ class Spool(Stores):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(f"{entry.where}/{REASON}")
 
-    def replace_message(self, entry: Entry, message: bytes) -> None:
+    def replace_message(self, entry: Entry, message: Content) -> None:
         """Replace ``message.eml`` of a claimed entry (a cured message), durably."""
         new = f"{entry.where}/{MESSAGE}.new"
         with contextlib.suppress(FileNotFoundError):

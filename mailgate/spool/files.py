@@ -10,6 +10,7 @@ import shutil
 import stat
 from pathlib import Path
 
+from mailgate.message.content import Content, blocks
 from mailgate.spool.layout import ENVELOPE, MESSAGE
 
 
@@ -21,13 +22,14 @@ def fsync_dir(path: Path | str) -> None:
         os.close(fd)
 
 
-def write_file(path: Path | str, data: bytes, durable: bool = True) -> None:
+def write_file(path: Path | str, data: Content, durable: bool = True) -> None:
     """Create ``path`` (it must not exist), write ``data``, fsync it if durable; mode 0600."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        for block in blocks(data):
+            view = memoryview(block)
+            while view:
+                view = view[os.write(fd, view) :]
         if durable:
             os.fsync(fd)
     finally:
@@ -44,7 +46,7 @@ def dump(envelope: dict) -> bytes:
     return json.dumps(envelope, separators=(",", ":")).encode("utf-8") + b"\n"
 
 
-def write_entry(work: str, message: bytes, envelope: dict, durable: bool = True) -> None:
+def write_entry(work: str, message: Content, envelope: dict, durable: bool = True) -> None:
     """Create the message directory ``work`` (any earlier attempt there goes first) with its
     two files, fsync'd with the directory when ``durable``. A write that fails (a full disk)
     leaves nothing behind, so no half message ever waits in tmp/ for a sweep."""

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
+from mailgate.message.content import Content
 from mailgate.spool.files import fsync_dir, write_entry
 from mailgate.spool.ids import ID_RE, check_id
 from mailgate.spool.layout import (
@@ -57,6 +60,12 @@ class SpoolPaths:
     def paused_flag(self) -> Path:
         """Present while the receiver must not accept mail (``pause`` control file)."""
         return self.root / "run" / "paused"
+
+    def scratch_file(self) -> BinaryIO:
+        """An unnamed file in tmp/ for what a scan unpacks: gone when closed or when its
+        process dies, so no sweep ever sees it, and on the spool's file system, so a full disk
+        is a storage error like any other."""
+        return tempfile.TemporaryFile(dir=self.state_dir("tmp"))
 
     def cache_path(self, name: str) -> Path:
         if "/" in name or name.startswith("."):
@@ -120,7 +129,7 @@ class SpoolPaths:
 class Stores(SpoolPaths):
     """Copies kept beside the queue: the archive and the quarantine."""
 
-    def archive(self, kind: str, message: bytes, envelope: dict, when: float) -> None:
+    def archive(self, kind: str, message: Content, envelope: dict, when: float) -> None:
         """Keep a copy in ``archive/<kind>/<YYYY-MM-DD>/ID`` (not fsync'd: a copy, not mail)."""
         if kind not in ARCHIVES:
             raise ValueError(f"bad archive kind {kind!r}")
@@ -167,7 +176,7 @@ class Stores(SpoolPaths):
             raise ValueError(f"bad quarantine status {status!r}")
         return self.root / QUARANTINE / status
 
-    def quarantine(self, message: bytes, envelope: dict, status: str) -> Entry:
+    def quarantine(self, message: Content, envelope: dict, status: str) -> Entry:
         """Keep a durable copy in ``quarantine/<status>/ID``, its envelope stamped with
         ``quarantined_at``; a copy already there is kept.
 
