@@ -9,6 +9,7 @@ import sys
 
 from mailgate.cli.common import EXIT_CONFIG, EXIT_ENGINE, EXIT_OK, EXIT_USAGE, CommandError
 from mailgate.config import Config
+from mailgate.message.content import MessageFile
 from mailgate.scan import notify
 from mailgate.scan.av import archives, avdb, clamd
 from mailgate.scan.av.engine import Engine, EngineUnavailable
@@ -47,7 +48,9 @@ def run(args: argparse.Namespace, config: Config) -> int:
         inspector = Inspector(config, engine, types=True, spam=spam)
         for path in args.files:
             try:
-                inspection = inspector.inspect(path.read_bytes())
+                with MessageFile(path) as message:
+                    inspection = inspector.inspect(message)
+                    inspection.split.close()
             except EngineUnavailable as exc:
                 raise CommandError(f"{path}: {exc}", EXIT_ENGINE) from None
             result = {"file": str(path), **inspection.public()}

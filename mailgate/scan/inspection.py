@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 
 from mailgate.config import Config
+from mailgate.message.content import MessageFile
 from mailgate.scan import mime, policy
 from mailgate.scan.av import archives, attachments
 from mailgate.scan.av.engine import Engine, ObjectError
@@ -58,17 +59,30 @@ class Inspector:
 
     def inspect(
         self,
-        raw: bytes,
+        raw: bytes | MessageFile,
         last_try: bool = True,
         envelope: dict | None = None,
         engine_lost: str = "",
+        scratch=None,
     ) -> Inspection:
         """Raises EngineUnavailable; raises ObjectError unless ``last_try`` (then such
         objects are ``unscannable``). ``envelope`` (sender, recipients, client) informs the
         spam filter; an offline scan has none. With ``engine_lost`` (the reason) clamd is
-        not asked and every object it has not seen before is ``unscannable``."""
+        not asked and every object it has not seen before is ``unscannable``. A large
+        message is read from its file (``mime.split``), its long objects decoded into
+        ``scratch()`` files: the caller closes ``Inspection.split`` when done."""
         config = self.config
-        split = mime.split(raw, config.max_depth, config.max_parts)
+        split = mime.split(raw, config.max_depth, config.max_parts, scratch)
+        try:
+            return self._inspect(split, last_try, envelope, engine_lost)
+        except BaseException:
+            split.close()
+            raise
+
+    def _inspect(
+        self, split: mime.Split, last_try: bool, envelope: dict | None, engine_lost: str
+    ) -> Inspection:
+        config = self.config
         envelope = envelope or {"mail_from": "", "recipients": []}
         spam = None
         if self.spamtest is not None and envelope.get("kind", "message") == "message":
@@ -105,23 +119,25 @@ class Inspector:
         config, engine = self.config, self.engine
         found = [("corrupted", obj.defect)] if obj.defect else []
         cache = engine.ichecker if engine is not None else None
-        digest = hashlib.sha256(obj.data).digest() if cache is not None else b""
+        digest = b""
+        if cache is not None:
+            digest = obj.sha256 or hashlib.sha256(obj.data).digest()
         known = cache.get(digest, engine.db_version) if cache is not None else None
         if known is not None:
             found.append(known[:2])
             kind = known[2]
         else:
-            kind = attachments.true_type(obj.data) if self.types else ""
+            kind = attachments.true_type(obj.head(attachments.MAGIC_BYTES)) if self.types else ""
         if engine is not None and known is None:
             if engine_lost:
                 found.append(("unscannable", engine_lost))
-            elif len(obj.data) > config.max_object_size:
-                found.append(("unscannable", f"larger than MaxObjectSize ({len(obj.data)} bytes)"))
+            elif obj.size > config.max_object_size:
+                found.append(("unscannable", f"larger than MaxObjectSize ({obj.size} bytes)"))
             else:
                 try:
                     if time.monotonic() > deadline:
                         raise ObjectError("the message took longer than MessageTimeout")
-                    verdict = engine.scan(obj.data)
+                    verdict = engine.scan(obj.data if obj.file is None else obj.blocks())
                 except ObjectError as exc:
                     if not last_try:
                         raise
@@ -130,7 +146,7 @@ class Inspector:
                     found.append(verdict)
                     if cache is not None:
                         cache.put(digest, engine.db_version, *verdict, kind)
-        limit = archives.limit_broken(obj.data, archives.limits_of(config))
+        limit = archives.limit_broken(obj.reader(), archives.limits_of(config))
         if limit is not None:
             found.append(("unscannable", limit))
         ban = attachments.check(config, obj.name, kind)
@@ -161,3 +177,27 @@ def status_header(inspection: Inspection) -> str:
     status = inspection.decision.status
     names = sorted({o.detail for o in inspection.objects if o.status == status and o.detail})
     return f"{status} ({', '.join(names)})" if names and status != "clean" else status
+
+
+def virus_headers(inspection: Inspection, scanner: str, db_version: str) -> list[str]:
+    """The X-Mailgate-Virus-* headers of a verdict (``scanner``: program and engine)."""
+    headers = [f"X-Mailgate-Virus-Status: {status_header(inspection)}"]
+    cured = inspection.decision.cure
+    if cured:
+        headers.append(
+            "X-Mailgate-Virus-Removed: "
+            + "; ".join(f"{mime_name(o)} ({o.detail or o.status})" for o in cured)
+        )
+    headers.append(f"X-Mailgate-Virus-Scanner: {scanner}, database {db_version}")
+    return headers
+
+
+def spam_headers(spam: SpamVerdict) -> list[str]:
+    headers = [f"X-Spam-Status: {spam.header_status()}", f"X-Spam-Level: {spam.header_level()}"]
+    if spam.status in ("spam", "blacklisted"):
+        headers.append("X-Spam-Flag: YES")
+    return headers
+
+
+def mime_name(obj: ObjectVerdict) -> str:
+    return " ".join((obj.name or f"part {obj.path}").split()).replace(";", ",")

@@ -22,11 +22,16 @@ import email.header
 import io
 import quopri
 import re
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.generator import BytesGenerator
 from email.message import Message
+from typing import BinaryIO
 
-from mailgate.message.headers import POLICY, decode_words, header_block, header_end, line_ending
+from mailgate.message.content import BLOCK, IN_MEMORY, Content, MessageFile
+from mailgate.message.headers import POLICY, decode_words, header_block
+from mailgate.scan import decoding, skeleton
 
 _DECODE_DEFECTS = (
     email.errors.InvalidBase64PaddingDefect,
@@ -43,7 +48,11 @@ _STRUCTURE_DEFECTS = (
 
 @dataclass
 class MimeObject:
-    """One leaf of the MIME tree. ``path`` is its position, e.g. ``2.1`` (1-based)."""
+    """One leaf of the MIME tree. ``path`` is its position, e.g. ``2.1`` (1-based).
+
+    Its decoded content is ``data``, or, for a body cut out of a large message, ``file`` (a
+    scratch file of ``size`` bytes whose ``sha256`` was taken while decoding); ``size``,
+    ``head``, ``blocks`` and ``reader`` serve both alike."""
 
     path: str
     name: str
@@ -51,10 +60,39 @@ class MimeObject:
     data: bytes
     defect: str = ""
     part: Message | None = field(default=None, repr=False)
+    file: BinaryIO | None = field(default=None, repr=False)
+    file_size: int = 0
+    sha256: bytes = b""
 
     @property
     def label(self) -> str:
         return self.name or f"part {self.path} ({self.content_type})"
+
+    @property
+    def size(self) -> int:
+        return self.file_size if self.file is not None else len(self.data)
+
+    def head(self, limit: int) -> bytes:
+        if self.file is None:
+            return self.data[:limit]
+        self.file.seek(0)
+        return self.file.read(limit)
+
+    def blocks(self, size: int = BLOCK) -> Iterator[bytes]:
+        if self.file is None:
+            if self.data:
+                yield self.data
+            return
+        self.file.seek(0)
+        while block := self.file.read(size):
+            yield block
+
+    def reader(self) -> BinaryIO:
+        """A seekable binary file of the content (the same scratch file, rewound)."""
+        if self.file is None:
+            return io.BytesIO(self.data)
+        self.file.seek(0)
+        return self.file
 
 
 @dataclass
@@ -63,6 +101,13 @@ class Split:
     objects: list[MimeObject]
     limit: str = ""
     subject: str = ""
+    skeleton: skeleton.Skeleton | None = field(default=None, repr=False)
+
+    def close(self) -> None:
+        """Let go of the scratch files of cut-out objects."""
+        for obj in self.objects:
+            if obj.file is not None:
+                obj.file.close()
 
 
 def file_name(part: Message) -> str:
@@ -81,7 +126,11 @@ def _content_type(part: Message) -> str:
 
 
 def _decode(part: Message) -> tuple[bytes, str]:
-    """The decoded body of a leaf and, if decoding found problems, what they were."""
+    """The decoded body of a leaf and, if decoding found problems, what they were
+    (base64, quoted-printable and uuencode by ``decoding``, as a mail reader decodes)."""
+    cte = decoding.transfer_encoding(part)
+    if cte == "base64" or cte == "quoted-printable" or cte in decoding.UU:
+        return decoding.decode_bytes(decoding.raw_payload(part), cte)
     before = len(part.defects)
     try:
         data = part.get_payload(decode=True)
@@ -183,13 +232,59 @@ def parse(raw: bytes) -> Message:
     return email.message_from_bytes(raw, policy=POLICY)
 
 
-def split(raw: bytes, max_depth: int = 20, max_parts: int = 1000) -> Split:
+def split(
+    raw: bytes | MessageFile, max_depth: int = 20, max_parts: int = 1000, scratch=None
+) -> Split:
+    """The objects of a message. A ``MessageFile`` larger than ``IN_MEMORY`` is parsed from
+    its skeleton (``skeleton``), its long bodies decoded into ``scratch()`` files (by
+    default unnamed temporary files); the caller ``close``-s the result."""
+    if isinstance(raw, MessageFile):
+        if raw.size > IN_MEMORY:
+            return _split_large(raw, max_depth, max_parts, scratch or tempfile.TemporaryFile)
+        raw = raw.read()
+    return _split(raw, max_depth, max_parts)
+
+
+def _split_large(source: MessageFile, max_depth: int, max_parts: int, scratch) -> Split:
+    sk = skeleton.build(source, max_parts)
+    if sk.limit:
+        message = email.message_from_bytes(header_block(sk.data), policy=POLICY)
+        return Split(message, [], limit=sk.limit, subject=decode_words(message.get("Subject")))
+    result = _split(sk.data, max_depth, max_parts, sk, scratch)
+    if result.limit or _agrees(result, sk):
+        return result
+    result.close()  # the parser read the skeleton otherwise than the builder: no short cut
+    return _split(source.read(), max_depth, max_parts)
+
+
+def _agrees(result: Split, sk: skeleton.Skeleton) -> bool:
+    """Did the parser see the skeleton's structure: every cut in a body it decoded or in a
+    preamble or epilogue, and no boundary the builder did not know?"""
+    found: set[str] = set()
+    for obj in result.objects:
+        payload = obj.part.get_payload() if obj.part is not None else None
+        if isinstance(payload, str):
+            found.update(sk.pattern.findall(payload))
+    for part in result.message.walk():
+        for text in (part.preamble, part.epilogue):
+            if isinstance(text, str):
+                found.update(sk.pattern.findall(text))
+        if part.get_content_maintype() == "multipart":
+            boundary = part.get_boundary()
+            if boundary is not None and boundary not in sk.boundaries:
+                return False
+    return found == {str(i) for i in range(len(sk.cuts))}
+
+
+def _split(
+    raw: bytes, max_depth: int, max_parts: int, sk: skeleton.Skeleton | None = None, scratch=None
+) -> Split:
     if too_deep(raw):  # only the top-level header is read; the rest stays unscanned
         message = email.message_from_bytes(header_block(raw), policy=POLICY)
         depth = f"limit:depth (MIME nesting deeper than {max_depth})"
         return Split(message, [], limit=depth, subject=decode_words(message.get("Subject")))
     message = parse(raw)
-    result = Split(message, [], subject=decode_words(message.get("Subject")))
+    result = Split(message, [], subject=decode_words(message.get("Subject")), skeleton=sk)
     count = 0
 
     def walk(part: Message, path: str, depth: int) -> None:
@@ -220,6 +315,24 @@ def split(raw: bytes, max_depth: int = 20, max_parts: int = 1000) -> Split:
         )
 
     def leaf(part: Message, path: str, defect: str) -> None:
+        payload = part.get_payload()
+        if sk is not None and isinstance(payload, str) and sk.mark in payload:
+            cte = decoding.transfer_encoding(part)
+            decoded = decoding.decode(skeleton.encoded(sk, part), cte, scratch)
+            result.objects.append(
+                MimeObject(
+                    path=path,
+                    name=file_name(part),
+                    content_type=_content_type(part),
+                    data=b"",
+                    defect=defect or decoded.defect,
+                    part=part,
+                    file=decoded.file,
+                    file_size=decoded.size,
+                    sha256=decoded.sha256,
+                )
+            )
+            return
         data, decode_defect = _decode(part)
         result.objects.append(
             MimeObject(
@@ -243,7 +356,7 @@ class CureError(ValueError):
     """The message cannot be written out again (some part defeats the generator)."""
 
 
-def cure(split_message: Split, removed: dict[str, str]) -> bytes:
+def cure(split_message: Split, removed: dict[str, str]) -> Content:
     """The message with each leaf whose path is in ``removed`` replaced by its notice text.
 
     Raises ``CureError`` when the tree cannot be serialised again; the caller must then not
@@ -265,43 +378,6 @@ def cure(split_message: Split, removed: dict[str, str]) -> bytes:
         BytesGenerator(out, mangle_from_=False, policy=POLICY).flatten(split_message.message)
     except (UnicodeError, LookupError, ValueError, TypeError, AttributeError) as exc:
         raise CureError(f"cannot rewrite the message: {exc.__class__.__name__}") from exc
+    if split_message.skeleton is not None:
+        return skeleton.splice(split_message.skeleton, out.getvalue())
     return out.getvalue()
-
-
-UNTRUSTED = (b"x-spam-", b"x-mailgate-")
-
-
-def edit_headers(
-    raw: bytes, subject_prefix: str = "", untrusted: tuple[bytes, ...] = UNTRUSTED
-) -> bytes:
-    """The message with its top-level header block edited in place, the body untouched
-    (byte for byte: everything from ``header_end`` on is copied as it is).
-
-    Headers from outside that look like ours (``X-Spam-*``, ``X-Mailgate-*``) are renamed to
-    ``X-Untrusted-*`` so that nobody, not even a filter further on, mistakes them for this
-    gateway's verdict; ``subject_prefix`` (e.g. ``[SPAM]``) is put in front of the Subject
-    (once), or a Subject is added.
-    """
-    end = header_end(raw)
-    sep = line_ending(raw)
-    head, body = raw[:end], raw[end:]
-    lines = head.split(sep)  # ends with b"" when the last field has its line ending
-    prefix = subject_prefix.encode("utf-8")
-    seen_subject = False
-    for i, line in enumerate(lines):
-        low = line.lower()
-        if untrusted and low.startswith(untrusted) and b":" in line:
-            lines[i] = b"X-Untrusted-" + line.split(b"-", 1)[1]
-        elif prefix and low.startswith(b"subject:") and not seen_subject:
-            seen_subject = True
-            value = line[8:].lstrip(b" \t")
-            if not value.startswith(prefix):
-                lines[i] = b"Subject: " + prefix + (b" " + value if value else b"")
-    if prefix and not seen_subject:
-        lines.insert(len(lines) - 1 if lines[-1] == b"" else len(lines), b"Subject: " + prefix)
-    return sep.join(lines) + body
-
-
-def has_untrusted_headers(raw: bytes, untrusted: tuple[bytes, ...] = UNTRUSTED) -> bool:
-    head = header_block(raw).lower()
-    return any(b"\n" + name in head for name in untrusted) or head.startswith(untrusted)

@@ -25,14 +25,22 @@ from pathlib import Path
 
 from mailgate import __version__
 from mailgate.config import Config
+from mailgate.message.content import Content, MessageFile
 from mailgate.runtime import stats
 from mailgate.runtime.worker import RESCAN_INTERVAL, Worker
-from mailgate.scan import mime, notify, policy
+from mailgate.scan import edits, mime, notify, policy
 from mailgate.scan.av import avdb
 from mailgate.scan.av.engine import EngineUnavailable, ObjectError
 from mailgate.scan.av.ichecker import IChecker
-from mailgate.scan.inspection import Inspection, Inspector, engine_for, status_header
-from mailgate.scan.policy import Decision, ObjectVerdict
+from mailgate.scan.inspection import (
+    Inspection,
+    Inspector,
+    engine_for,
+    spam_headers,
+    status_header,
+    virus_headers,
+)
+from mailgate.scan.policy import Decision
 from mailgate.scan.spam.spamtest import Spamtest, SpamVerdict
 from mailgate.spool import Entry, derived_id, id_time
 from mailgate.spool import envelope as envmod
@@ -124,12 +132,21 @@ class Scanner(Worker):
                 "scanned", qid=entry.id, status="not-scanned", action="deliver", to="ready"
             )
             return
-        raw = entry.read_message()
+        with MessageFile(entry.message_path) as source:
+            self._scan(entry, envelope, source, headers)
+
+    def _scan(self, entry: Entry, envelope: dict, source: MessageFile, headers: list[str]) -> None:
+        """A large message is never read whole: it is parsed from the file (``mime.split``),
+        its objects are decoded into unnamed files in tmp/, and what goes on is spliced
+        from ranges of the file (``Spliced``)."""
+        raw = source.content()
         failures = envelope.get("scan_failures", 0)
         started = time.monotonic()
+        scratch = self.spool.scratch_file
+        message = raw if isinstance(raw, bytes) else source
         try:
             inspection = self.inspector.inspect(
-                raw, last_try=failures + 1 >= self.config.scan_attempts, envelope=envelope
+                message, failures + 1 >= self.config.scan_attempts, envelope, scratch=scratch
             )
         except EngineUnavailable as exc:
             self.engine_down = True
@@ -139,7 +156,7 @@ class Scanner(Worker):
                 self.log.error("engine_unavailable", qid=entry.id, error=str(exc), to="incoming")
                 return
             inspection = self.inspector.inspect(
-                raw, True, envelope, engine_lost=f"engine:unavailable ({exc})"
+                message, True, envelope, f"engine:unavailable ({exc})", scratch
             )
         except ObjectError as exc:
             envelope["scan_failures"] = failures + 1
@@ -156,7 +173,10 @@ class Scanner(Worker):
             )
             return
         self.metrics.scan_seconds.observe(time.monotonic() - started)
-        self._carry_out(entry, envelope, raw, inspection, headers)
+        try:
+            self._carry_out(entry, envelope, raw, inspection, headers)
+        finally:
+            inspection.split.close()
 
     def _account(
         self, envelope: dict, status: str, found: list[str], spam, actions: list[str]
@@ -186,16 +206,16 @@ class Scanner(Worker):
             actions=list(dict.fromkeys(actions)),
         )
 
-    def _quarantine(self, raw: bytes, envelope: dict, status: str) -> None:
+    def _quarantine(self, raw: Content, envelope: dict, status: str) -> None:
         self.spool.quarantine(raw, envelope, status)
         self.counters["quarantined"] += 1
         self.metrics.quarantined.labels(status).inc()
 
     def _carry_out(
-        self, entry: Entry, envelope: dict, raw: bytes, inspection: Inspection, headers: list[str]
+        self, entry: Entry, envelope: dict, raw: Content, inspection: Inspection, headers: list[str]
     ) -> None:
         decision = inspection.decision
-        cured = b""
+        cured: Content = b""
         if decision.deliver and decision.cure:
             try:
                 cured = self._cured(envelope, inspection)
@@ -230,9 +250,9 @@ class Scanner(Worker):
         if decision.cure:
             message, changed = cured, True
             self.counters["cured"] += 1
-        untrusted = mime.UNTRUSTED if self.config.spam_enabled else (b"x-mailgate-",)
-        if mime.has_untrusted_headers(message, untrusted):
-            message, changed = mime.edit_headers(message, untrusted=untrusted), True
+        untrusted = edits.UNTRUSTED if self.config.spam_enabled else (b"x-mailgate-",)
+        if edits.has_untrusted_headers(message, untrusted):
+            message, changed = edits.edit_headers(message, untrusted=untrusted), True
         if self.engine is not None and self.config.av_headers:
             headers += self._headers(inspection)
         spam = inspection.spam
@@ -263,7 +283,7 @@ class Scanner(Worker):
             self.log.info("scanned", **log_fields, spam_action="block", to="nowhere")
             return
         if first.mark:
-            message, changed = mime.edit_headers(message, self._prefix(spam), untrusted), True
+            message, changed = edits.edit_headers(message, self._prefix(spam), untrusted), True
         if changed:
             self.spool.replace_message(entry, message)
         self._account(envelope, decision.status, found, spam, actions)
@@ -275,7 +295,7 @@ class Scanner(Worker):
             log_fields["spam_action"] = ",".join(first.actions)
         self.log.info("scanned", **log_fields, to="ready")
 
-    def _cured(self, envelope: dict, inspection: Inspection) -> bytes:
+    def _cured(self, envelope: dict, inspection: Inspection) -> Content:
         decision = inspection.decision
         values = notify.variables(
             self.config, envelope, inspection.split.subject, decision, decision.cure
@@ -303,7 +323,7 @@ class Scanner(Worker):
         self,
         entry: Entry,
         envelope: dict,
-        message: bytes,
+        message: Content,
         headers: list[str],
         outcome,
         spam,
@@ -312,7 +332,7 @@ class Scanner(Worker):
         """Stage a copy for the recipients of another group, with that group's treatment;
         ``_to_ready`` hands it on once the original's envelope records the split."""
         if outcome.mark:
-            message = mime.edit_headers(message, self._prefix(spam), ())
+            message = edits.edit_headers(message, self._prefix(spam), ())
         copy = {
             **envelope,
             "id": queue_id,
@@ -356,18 +376,9 @@ class Scanner(Worker):
     def _headers(self, inspection: Inspection) -> list[str]:
         if not self.engine_name:
             self.engine_name = self.engine.engine_version()
-        headers = [f"X-Mailgate-Virus-Status: {status_header(inspection)}"]
-        cured = inspection.decision.cure
-        if cured:
-            headers.append(
-                "X-Mailgate-Virus-Removed: "
-                + "; ".join(f"{mime_name(o)} ({o.detail or o.status})" for o in cured)
-            )
-        headers.append(
-            f"X-Mailgate-Virus-Scanner: mailgate {__version__}, {self.engine_name}, "
-            f"database {self.engine.db_version}"
+        return virus_headers(
+            inspection, f"mailgate {__version__}, {self.engine_name}", self.engine.db_version
         )
-        return headers
 
     def _notify(self, envelope: dict, inspection: Inspection) -> None:
         config, decision = self.config, inspection.decision
@@ -399,17 +410,6 @@ class Scanner(Worker):
                 self.log.info(
                     "notice_queued", qid=envelope["id"], notice=qid, kind=kind, to=",".join(to)
                 )
-
-
-def spam_headers(spam: SpamVerdict) -> list[str]:
-    headers = [f"X-Spam-Status: {spam.header_status()}", f"X-Spam-Level: {spam.header_level()}"]
-    if spam.status in ("spam", "blacklisted"):
-        headers.append("X-Spam-Flag: YES")
-    return headers
-
-
-def mime_name(obj: ObjectVerdict) -> str:
-    return " ".join((obj.name or f"part {obj.path}").split()).replace(";", ",")
 
 
 def run(config: Config, snapshot: Path | None = None) -> int:

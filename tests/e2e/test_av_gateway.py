@@ -450,3 +450,33 @@ def test_malware_hidden_past_the_limits_is_never_delivered_as_clean(make_gateway
         assert any(d.startswith(reason) for d in details), (name, details)
     wait_for(lambda: not gw.queue(), 60, "an empty queue")
     assert not {"<hidden@test>", "<recursive@test>"} & set(sink.ids())
+
+
+def test_a_large_message_is_cured_from_its_file_and_the_rest_arrives_untouched(make_gateway, sink):
+    """A 6 MB message (past the in-memory size) through the whole gateway: the infected
+    attachment is replaced, the 3 MB PDF and the 1.5 MB text with dot-led and over-long
+    lines arrive as they were, and quarantine keeps the original."""
+    gw = make_gateway(ADMIN).start()
+    rng = random.Random(11)
+    pdf = b"%PDF-1.4\n" + rng.randbytes(3 << 20)
+    lines = [b".leading dot", b"..two dots", b"x" * 1500, b"plain words here", b"."]
+    text = b"\r\n".join(rng.choice(lines) for _ in range(60_000)) + b"\r\n"
+    raw = multipart(
+        [
+            part(text, "text/plain", encoding="8bit"),
+            part(EICAR, filename="eicar.com"),
+            part(pdf, "application/pdf", "report.pdf"),
+        ],
+        msgid="large@test",
+    )
+    qid = gw.send(raw)
+    delivered = arrived(sink, "large@test", timeout=120)
+    parts = delivered.message.get_payload()
+    assert parts[2].get_payload(decode=True) == pdf
+    unfolded = parts[0].get_payload(decode=True).replace(b"\r\n ", b"")
+    assert unfolded == text  # lines over 998 octets come folded, as Postfix folds them
+    assert EICAR not in delivered.content
+    assert "eicar.com" in parts[1].get_payload(decode=True).decode()
+    assert delivered.message["X-Mailgate-Virus-Status"] == "infected (Mailgate.Test.EICAR)"
+    kept = gw.spool / "quarantine" / "infected" / qid / "message.eml"
+    assert kept.read_bytes().endswith(raw)

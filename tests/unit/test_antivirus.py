@@ -430,3 +430,47 @@ def test_check_config_warns_about_an_external_clamd_that_would_stop_silently(tmp
     assert "MaxRecursion" not in low.stderr
     clamd_conf.write_text("AlertExceedsMax yes\nMaxFileSize 100M\nMaxRecursion 20\n")
     assert "warning" not in mailgate("check-config", "-c", str(conf)).stderr
+
+
+def test_a_large_message_is_scanned_from_its_file(scan):
+    """Past IN_MEMORY a message is parsed from its skeleton: EICAR in a zip at the end of a
+    3 MB attachment, and EICAR after 2 MB of text, are found all the same."""
+    rng = random.Random(7)
+    padding = rng.randbytes(3 << 20)
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("padding.bin", padding)
+        z.writestr("eicar.com", EICAR)
+    text = b"nothing to see here\r\n" * 100_000
+    code, verdicts, _ = scan(
+        {
+            "zip.eml": multipart([TEXT, part(archive.getvalue(), filename="big.zip")]),
+            "text.eml": multipart([part(text + EICAR, "text/plain", encoding="7bit")]),
+            "clean.eml": multipart([TEXT, part(padding, filename="big.bin")]),
+        }
+    )
+    assert code == 0, verdicts
+    assert [o["name"] for o in bad(verdicts["zip.eml"])] == ["big.zip"]
+    assert bad(verdicts["zip.eml"])[0]["status"] == "infected"
+    assert bad(verdicts["text.eml"])[0]["status"] == "infected"
+    assert verdicts["clean.eml"]["status"] == "clean"
+
+
+def test_transfer_encodings_are_undone_as_a_mail_reader_undoes_them(scan):
+    """A body a reader decodes is decoded for the scan too: an encoding name in capitals
+    with blanks around it, and base64 that goes on after a stray padding."""
+    encoded = base64.encodebytes(EICAR).replace(b"\n", b"\r\n")
+    blank = (
+        b"Content-Type: application/octet-stream\r\n"
+        b"Content-Transfer-Encoding:  BASE64 \r\n\r\n" + encoded
+    )
+    padded = (
+        b"Content-Type: application/octet-stream\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\nQQ==\r\n" + encoded
+    )
+    code, verdicts, _ = scan(
+        {"blank.eml": multipart([TEXT, blank]), "padded.eml": multipart([TEXT, padded])}
+    )
+    assert code == 0
+    for name in ("blank.eml", "padded.eml"):
+        assert "Mailgate.Test.EICAR" in bad(verdicts[name])[0]["detail"], name

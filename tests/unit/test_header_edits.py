@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailgate.message.headers import header_end, line_ending
-from mailgate.scan import mime
+from mailgate.scan import edits
 
 field = st.sampled_from(
     [
@@ -44,7 +44,7 @@ def test_the_body_is_never_altered(message, prefix):
     raw, _generated_with = message
     sep = line_ending(raw)
     end = header_end(raw)
-    edited = mime.edit_headers(raw, prefix)
+    edited = edits.edit_headers(raw, prefix)
     assert edited.endswith(raw[end:])  # the body, byte for byte
     head = edited[: len(edited) - (len(raw) - end)]
     for line in head.split(sep):
@@ -56,10 +56,10 @@ def test_the_body_is_never_altered(message, prefix):
 
 def test_a_message_without_a_blank_line_keeps_its_body():
     raw = b"Subject: hi\r\nFrom: a@example.org\r\nnot a field\r\nX-Spam-Score: 99\r\nSubject: x\r\n"
-    edited = mime.edit_headers(raw, "[SPAM]")
+    edited = edits.edit_headers(raw, "[SPAM]")
     assert edited == (
         b"Subject: [SPAM] hi\r\nFrom: a@example.org\r\nnot a field\r\nX-Spam-Score: 99\r\n"
         b"Subject: x\r\n"
     )
-    assert mime.edit_headers(b"just text\r\n", "[SPAM]") == b"Subject: [SPAM]\r\njust text\r\n"
-    assert not mime.has_untrusted_headers(b"From: a@b.c\r\nbody\r\nX-Spam-Flag: YES\r\n")
+    assert edits.edit_headers(b"just text\r\n", "[SPAM]") == b"Subject: [SPAM]\r\njust text\r\n"
+    assert not edits.has_untrusted_headers(b"From: a@b.c\r\nbody\r\nX-Spam-Flag: YES\r\n")

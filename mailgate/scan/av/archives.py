@@ -26,9 +26,11 @@ import bz2
 import io
 import lzma
 import tarfile
+import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from mailgate.config import Config
 
@@ -37,6 +39,7 @@ NESTED_KEEP = 32 << 20  # larger members are not unpacked to look inside (clamd 
 RATIO = 1000
 RATIO_FLOOR = 1 << 20
 SNIFF = 512
+SPOOLED = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -84,18 +87,24 @@ class _Budget:
             raise LimitBroken(f"limit:ratio (a member unpacks {size // max(1, packed)}:1)")
 
 
-def limit_broken(data: bytes, limits: Limits) -> str | None:
-    """The reason ``data`` cannot be scanned to the end, or None."""
+def limit_broken(data: bytes | BinaryIO, limits: Limits) -> str | None:
+    """The reason ``data`` (bytes, or a seekable binary file) cannot be scanned to the end,
+    or None."""
     try:
-        _walk(data, 0, _Budget(limits))
+        _walk(io.BytesIO(data) if isinstance(data, bytes | bytearray) else data, 0, _Budget(limits))
     except LimitBroken as exc:
         return str(exc)
     return None
 
 
-def kind_of(data: bytes) -> str | None:
-    """Which archive ``data`` is, judged by its content; None for anything else."""
-    head = data[:SNIFF]
+def _size(f: BinaryIO) -> int:
+    return f.seek(0, io.SEEK_END)
+
+
+def kind_of(f: BinaryIO) -> str | None:
+    """Which archive the file ``f`` is, judged by its content; None for anything else."""
+    f.seek(0)
+    head = f.read(SNIFF)
     if head.startswith(b"\x1f\x8b"):
         return "gzip"
     if head.startswith(b"BZh") and head[3:4].isdigit():
@@ -104,29 +113,32 @@ def kind_of(data: bytes) -> str | None:
         return "xz"
     if len(head) >= 262 and head[257:262] == b"ustar":
         return "tar"
-    if b"PK\x05\x06" in data[-(65536 + 22) :] and zipfile.is_zipfile(io.BytesIO(data)):
+    size = _size(f)
+    f.seek(max(0, size - (65536 + 22)))
+    if b"PK\x05\x06" in f.read() and zipfile.is_zipfile(f):
         return "zip"
     return None
 
 
-def _walk(data: bytes, depth: int, budget: _Budget) -> None:
-    kind = kind_of(data)
+def _walk(f: BinaryIO, depth: int, budget: _Budget) -> None:
+    kind = kind_of(f)
     if kind is None:
         return
     if budget.limits.max_recursion and depth >= budget.limits.max_recursion:
         raise LimitBroken(f"limit:max-recursion (archives nested over {depth} deep)")
+    f.seek(0)
     if kind == "zip":
-        _zip(data, depth, budget)
+        _zip(f, depth, budget)
     elif kind == "tar":
-        _tar(data, depth, budget)
+        _tar(f, depth, budget)
     else:
-        inner = _inflate(kind, data, budget)
-        _walk(inner, depth + 1, budget)
+        with _inflate(kind, f, budget) as inner:
+            _walk(inner, depth + 1, budget)
 
 
-def _zip(data: bytes, depth: int, budget: _Budget) -> None:
+def _zip(f: BinaryIO, depth: int, budget: _Budget) -> None:
     try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
+        archive = zipfile.ZipFile(f)
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError):
         return  # clamd judges what Python cannot read
     with archive:
@@ -137,9 +149,9 @@ def _zip(data: bytes, depth: int, budget: _Budget) -> None:
             _nested(lambda m=m: archive.open(m), m.file_size, depth, budget)
 
 
-def _tar(data: bytes, depth: int, budget: _Budget) -> None:
+def _tar(f: BinaryIO, depth: int, budget: _Budget) -> None:
     try:
-        archive = tarfile.open(fileobj=io.BytesIO(data), mode="r:")  # noqa: SIM115
+        archive = tarfile.open(fileobj=f, mode="r:")  # noqa: SIM115
     except (tarfile.TarError, ValueError, OSError, EOFError):
         return
     with archive:
@@ -153,24 +165,34 @@ def _tar(data: bytes, depth: int, budget: _Budget) -> None:
             _nested(lambda m=m: archive.extractfile(m), m.size, depth, budget)
 
 
+def _scratch() -> BinaryIO:
+    """Room for an unpacked member: memory while small, an unnamed temporary file after."""
+    return tempfile.SpooledTemporaryFile(max_size=SPOOLED)
+
+
 def _nested(opener, size: int, depth: int, budget: _Budget) -> None:
     """Look inside a member when its first bytes say it is an archive itself."""
     if size > NESTED_KEEP:
         return
-    try:
-        with opener() as member:
-            head = member.read(SNIFF)
-            if kind_of(head) is None and not head.startswith(b"PK"):
-                return
-            rest = member.read(size + 1 - len(head))  # the budget has allowed ``size``
-    except (zipfile.BadZipFile, tarfile.TarError, ValueError, OSError, EOFError, zlib.error):
-        return
-    except (NotImplementedError, RuntimeError):  # encrypted, or an unknown method: for clamd
-        return
-    _walk(head + rest, depth + 1, budget)
+    with _scratch() as copy:
+        try:
+            with opener() as member:
+                head = member.read(SNIFF)
+                if kind_of(io.BytesIO(head)) is None and not head.startswith(b"PK"):
+                    return
+                copy.write(head)
+                left = size + 1 - len(head)  # the budget has allowed ``size``
+                while left > 0 and (block := member.read(min(CHUNK, left))):
+                    copy.write(block)
+                    left -= len(block)
+        except (zipfile.BadZipFile, tarfile.TarError, ValueError, OSError, EOFError, zlib.error):
+            return
+        except (NotImplementedError, RuntimeError):  # encrypted, or an unknown method: clamd's
+            return
+        _walk(copy, depth + 1, budget)
 
 
-def _inflate(kind: str, data: bytes, budget: _Budget) -> bytes:
+def _inflate(kind: str, f: BinaryIO, budget: _Budget) -> BinaryIO:
     """The content of a gzip, bzip2 or xz stream, inflated no further than the limits (what
     is kept for a look inside stops at NESTED_KEEP; the rest is only counted)."""
     if kind == "gzip":
@@ -181,24 +203,33 @@ def _inflate(kind: str, data: bytes, budget: _Budget) -> bytes:
         inflater = lzma.LZMADecompressor()
     limits = budget.limits
     cap = min(x for x in (limits.max_file_size, limits.max_scan_size - budget.unpacked) if x)
-    kept, produced, pos = [], 0, 0
+    kept, produced, packed = _scratch(), 0, 0
     try:
         while produced <= cap and not inflater.eof:
             if kind == "gzip":
                 feed = inflater.unconsumed_tail
                 if not feed:
-                    feed, pos = data[pos : pos + CHUNK], pos + CHUNK
+                    feed = f.read(CHUNK)
+                    packed += len(feed)
             elif inflater.needs_input:
-                feed, pos = data[pos : pos + CHUNK], pos + CHUNK
+                feed = f.read(CHUNK)
+                packed += len(feed)
             else:
                 feed = b""
             if not feed and (kind == "gzip" or inflater.needs_input):
                 break  # the stream ends before its end marker
             piece = inflater.decompress(feed, min(CHUNK * 16, cap + 1 - produced))
             if produced < NESTED_KEEP:
-                kept.append(piece)
+                kept.write(piece)
             produced += len(piece)
     except (zlib.error, OSError, EOFError, lzma.LZMAError, ValueError):
         pass  # a damaged stream: clamd reports it (Heuristics.Broken...) or scans what it can
-    budget.member(produced, len(data))
-    return b"".join(kept) if produced <= NESTED_KEEP else b""
+    try:
+        budget.member(produced, max(packed, _size(f)))
+    except LimitBroken:
+        kept.close()
+        raise
+    if produced > NESTED_KEEP:
+        kept.truncate(0)
+    kept.seek(0)
+    return kept

@@ -19,6 +19,7 @@ import re
 import socket
 import struct
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import pyclamd
@@ -125,7 +126,7 @@ class Engine:
             self._version_checked = now
         return self.db_version
 
-    def _instream(self, data: bytes) -> tuple[str, str] | None:
+    def _instream(self, data: bytes | Iterable[bytes]) -> tuple[str, str] | None:
         """clamd's answer to INSTREAM: None (clean) or (FOUND|ERROR, text)."""
         try:
             reply = instream(self.socket_path, data, self.object_timeout)
@@ -145,8 +146,8 @@ class Engine:
             raise ObjectError(f"clamd's answer was not understood ({reply!r:.200})")
         return status, text
 
-    def scan(self, data: bytes) -> tuple[str, str]:
-        """(status, detail) of one object, from clamd."""
+    def scan(self, data: bytes | Iterable[bytes]) -> tuple[str, str]:
+        """(status, detail) of one object (its bytes, or its blocks read once), from clamd."""
         started = time.monotonic()
         answer = self._instream(data)
         self.scan_seconds += time.monotonic() - started
@@ -164,9 +165,9 @@ class Engine:
         return (classify(name), name)
 
 
-def instream(socket_path: str, data: bytes, timeout: float) -> str:
-    """Send ``data`` to clamd with INSTREAM (``man clamd``) and return its reply, without the
-    closing NUL.
+def instream(socket_path: str, data: bytes | Iterable[bytes], timeout: float) -> str:
+    """Send ``data`` (bytes, or blocks of them as they are read) to clamd with INSTREAM
+    (``man clamd``) and return its reply, without the closing NUL.
 
     This one command is spoken here rather than through pyclamd: its ``scan_stream`` returns
     the same None for "stream: OK" and for a connection closed with no reply at all, and a
@@ -179,11 +180,12 @@ def instream(socket_path: str, data: bytes, timeout: float) -> str:
         sock.connect(socket_path)
         try:
             sock.sendall(b"zINSTREAM\0")
-            view = memoryview(data)
-            for start in range(0, len(view), CHUNK):
-                chunk = view[start : start + CHUNK]
-                sock.sendall(struct.pack("!L", len(chunk)))
-                sock.sendall(chunk)
+            for block in [data] if isinstance(data, bytes | bytearray) else data:
+                view = memoryview(block)
+                for start in range(0, len(view), CHUNK):
+                    chunk = view[start : start + CHUNK]
+                    sock.sendall(struct.pack("!L", len(chunk)))
+                    sock.sendall(chunk)
             sock.sendall(b"\0\0\0\0")
         except (BrokenPipeError, ConnectionResetError):
             pass

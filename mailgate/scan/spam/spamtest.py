@@ -103,7 +103,7 @@ def _facts(split: Split, envelope: dict, config: Config) -> Facts:
             continue
         part = obj.part
         charset = (part.get_content_charset() if part is not None else None) or "latin-1"
-        data = obj.data[: bayes.TEXT_LIMIT]
+        data = obj.head(bayes.TEXT_LIMIT)
         try:
             text = data.decode(charset, "replace")
         except LookupError:
