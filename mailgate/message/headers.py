@@ -14,6 +14,11 @@ from email import policy as email_policy
 
 POLICY = email_policy.compat32.clone(linesep="\r\n")
 
+# For the fields mailgate writes itself: the header API of this policy refuses (ValueError) a
+# value holding CR or LF, folds values longer than a line may be (RFC 5322 2.1.1: 998) and
+# encodes non-ASCII ones (RFC 2047); a long reply in a DSN stays readable text.
+FIELD_POLICY = email_policy.SMTP.clone(max_line_length=998)
+
 
 # A field name (printable ASCII but the colon) and its colon, obsolete space before it allowed
 _FIELD = re.compile(rb"[\x21-\x39\x3b-\x7e]+[ \t]*:")
@@ -21,6 +26,12 @@ _FIELD = re.compile(rb"[\x21-\x39\x3b-\x7e]+[ \t]*:")
 
 _BARE_NEWLINE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 CONTROLS = re.compile(r"[\x00-\x1f\x7f]")  # C0 and DEL: never in a command or a header value
+
+
+def header_field(name: str, value: str) -> bytes:
+    """One header field, built by the email package's header API under ``FIELD_POLICY``:
+    a value that would end the field and start another is refused, never written."""
+    return FIELD_POLICY.fold_binary(*FIELD_POLICY.header_store_parse(name, value))
 
 
 def normalise_newlines(data: bytes) -> bytes:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from mailgate.config import Config
 from mailgate.message.content import MessageFile
+from mailgate.message.headers import CONTROLS, header_field
 from mailgate.scan import mime, policy
 from mailgate.scan.av import archives, attachments
 from mailgate.scan.av.engine import Engine, ObjectError
@@ -183,11 +184,10 @@ def virus_headers(inspection: Inspection, scanner: str, db_version: str) -> list
     """The X-Mailgate-Virus-* headers of a verdict (``scanner``: program and engine)."""
     headers = [f"X-Mailgate-Virus-Status: {status_header(inspection)}"]
     cured = inspection.decision.cure
-    if cured:
-        headers.append(
-            "X-Mailgate-Virus-Removed: "
-            + "; ".join(f"{mime_name(o)} ({o.detail or o.status})" for o in cured)
-        )
+    if cured:  # file names come from the sender: through the header API
+        removed = "; ".join(f"{mime_name(o)} ({o.detail or o.status})" for o in cured)
+        field = header_field("X-Mailgate-Virus-Removed", removed)
+        headers.append(field.decode("ascii").removesuffix("\r\n"))
     headers.append(f"X-Mailgate-Virus-Scanner: {scanner}, database {db_version}")
     return headers
 
@@ -200,4 +200,7 @@ def spam_headers(spam: SpamVerdict) -> list[str]:
 
 
 def mime_name(obj: ObjectVerdict) -> str:
-    return " ".join((obj.name or f"part {obj.path}").split()).replace(";", ",")
+    """An object's name for a header: controls and runs of blanks made one space, ``;``
+    (the list separator there) a comma."""
+    name = CONTROLS.sub(" ", obj.name or f"part {obj.path}")
+    return " ".join(name.split()).replace(";", ",")

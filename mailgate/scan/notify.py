@@ -15,15 +15,14 @@ about itself, so notices cannot loop.
 from __future__ import annotations
 
 import email.utils
-import quopri
 import re
 import string
 import time
-from email.header import Header
+from email.message import EmailMessage
 from pathlib import Path
 
 from mailgate.config import Config
-from mailgate.message.headers import CONTROLS
+from mailgate.message.headers import CONTROLS, FIELD_POLICY
 from mailgate.spool import Spool, new_queue_id
 from mailgate.spool import envelope as envmod
 
@@ -156,26 +155,27 @@ def compose(
     qid: str,
     content_type: str = "text/plain",
 ) -> bytes:
+    """A notice as CRLF bytes, built with the email package's message API under
+    ``FIELD_POLICY``: every value is set through the header API, so none can add a field."""
     subject = headers.pop("Subject", "mailgate notice")
-    lines = [
-        f"From: mailgate <{config.sender_address}>",
-        "To: " + ", ".join(to),
-        "Subject: " + Header(subject, "utf-8" if not subject.isascii() else "us-ascii").encode(),
-        "Date: " + email.utils.formatdate(localtime=True),
-        f"Message-ID: <{qid}@{config.hostname}>",
-        "Auto-Submitted: auto-generated",
-        "MIME-Version: 1.0",
-        f'Content-Type: {content_type}; charset="utf-8"',
-    ]
-    lines += [f"{k}: {one_line(v)}" for k, v in headers.items() if k.lower() not in ("from", "to")]
-    data = body.encode("utf-8")
-    if data.isascii():
-        lines.append("Content-Transfer-Encoding: 7bit")
-    else:
-        lines.append("Content-Transfer-Encoding: quoted-printable")
-        data = quopri.encodestring(data)
-    text = "\r\n".join(lines) + "\r\n\r\n"
-    return text.encode("utf-8") + data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    message = EmailMessage(policy=FIELD_POLICY)
+    message["From"] = f"mailgate <{config.sender_address}>"
+    message["To"] = ", ".join(to)
+    message["Subject"] = one_line(subject)
+    message["Date"] = email.utils.formatdate(localtime=True)
+    message["Message-ID"] = f"<{qid}@{config.hostname}>"
+    message["Auto-Submitted"] = "auto-generated"
+    for name, value in headers.items():
+        if name.lower() not in ("from", "to"):
+            message[name] = one_line(value)
+    text = body.replace("\r\n", "\n")
+    message.set_content(
+        text,
+        subtype=content_type.partition("/")[2] or "plain",
+        charset="utf-8",
+        cte="7bit" if text.isascii() else "quoted-printable",
+    )
+    return message.as_bytes()
 
 
 def queue(

@@ -13,7 +13,7 @@ import time
 from datetime import UTC, datetime
 from email.utils import format_datetime, formatdate, make_msgid
 
-from mailgate.message.headers import header_block
+from mailgate.message.headers import CONTROLS, header_block, header_field
 from mailgate.message.xtext import xtext_decode
 
 ACTIONS = {
@@ -48,8 +48,15 @@ FULL_LIMIT = 10 << 20  # a larger original is returned as its header block only
 HEAD_LIMIT = 1 << 20  # what is read of it to find that block
 
 
+def _fields(fields: list[tuple[str, str]]) -> bytes:
+    """Fields written by the header API (``header_field``): no value can start a field."""
+    return b"".join(header_field(name, value) for name, value in fields)
+
+
 def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
+    """``text`` on one line: every control character (NUL, CR, LF...) and run of blanks a
+    single space."""
+    return " ".join(CONTROLS.sub(" ", str(text)).split())
 
 
 def build(
@@ -70,25 +77,25 @@ def build(
     human = [_INTRO[action], ""]
     for rcpt in recipients:
         human.append(f"<{rcpt['address']}>: {_one_line(rcpt.get('reply') or action)}")
-    fields = [f"Reporting-MTA: dns; {reporting_mta}", f"X-Mailgate-Queue-ID: {envelope['id']}"]
+    fields = [("Reporting-MTA", f"dns; {reporting_mta}"), ("X-Mailgate-Queue-ID", envelope["id"])]
     if envelope.get("envid"):
-        fields.append(f"Original-Envelope-Id: {xtext_decode(envelope['envid'])}")
-    fields.append(f"Arrival-Date: {_date(envelope['received_at'])}")
-    blocks = ["\r\n".join(fields)]
+        fields.append(("Original-Envelope-Id", _one_line(xtext_decode(envelope["envid"]))))
+    fields.append(("Arrival-Date", _date(envelope["received_at"])))
+    blocks = [fields]
     for rcpt in recipients:
-        lines = [f"Final-Recipient: rfc822; {rcpt['address']}"]
+        lines = [("Final-Recipient", f"rfc822; {rcpt['address']}")]
         if rcpt.get("orcpt"):
             kind, _, value = rcpt["orcpt"].partition(";")
-            lines.append(f"Original-Recipient: {kind}; {xtext_decode(value)}")
-        lines += [f"Action: {action}", f"Status: {status_of(rcpt.get('reply'), action)}"]
+            lines.append(("Original-Recipient", _one_line(f"{kind}; {xtext_decode(value)}")))
+        lines += [("Action", action), ("Status", status_of(rcpt.get("reply"), action))]
         if rcpt.get("remote"):
-            lines.append(f"Remote-MTA: dns; {rcpt['remote']}")
+            lines.append(("Remote-MTA", f"dns; {rcpt['remote']}"))
         if rcpt.get("reply"):
-            lines.append(f"Diagnostic-Code: smtp; {_one_line(rcpt['reply'])}")
-        lines.append(f"Last-Attempt-Date: {_date(rcpt.get('at') or now)}")
+            lines.append(("Diagnostic-Code", f"smtp; {_one_line(rcpt['reply'])}"))
+        lines.append(("Last-Attempt-Date", _date(rcpt.get("at") or now)))
         if action == "delayed" and retry_until:
-            lines.append(f"Will-Retry-Until: {_date(retry_until)}")
-        blocks.append("\r\n".join(lines))
+            lines.append(("Will-Retry-Until", _date(retry_until)))
+        blocks.append(lines)
 
     if envelope.get("ret") == "FULL" and full:
         returned_type, returned = "message/rfc822", message
@@ -96,24 +103,23 @@ def build(
         returned_type, returned = "text/rfc822-headers", header_block(message)
     eight_bit = any(b > 127 for b in returned)
     head = [
-        f"From: Mail Delivery System <MAILER-DAEMON@{reporting_mta}>",
-        f"To: <{envelope['mail_from']}>",
-        f"Subject: {ACTIONS[action]}",
-        f"Date: {formatdate(now, localtime=False)}",
-        f"Message-ID: {make_msgid('dsn', domain=reporting_mta)}",
-        "Auto-Submitted: auto-replied",
-        "MIME-Version: 1.0",
-        f'Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary="{boundary}"',
+        ("From", f"Mail Delivery System <MAILER-DAEMON@{reporting_mta}>"),
+        ("To", f"<{envelope['mail_from']}>"),
+        ("Subject", ACTIONS[action]),
+        ("Date", formatdate(now, localtime=False)),
+        ("Message-ID", make_msgid("dsn", domain=reporting_mta)),
+        ("Auto-Submitted", "auto-replied"),
+        ("MIME-Version", "1.0"),
+        ("Content-Type", f'multipart/report; report-type=delivery-status; boundary="{boundary}"'),
     ]
     parts = [
-        "\r\n".join(head).encode() + b"\r\n\r\nThis is a MIME-encapsulated message.\r\n",
+        _fields(head) + b"\r\nThis is a MIME-encapsulated message.\r\n",
         f"--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n"
         f"Content-Transfer-Encoding: 8bit\r\n\r\n".encode()
         + "\r\n".join(human).encode()
         + b"\r\n",
         f"--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\n".encode()
-        + "\r\n\r\n".join(blocks).encode()
-        + b"\r\n",
+        + b"\r\n".join(_fields(block) for block in blocks),
         f"--{boundary}\r\nContent-Type: {returned_type}\r\n"
         f"Content-Transfer-Encoding: {'8bit' if eight_bit else '7bit'}\r\n\r\n".encode()
         + returned

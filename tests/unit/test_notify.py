@@ -6,11 +6,15 @@ from __future__ import annotations
 import email
 import email.policy
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailgate import config as configmod
+from mailgate.message.headers import header_field
+from mailgate.message.xtext import xtext_encode
 from mailgate.scan import notify
+from mailgate.send import dsn
 
 TEMPLATE = "Subject: Virus in ${subject}\nX-Object: ${object_name}\n\nFound in ${subject}.\n"
 hostile = st.lists(
@@ -34,3 +38,36 @@ def test_no_value_adds_a_header_field_to_a_notice(tmp_path_factory, subject, nam
     head = raw.split(b"\r\n\r\n", 1)[0]
     assert all(line[:1] in b" \t" or b":" in line for line in head.split(b"\r\n"))
     assert b"\r" not in head.replace(b"\r\n", b"") and b"\x00" not in head
+
+
+@settings(max_examples=200, deadline=None)
+@given(reply=hostile, envid=hostile, orcpt=hostile)
+def test_no_value_adds_a_field_to_a_dsn(reply, envid, orcpt):
+    """A next hop's reply and the client's ENVID and ORCPT (xtext-decoded) stay inside their
+    own fields of the DSN, whatever they hold."""
+    envelope = {
+        "id": "2" * 21,
+        "mail_from": "a@example.org",
+        "received_at": 1.7e9,
+        "envid": xtext_encode(envid),
+        "ret": "HDRS",
+    }
+    rcpt = {
+        "address": "u@company.com",
+        "reply": "550 5.1.1 " + reply,
+        "orcpt": "rfc822;" + xtext_encode(orcpt),
+    }
+    raw = dsn.build(envelope, b"Subject: s\r\n\r\nbody\r\n", [rcpt], "failed", "gw.example")
+    report = email.message_from_bytes(raw, policy=email.policy.default)
+    assert report["Bcc"] is None and report["X-Injected"] is None
+    status = report.get_payload()[1].get_payload()
+    names = [name.lower() for block in status for name in block]
+    assert "bcc" not in names and "x-injected" not in names
+    assert b"\x00" not in raw and b"\r" not in raw.replace(b"\r\n", b"")
+
+
+def test_the_header_api_refuses_a_value_that_would_start_a_field():
+    for value in ("a\r\nBcc: b", "a\nb", "a\rb"):
+        with pytest.raises(ValueError):
+            header_field("X-Test", value)
+    assert header_field("X-Test", "plain") == b"X-Test: plain\r\n"
