@@ -86,10 +86,17 @@ class Engine:
         return self._client
 
     def ping(self) -> bool:
+        """Does clamd answer PING? Spoken here, on a socket that is closed whatever happens
+        (pyclamd leaves its socket open when the connection fails)."""
         try:
-            return bool(self._clamd().ping())
-        except Exception:  # whatever pyclamd raises, clamd did not answer
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(min(self.timeout, 10.0))
+                sock.connect(self.socket_path)
+                sock.sendall(b"zPING\0")
+                reply = sock.recv(64)
+        except OSError:
             return False
+        return reply.rstrip(b"\0\n") == b"PONG"
 
     def reload(self) -> None:
         """Ask clamd to re-read its database directory (it goes on scanning meanwhile)."""
