@@ -121,6 +121,9 @@ class MessageFile:
     def read(self) -> bytes:
         return b"".join(self.range().blocks()) if self.size else b""
 
+    def head(self, limit: int) -> bytes:
+        return os.pread(self.fd, min(limit, self.size), 0) if self.size else b""
+
     def content(self) -> Content:
         """The whole message: its bytes when small, else a ``Spliced`` view of the file."""
         return self.read() if self.size <= IN_MEMORY else self.whole()

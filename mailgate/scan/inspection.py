@@ -192,9 +192,14 @@ def virus_headers(inspection: Inspection, scanner: str, db_version: str) -> list
     return headers
 
 
-def spam_headers(spam: SpamVerdict) -> list[str]:
-    headers = [f"X-Spam-Status: {spam.header_status()}", f"X-Spam-Level: {spam.header_level()}"]
-    if spam.status in ("spam", "blacklisted"):
+def spam_headers(spam: SpamVerdict, tagged: bool) -> list[str]:
+    """X-Spam-Status (``Yes`` exactly when the copy is ``tagged``: marked as spam or probable
+    spam by the policy), X-Spam-Level, and X-Spam-Flag: YES on a tagged copy."""
+    headers = [
+        f"X-Spam-Status: {spam.header_status(tagged)}",
+        f"X-Spam-Level: {spam.header_level()}",
+    ]
+    if tagged:
         headers.append("X-Spam-Flag: YES")
     return headers
 

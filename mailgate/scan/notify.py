@@ -178,6 +178,42 @@ def compose(
     return message.as_bytes()
 
 
+def removal_notices(config: Config, envelope: dict, split, decision) -> dict[str, str]:
+    """The text (``removed.txt``) put in place of each object the decision cures, by path."""
+    values = variables(config, envelope, split.subject, decision, decision.cure)
+    template = config.template("removed.txt") or config.templates_path / "removed.txt"
+    removed = {}
+    for obj in decision.cure:
+        one = {
+            **values,
+            "object_name": obj.name or f"part {obj.path}",
+            "virus_name": obj.detail,
+            "status": obj.status,
+        }
+        removed[obj.path] = render(template, one)[1]
+    return removed
+
+
+def targets(config: Config, envelope: dict, decision) -> list[tuple[str, list[str]]]:
+    """Who is told about a message's anti-virus ``decision``: (kind, addresses) for the
+    administrator, the sender (a sender outside TrustedNetworks only when
+    NotifyOutsideSenders: such senders are almost always forged) and the recipients."""
+    out = []
+    if config.administrator and decision.status in config.notify_admin:
+        out.append(("admin", [config.administrator]))
+    client = (envelope.get("client") or {}).get("ip", "")
+    trusted = bool(client) and config.is_trusted(client)
+    if (
+        envelope["mail_from"]
+        and decision.status in config.notify_sender
+        and (trusted or config.notify_outside_senders)
+    ):
+        out.append(("sender", [envelope["mail_from"]]))
+    if decision.status in config.notify_recipients and decision.action != "deliver":
+        out.append(("recipient", [r["address"] for r in envelope["recipients"]]))
+    return out
+
+
 def queue(
     spool: Spool, config: Config, kind: str, status: str, to: list[str], values: dict, about: str
 ) -> str | None:

@@ -20,12 +20,14 @@ of this counts as a crash: ``crashes`` is for the scanner's own deaths.
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
 from mailgate import __version__
 from mailgate.config import Config
 from mailgate.message.content import Content, MessageFile
+from mailgate.message.headers import header_block, header_field
 from mailgate.runtime import stats
 from mailgate.runtime.worker import RESCAN_INTERVAL, Worker
 from mailgate.scan import edits, mime, notify, policy
@@ -41,12 +43,15 @@ from mailgate.scan.inspection import (
     virus_headers,
 )
 from mailgate.scan.policy import Decision
+from mailgate.scan.spam import trust
 from mailgate.scan.spam.spamtest import Spamtest, SpamVerdict
 from mailgate.spool import Entry, derived_id, id_time
 from mailgate.spool import envelope as envmod
 from mailgate.spool.journal import Journal
 
 ENGINE_RETRY = 1.0
+HEADER_READ = 1 << 20
+HEADER_NAME = re.compile(r"(?m)^([!-9;-~]+)[ \t]*:")
 
 
 class Scanner(Worker):
@@ -125,6 +130,9 @@ class Scanner(Worker):
         if not (
             self.config.av_enabled or self.config.attachments_enabled or self.config.spam_enabled
         ):
+            with MessageFile(entry.message_path) as source:
+                head = header_block(source.head(HEADER_READ))
+            headers += self._added_fields(envelope, HEADER_NAME.findall(head.decode("latin-1")))
             self._to_ready(entry, envelope, headers)
             self.counters["scanned"] += 1
             self._account(envelope, "not-scanned", [], None, ["deliver"])
@@ -255,12 +263,11 @@ class Scanner(Worker):
             message, changed = edits.edit_headers(message, untrusted=untrusted), True
         if self.engine is not None and self.config.av_headers:
             headers += self._headers(inspection)
+        headers += self._added_fields(envelope, inspection.split.message.keys())
         spam = inspection.spam
         if spam is not None:
             self.counters[f"spam_{spam.status}"] += 1
             log_fields.update(spam=spam.status, score=round(spam.score, 2))
-            if self.config.spam_headers:
-                headers += spam_headers(spam)
         outcomes = policy.spam_outcomes(self.config, envelope, spam.status if spam else "clean")
         kept = [r for r in envelope["recipients"] if r.get("status", "pending") != "pending"]
         delivered = [o for o in outcomes if o.deliver]
@@ -271,7 +278,8 @@ class Scanner(Worker):
                 copy = {**envelope, "id": queue_id, "recipients": outcome.recipients}
                 self._quarantine(raw, copy, "spam")
             if outcome.deliver and outcome is not first:
-                self._stage_copy(entry, envelope, message, headers, outcome, spam, queue_id)
+                fields = headers + self._spam_fields(spam, outcome.mark)
+                self._stage_copy(entry, envelope, message, fields, outcome, spam, queue_id)
                 split_into.append(queue_id)
         if spam is not None:  # the spam actions, after the anti-virus ones if it found any
             virus_actions = actions if decision.status != "clean" else []
@@ -290,27 +298,24 @@ class Scanner(Worker):
         envelope["recipients"] = kept + first.recipients
         if split_into:
             envelope["split_into"] = split_into
-        self._to_ready(entry, envelope, headers)
+        self._to_ready(entry, envelope, headers + self._spam_fields(spam, first.mark))
         if spam is not None:
             log_fields["spam_action"] = ",".join(first.actions)
         self.log.info("scanned", **log_fields, to="ready")
 
     def _cured(self, envelope: dict, inspection: Inspection) -> Content:
-        decision = inspection.decision
-        values = notify.variables(
-            self.config, envelope, inspection.split.subject, decision, decision.cure
-        )
-        template = self.config.template("removed.txt") or self.config.templates_path / "removed.txt"
-        removed = {}
-        for obj in decision.cure:
-            one = {
-                **values,
-                "object_name": obj.name or f"part {obj.path}",
-                "virus_name": obj.detail,
-                "status": obj.status,
-            }
-            removed[obj.path] = notify.render(template, one)[1]
-        return mime.cure(inspection.split, removed)
+        split, decision = inspection.split, inspection.decision
+        return mime.cure(split, notify.removal_notices(self.config, envelope, split, decision))
+
+    def _spam_fields(self, spam: SpamVerdict | None, tagged: bool) -> list[str]:
+        """X-Spam-* of a copy: ``Yes`` and the flag exactly when that copy is tagged."""
+        return spam_headers(spam, tagged) if spam is not None and self.config.spam_headers else []
+
+    def _added_fields(self, envelope: dict, names) -> list[str]:
+        """Date and Message-ID for a trusted client's message that lacks them (``trust``)."""
+        config = self.config
+        added = trust.missing_fields(names, envelope, config.is_trusted, config.hostname)
+        return [header_field(n, v).decode("ascii").removesuffix("\r\n") for n, v in added]
 
     def _prefix(self, spam: SpamVerdict | None) -> str:
         if spam is None:
@@ -387,20 +392,7 @@ class Scanner(Worker):
         values = notify.variables(
             config, envelope, inspection.split.subject, decision, inspection.objects
         )
-        targets = []
-        if config.administrator and decision.status in config.notify_admin:
-            targets.append(("admin", [config.administrator]))
-        client = (envelope.get("client") or {}).get("ip", "")
-        trusted = bool(client) and config.is_trusted(client)
-        if (
-            envelope["mail_from"]
-            and decision.status in config.notify_sender
-            and (trusted or config.notify_outside_senders)
-        ):
-            targets.append(("sender", [envelope["mail_from"]]))
-        if decision.status in config.notify_recipients and decision.action != "deliver":
-            targets.append(("recipient", [r["address"] for r in envelope["recipients"]]))
-        for kind, to in targets:
+        for kind, to in notify.targets(config, envelope, decision):
             qid = notify.queue(
                 self.spool, config, kind, decision.status, to, values, envelope["id"]
             )

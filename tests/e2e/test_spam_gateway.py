@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import signal
+import smtplib
+import subprocess
 
 from support import make_message, wait_for
 
@@ -98,3 +100,71 @@ def test_our_own_received_header_is_not_evidence(make_gateway, sink):
     gw.send(make_message("own@test"))
     status = sink.wait_count(1)[0].message["X-Spam-Status"].replace("\r\n\t", "")
     assert "RECEIVED_FORGED" not in status and "HELO_IS_US" not in status
+
+
+def test_mail_from_trusted_networks_is_judged_by_its_content_only(make_gateway, sink):
+    """The README's swaks example and an application's bare smtplib message (HELO our own
+    name, no Date, Message-ID or From) from 127.0.0.1, a trusted network, arrive untagged,
+    the missing fields added as Postfix's cleanup adds them; the same bare message from
+    127.0.0.2, outside TrustedNetworks (where HELO with our name is refused, so a bare IP),
+    is still judged on its HELO and missing headers."""
+    gw = make_gateway(SPAM_ON + "[smtpgw.network]\nHostname=gw.company.com\n").start()
+    swaks = subprocess.run(
+        [
+            "swaks",
+            "--server",
+            f"127.0.0.1:{gw.port}",
+            "--helo",
+            "client.example.org",
+            "--from",
+            "me@example.org",
+            "--to",
+            "someone@company.com",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert swaks.returncode == 0, swaks.stdout[-2000:]
+    bare = b"Subject: nightly report\r\n\r\nThe backup finished at 02:00.\r\n"
+    for source, helo in (("127.0.0.1", "gw.company.com"), ("127.0.0.2", "[127.0.0.2]")):
+        with smtplib.SMTP(
+            "127.0.0.1", gw.port, local_hostname=helo, source_address=(source, 0)
+        ) as smtp:
+            smtp.sendmail("app@company.com", ["ops@company.com"], bare)
+    sink.wait_count(3)
+    by_rcpt = {r.rcpt_tos[0]: r.message for r in sink.received}
+    example = by_rcpt["someone@company.com"]
+    assert example["Subject"].startswith("test")  # swaks's own subject, no prefix
+    assert example["X-Spam-Status"].startswith("No, ")
+    assert example["X-Spam-Flag"] is None
+    inside = [r.message for r in sink.received if r.rcpt_tos == ["ops@company.com"]]
+    trusted = next(m for m in inside if "[127.0.0.1]" in m.get_all("Received")[0])
+    outside = next(m for m in inside if "[127.0.0.2]" in m.get_all("Received")[0])
+    assert trusted["Subject"] == "nightly report"
+    assert trusted["X-Spam-Status"].startswith("No, ")
+    status = trusted["X-Spam-Status"].replace("\r\n\t", "")
+    for rule in ("HELO_IS_US", "HELO_BARE_IP", "MISSING_DATE", "MISSING_FROM"):
+        assert rule not in status
+    assert trusted["Date"] and trusted["Message-ID"] and trusted["From"] == "app@company.com"
+    judged = outside["X-Spam-Status"].replace("\r\n\t", "")
+    assert "HELO_BARE_IP" in judged and "MISSING_DATE" in judged
+    assert outside["Date"] is None and outside["Message-ID"] is None
+
+
+def test_x_spam_status_says_yes_exactly_on_the_copies_that_are_tagged(make_gateway, sink):
+    gw = make_gateway(
+        SPAM_ON + "ActionSpam=mark\nGroup=plain *@plain.company.com\n"
+        "GroupAction=plain spam deliver\n"
+    ).start()
+    gtube = make_message("tagged@test", subject="offer").replace(b"Hello", GTUBE.encode())
+    gw.send(gtube, to=["user@company.com", "x@plain.company.com"])
+    sink.wait_count(2)
+    by_rcpt = {r.rcpt_tos[0]: r.message for r in sink.received}
+    marked, plain = by_rcpt["user@company.com"], by_rcpt["x@plain.company.com"]
+    assert marked["Subject"] == "[SPAM] offer"
+    assert marked["X-Spam-Status"].startswith("Yes, ") and marked["X-Spam-Flag"] == "YES"
+    assert plain["Subject"] == "offer"
+    assert plain["X-Spam-Status"].startswith("No, ") and plain["X-Spam-Flag"] is None
+    for msg in (marked, plain):
+        assert "status=spam" in msg["X-Spam-Status"].replace("\r\n\t", "")

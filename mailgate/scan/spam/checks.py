@@ -31,9 +31,10 @@ class Facts:
     links: list[tuple[str, str]]
     urls: list[str]
     mail_from: str
-    helo: str
+    helo: str  # of the hop the client checks judge (``trust``); empty when none
     client_ip: str
     hostname: str
+    inside: int = 0  # newest Received fields (ours excluded) written by our trusted side
     our_names: set[str] = field(default_factory=set)
     bayes: float | None = None  # None: the token model found no clue either way
 
@@ -150,6 +151,7 @@ def _received_forged(f: Facts) -> bool:
     chain = f.received
     if chain and "(mailgate)" in chain[0][0]:
         chain = chain[1:]  # our own trace header, added on receipt
+    chain = chain[f.inside :]  # only what was written outside can be forged
     for text, stamp in chain:
         if host and host in text.lower() and re.search(rf"\bby\s+{re.escape(host)}\b", text, re.I):
             return True

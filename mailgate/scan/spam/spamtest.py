@@ -34,7 +34,7 @@ from mailgate.message.domains import registered_domain
 from mailgate.runtime.dnsbl import Checker
 from mailgate.scan.av.avdb import REJECTED, UPDATED
 from mailgate.scan.mime import Split, decode_words
-from mailgate.scan.spam import bayes
+from mailgate.scan.spam import bayes, trust
 from mailgate.scan.spam import rules as spamrules
 from mailgate.scan.spam.checks import Facts
 from mailgate.spool import Spool
@@ -61,10 +61,11 @@ class SpamVerdict:
             "rules": {k: round(v, 2) for k, v in self.rules.items()},
         }
 
-    def header_status(self) -> str:
+    def header_status(self, tagged: bool) -> str:
         """``Yes|No, score=..., required=..., status=..., tests=NAME(weight),...``, folded
-        (CRLF and a tab) so that no line grows past 78 characters."""
-        flag = "Yes" if self.status in ("spam", "blacklisted") else "No"
+        (CRLF and a tab) so that no line grows past 78 characters. ``Yes`` when the copy
+        is ``tagged`` (the policy marks it as spam or probable spam), else ``No``."""
+        flag = "Yes" if tagged else "No"
         items = [f"{name}({weight:g})" for name, weight in sorted(self.rules.items())]
         text = (
             f"{flag}, score={self.score:.1f}, required={self.required:.1f}, "
@@ -87,14 +88,19 @@ class SpamVerdict:
 def _facts(split: Split, envelope: dict, config: Config) -> Facts:
     message = split.message
     headers: dict[str, str] = {}
+    received: list[str] = []
     received_skipped = False
     for name, value in message.items():
         key = name.lower()
         text = decode_words(str(value))
-        if key == "received" and not received_skipped and "(mailgate)" in text:
-            received_skipped = True  # our own trace header is not evidence
-            continue
+        if key == "received":
+            if not received_skipped and "(mailgate)" in text:
+                received_skipped = True  # our own trace header is not evidence
+                continue
+            received.append(text)
         headers[key] = headers[key] + "\n" + text if key in headers else text
+    for name, value in trust.missing_fields(headers, envelope, config.is_trusted, config.hostname):
+        headers[name.lower()] = value  # the scanner adds them: not evidence against the sender
     texts, raws = [], []
     has_plain = has_html = False
     links: list[tuple[str, str]] = []
@@ -117,7 +123,7 @@ def _facts(split: Split, envelope: dict, config: Config) -> Facts:
             has_plain = True
         texts.append(text)
     raw_text = "\n".join(raws)
-    client = envelope.get("client") or {}
+    judged = trust.boundary(envelope.get("client") or {}, received, config.is_trusted)
     return Facts(
         message=message,
         headers=headers,
@@ -127,8 +133,9 @@ def _facts(split: Split, envelope: dict, config: Config) -> Facts:
         links=links,
         urls=_URL.findall(raw_text),
         mail_from=envelope.get("mail_from", ""),
-        helo=client.get("helo") or "",
-        client_ip=client.get("ip") or "",
+        helo=judged.helo,
+        client_ip=judged.ip,
+        inside=judged.inside,
         hostname=config.hostname,
         our_names={config.hostname.lower(), *(h for h, _p in config.listen)},
     )
@@ -206,19 +213,22 @@ class Spamtest:
             fnmatch.fnmatchcase(address if "@" in m else domain, m) for m in masks if address
         )
 
-    def _lists(self, envelope: dict, facts: Facts) -> tuple[str, str] | None:
+    def _lists(self, envelope: dict) -> tuple[str, str] | None:
+        """White and black lists, of the sender, the recipients and the client (the one that
+        connected: lists name the hosts an administrator knows)."""
+        client_ip = (envelope.get("client") or {}).get("ip") or ""
         sender = envelope.get("mail_from", "")
         rcpts = [r["address"] for r in envelope.get("recipients", [])]
         if (
             self._listed(sender, self.white_senders)
             or any(self._listed(r, self.white_rcpts) for r in rcpts)
-            or in_networks(facts.client_ip, self.white_nets)
+            or in_networks(client_ip, self.white_nets)
         ):
             return "whitelisted", "WHITELISTED"
         if (
             self._listed(sender, self.black_senders)
             or any(self._listed(r, self.black_rcpts) for r in rcpts)
-            or in_networks(facts.client_ip, self.black_nets)
+            or in_networks(client_ip, self.black_nets)
         ):
             return "blacklisted", "BLACKLISTED"
         return None
@@ -228,8 +238,11 @@ class Spamtest:
     def check(self, split: Split, envelope: dict) -> SpamVerdict:
         config = self.config
         spam_at, probable_at = THRESHOLDS[config.intensity]
+        client_ip = (envelope.get("client") or {}).get("ip") or ""
+        if client_ip and config.is_trusted(client_ip) and not config.probable_for_trusted:
+            probable_at = spam_at
         facts = _facts(split, envelope, config)
-        listed = self._lists(envelope, facts)
+        listed = self._lists(envelope)
         if listed:
             return SpamVerdict(listed[0], 0.0, spam_at, {listed[1]: 0.0})
         if self.spool is not None:
