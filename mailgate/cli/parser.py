@@ -134,11 +134,14 @@ def build() -> argparse.ArgumentParser:
         help="where to write tokens.tsv.gz (default: [smtpgw.spamtest] Database)",
     )
 
-    learn = command("learn", "teach the spool's spam database a correction")
+    learn = command(
+        "learn", "teach the spool's spam database: message files, folders, Maildirs, mbox files"
+    )
     kind = learn.add_mutually_exclusive_group(required=True)
     kind.add_argument("--spam", action="store_true", help="these messages are spam")
     kind.add_argument("--ham", action="store_true", help="these messages are not spam")
-    learn.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    kind.add_argument("--forget", action="store_true", help="take these messages back out")
+    learn.add_argument("files", nargs="+", type=Path, metavar="PATH")
 
     tpl = command("check-template", "check notification templates; FILE:LINE: message each")
     tpl.add_argument("templates", nargs="+", type=Path, metavar="FILE")

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 from pathlib import Path
 
 from mailgate.cli.common import EXIT_OK, EXIT_USAGE, CommandError
 from mailgate.config import Config
 from mailgate.scan import mime
-from mailgate.scan.spam import bayes, spamtest
+from mailgate.scan.spam import bayes, learning
 from mailgate.spool import Spool
 
 
@@ -38,23 +39,22 @@ def train(args: argparse.Namespace, config: Config) -> int:
 
 
 def learn(args: argparse.Namespace, config: Config) -> int:
+    """Learn (or forget) every message at the paths: files, folders, Maildirs, mbox files."""
     spool = Spool(config.spool_path)
-
-    missing = [str(f) for f in args.files if not f.is_file()]
+    missing = [str(f) for f in args.files if not f.exists()]
     if missing:
-        raise CommandError(f"no such file: {', '.join(missing)}", EXIT_USAGE)
+        raise CommandError(f"no such file or directory: {', '.join(missing)}", EXIT_USAGE)
     spool.create()
-    path = spamtest.ensure_seeded(spool, config.shipped("spam_database", "spamdb"))
-    with spamtest.database_lock(spool):
-        model = bayes.Model.load(path.parent) if path.exists() else bayes.Model()
-        for file in args.files:
-            split = mime.split(file.read_bytes())
-            model.learn(bayes.tokens(split.message, mime.decode_words), args.spam)
-        model.save(path.parent, min_count=1)
-        spamtest.mark_changed(spool, "learned")
-    what = "spam" if args.spam else "ham"
-    print(
-        f"learned {len(args.files)} message(s) as {what}; {path} now has "
-        f"{model.nspam} spam and {model.nham} ham"
-    )
+    results: Counter[str] = Counter()
+    with learning.Learner(spool, config.shipped("spam_database", "spamdb")) as learner:
+        for path in args.files:
+            for raw in learning.messages(path):
+                tokens = learning.tokens_of(raw)
+                results[
+                    learner.forget(tokens) if args.forget else learner.learn(tokens, args.spam)
+                ] += 1
+        model = learner.model
+    what = "forgot" if args.forget else f"learned as {'spam' if args.spam else 'ham'}"
+    done = ", ".join(f"{n} {result}" for result, n in sorted(results.items())) or "no messages"
+    print(f"{what}: {done}; {learner.path} now has {model.nspam} spam and {model.nham} ham")
     return EXIT_OK

@@ -47,6 +47,17 @@ def parse_int(text: str) -> int:
     return value
 
 
+def parse_score(text: str) -> float:
+    """A spam score: a number, negative allowed (``-3.0``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise BadValue(f"expected a score such as 12.0 or -3.0, got {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise BadValue(f"expected a finite score, got {text!r}")
+    return value
+
+
 def parse_size(text: str) -> int:
     m = re.fullmatch(r"(\d+)\s*([bkmgt]?)b?", text.strip().lower())
     if not m:

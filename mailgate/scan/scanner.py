@@ -43,7 +43,7 @@ from mailgate.scan.inspection import (
     virus_headers,
 )
 from mailgate.scan.policy import Decision
-from mailgate.scan.spam import trust
+from mailgate.scan.spam import learning, trust
 from mailgate.scan.spam.spamtest import Spamtest, SpamVerdict
 from mailgate.spool import Entry, derived_id, id_time
 from mailgate.spool import envelope as envmod
@@ -100,6 +100,11 @@ class Scanner(Worker):
         return time.time() - received_at >= self.config.scan_retry_time
 
     def housekeeping(self) -> float:
+        if self.spamtest is not None and learning.queued(self.spool):
+            shipped = self.config.shipped("spam_database", "spamdb")
+            merged = learning.merge_if_free(self.spool, shipped)
+            if merged:
+                self.log.info("autolearn_merged", messages=merged)
         return ENGINE_RETRY if self.engine_down else RESCAN_INTERVAL
 
     def run_pass(self) -> bool:
@@ -268,6 +273,8 @@ class Scanner(Worker):
         if spam is not None:
             self.counters[f"spam_{spam.status}"] += 1
             log_fields.update(spam=spam.status, score=round(spam.score, 2))
+            if learned := learning.auto_learn(self.config, self.spool, envelope, spam):
+                log_fields["learned"] = learned
         outcomes = policy.spam_outcomes(self.config, envelope, spam.status if spam else "clean")
         kept = [r for r in envelope["recipients"] if r.get("status", "pending") != "pending"]
         delivered = [o for o in outcomes if o.deliver]

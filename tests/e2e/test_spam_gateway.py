@@ -10,7 +10,7 @@ import subprocess
 
 from support import make_message, wait_for
 
-from mailgate.scan.spam import checks
+from mailgate.scan.spam import bayes, checks
 
 GTUBE = checks.GTUBE
 
@@ -168,3 +168,20 @@ def test_x_spam_status_says_yes_exactly_on_the_copies_that_are_tagged(make_gatew
     assert plain["X-Spam-Status"].startswith("No, ") and plain["X-Spam-Flag"] is None
     for msg in (marked, plain):
         assert "status=spam" in msg["X-Spam-Status"].replace("\r\n\t", "")
+
+
+def test_a_sure_verdict_is_learned_and_kept_across_a_restart(make_gateway, sink):
+    gw = make_gateway(SPAM_ON + "ActionSpam=mark\n").start()
+    table = gw.spool / "spamdb"
+    wait_for(lambda: (table / bayes.MODEL_FILE).exists(), what="the spool's token table")
+    before = bayes.Model.load(table).nspam
+    gw.send(make_message("sure@test").replace(b"Hello", GTUBE.encode()))
+    sink.wait_count(1)
+    wait_for(lambda: bayes.Model.load(table).nspam == before + 1, 30, "the auto-learned message")
+    assert "event='autolearn_merged'" in gw.log()
+    assert not list((table / "autolearn").iterdir())
+    gw.stop()
+    gw.start()
+    gw.send(make_message("after@test"))
+    sink.wait_count(2)
+    assert bayes.Model.load(table).nspam == before + 1  # not replaced by the shipped table

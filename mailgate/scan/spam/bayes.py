@@ -172,17 +172,22 @@ class Model:
     _known_for: tuple = field(default=(), repr=False, compare=False)
 
     def learn(self, toks: Iterable[str], is_spam: bool, weight: int = 1) -> None:
+        """Count a message (``weight`` -1 takes one back out; no count goes below 0)."""
         self._known_for = ()
         index = 0 if is_spam else 1
         if is_spam:
-            self.nspam += weight
+            self.nspam = max(0, self.nspam + weight)
         else:
-            self.nham += weight
+            self.nham = max(0, self.nham + weight)
         for tok in toks:
             pair = self.counts.get(tok)
             if pair is None:
+                if weight < 0:
+                    continue
                 pair = self.counts[tok] = [0, 0]
-            pair[index] += weight
+            pair[index] = max(0, pair[index] + weight)
+            if pair == [0, 0]:
+                del self.counts[tok]
 
     def probability(self, tok: str) -> float | None:
         pair = self.counts.get(tok)
@@ -230,17 +235,28 @@ class Model:
     # ---------------------------------------------------------------- storage
 
     def save(self, directory: Path, min_count: int = MIN_SAVED) -> Path:
-        """Write the model (tokens seen fewer than ``min_count`` times are left out)."""
+        """Write the model (tokens seen fewer than ``min_count`` times are left out) beside
+        the old one, fsync it, rename it over, fsync the directory: a crash leaves the old
+        table or the new, both whole."""
         directory.mkdir(parents=True, exist_ok=True)
         target = directory / MODEL_FILE
         tmp = directory / (MODEL_FILE + ".tmp")
-        with gzip.open(tmp, "wt", encoding="utf-8", compresslevel=9) as f:
-            f.write(f"#mailgate-tokens\t{self.nspam}\t{self.nham}\n")
+        with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=9) as z:
+            lines = [f"#mailgate-tokens\t{self.nspam}\t{self.nham}\n"]
             for tok in sorted(self.counts):
                 spam, ham = self.counts[tok]
                 if spam + ham >= min_count and "\t" not in tok and "\n" not in tok:
-                    f.write(f"{tok}\t{spam}\t{ham}\n")
+                    lines.append(f"{tok}\t{spam}\t{ham}\n")
+            z.write("".join(lines).encode("utf-8", "replace"))
+            z.close()
+            raw.flush()
+            os.fsync(raw.fileno())
         os.replace(tmp, target)
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         return target
 
     @classmethod

@@ -52,6 +52,7 @@ class SpamVerdict:
     score: float
     required: float
     rules: dict[str, float] = field(default_factory=dict)
+    tokens: set[str] = field(default_factory=set, repr=False, compare=False)  # for learning
 
     def public(self) -> dict:
         return {
@@ -247,7 +248,8 @@ class Spamtest:
             return SpamVerdict(listed[0], 0.0, spam_at, {listed[1]: 0.0})
         if self.spool is not None:
             self._load_model()
-        probability, clues = self.model.score(bayes.tokens(split.message, decode_words))
+        tokens = bayes.tokens(split.message, decode_words)
+        probability, clues = self.model.score(tokens)
         facts.bayes = probability if clues else None
         rules: dict[str, float] = {}
         for rule in self.rules:
@@ -270,7 +272,7 @@ class Spamtest:
             status = "probable-spam"
         else:
             status = "clean"
-        return SpamVerdict(status, score, spam_at, rules)
+        return SpamVerdict(status, score, spam_at, rules, tokens)
 
 
 def ensure_seeded(spool: Spool, shipped: Path) -> Path:
@@ -293,11 +295,12 @@ def ensure_seeded(spool: Spool, shipped: Path) -> Path:
     return target
 
 
-def database_lock(spool: Spool) -> filelock.FileLock:
-    """Held while the spool's token table is rewritten (learn, update)."""
+def database_lock(spool: Spool, timeout: float = -1) -> filelock.FileLock:
+    """Held while the spool's token table is rewritten (learn, update, a merge of what the
+    scanners auto-learned); ``timeout`` 0 gives up at once when another holds it."""
     folder = spool.spamdb_root
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return filelock.FileLock(str(folder / "update.lock"))
+    return filelock.FileLock(str(folder / "update.lock"), timeout=timeout)
 
 
 def mark_changed(spool: Spool, how: str) -> None:

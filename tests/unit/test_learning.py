@@ -1,0 +1,127 @@
+"""Learning on site: users' folders (Maildir, mbox, plain files), corrections that move a
+message to the other class, ``--forget`` that takes it back out exactly, and auto-learned
+messages merged by whichever process finds the table free."""
+
+from __future__ import annotations
+
+import gzip
+import mailbox
+from email.message import EmailMessage
+
+from support import mailgate
+
+from mailgate import config as configmod
+from mailgate.scan.spam import bayes, learning, spamtest
+from mailgate.spool import Spool
+
+
+def message(n: int, words: str) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = f"sender{n}@example.org"
+    msg["To"] = "user@company.com"
+    msg["Subject"] = f"note {n}"
+    msg["Message-ID"] = f"<learn{n}@test>"
+    msg.set_content(f"{words} number{n}\n")
+    return bytes(msg)
+
+
+def table(spool_dir) -> bayes.Model:
+    return bayes.Model.load(spool_dir / "spamdb")
+
+
+def setup(tmp_path):
+    conf = tmp_path / "l.conf"
+    conf.write_text("[smtpgw.path]\nSpoolDir=spool\n")
+    return conf, tmp_path / "spool"
+
+
+def test_maildir_mbox_and_files_are_learned_then_forgotten_exactly(tmp_path):
+    conf, spool = setup(tmp_path)
+    junk = mailbox.Maildir(tmp_path / "Junk")
+    for n in range(3):
+        junk.add(message(n, "cheap pills zorblax"))
+    box = mailbox.mbox(tmp_path / "NotJunk.mbox")
+    for n in range(3, 5):
+        box.add(message(n, "meeting agenda quarterly"))
+    box.close()
+    single = tmp_path / "one.eml"
+    single.write_bytes(message(5, "invoice attached"))
+    seeded = mailgate("learn", "-c", conf, "--ham", single)
+    assert seeded.returncode == 0, seeded.stderr
+    base = table(spool)
+
+    spam = mailgate("learn", "-c", conf, "--spam", tmp_path / "Junk")
+    ham = mailgate("learn", "-c", conf, "--ham", tmp_path / "NotJunk.mbox")
+    assert (spam.returncode, ham.returncode) == (0, 0), spam.stderr + ham.stderr
+    assert "3 learned" in spam.stdout and "2 learned" in ham.stdout
+    learned = table(spool)
+    assert (learned.nspam, learned.nham) == (base.nspam + 3, base.nham + 2)
+    assert learned.counts["zorblax"][0] == base.counts.get("zorblax", [0, 0])[0] + 3
+
+    moved = mailgate("learn", "-c", conf, "--ham", tmp_path / "Junk")
+    assert "3 moved" in moved.stdout
+    after_move = table(spool)
+    assert (after_move.nspam, after_move.nham) == (base.nspam, base.nham + 5)
+
+    for path in (tmp_path / "Junk", tmp_path / "NotJunk.mbox"):
+        forgot = mailgate("learn", "-c", conf, "--forget", path)
+        assert forgot.returncode == 0 and "forgotten" in forgot.stdout, forgot.stderr
+    assert table(spool).counts == base.counts
+    assert (table(spool).nspam, table(spool).nham) == (base.nspam, base.nham)
+    unknown = mailgate("learn", "-c", conf, "--forget", tmp_path / "Junk")
+    assert "3 unknown" in unknown.stdout
+    assert mailgate("learn", "-c", conf, "--spam", tmp_path / "nope").returncode == 2
+
+
+def test_auto_learned_messages_are_merged_when_the_table_is_free(tmp_path):
+    conf, spool_dir = setup(tmp_path)
+    config = configmod.load(conf)
+    spool = Spool(config.spool_path)
+    spool.create()
+    shipped = config.shipped("spam_database", "spamdb")
+    spamtest.ensure_seeded(spool, shipped)
+    base = table(spool_dir)
+    tokens = {"auto:zorblax", "auto:frobnicator"}
+    learning.queue(spool, "1" * 21, tokens, True)
+    learning.queue(spool, "2" * 21, {"auto:agenda"}, False)
+    assert learning.queued(spool)
+    holder = spamtest.database_lock(spool)
+    with holder:  # `mailgate learn` at work: the scanner does not wait, nothing is lost
+        assert learning.merge_if_free(spool, shipped) == 0
+    assert learning.queued(spool)
+    assert learning.merge_if_free(spool, shipped) == 2
+    assert not learning.queued(spool)
+    merged = table(spool_dir)
+    assert merged.counts["auto:zorblax"] == [1, 0] and merged.counts["auto:agenda"] == [0, 1]
+    assert (merged.nspam, merged.nham) == (base.nspam + 1, base.nham + 1)
+    with gzip.open(spool_dir / "spamdb" / bayes.MODEL_FILE, "rt") as f:
+        assert f.readline().startswith("#mailgate-tokens")  # a whole table, loadable
+
+
+def test_what_is_sure_is_learned_and_trusted_ham_only_when_asked(tmp_path):
+    conf, _ = setup(tmp_path)
+    conf.write_text(conf.read_text() + "[smtpgw.network]\nTrustedNetworks=10.0.0.0/8\n")
+    config = configmod.load(conf)
+    spool = Spool(config.spool_path)
+    spool.create()
+
+    def verdict(score, status="clean"):
+        return spamtest.SpamVerdict(status, score, 5.0, {}, {"tok"})
+
+    def env(n, ip):
+        return {"id": str(n) * 21, "client": {"ip": ip}}
+
+    assert learning.auto_learn(config, spool, env(1, "192.0.2.1"), verdict(15, "spam")) == "spam"
+    assert learning.auto_learn(config, spool, env(2, "192.0.2.1"), verdict(-4)) == "ham"
+    assert learning.auto_learn(config, spool, env(3, "10.1.1.1"), verdict(-4)) is None
+    assert learning.auto_learn(config, spool, env(4, "192.0.2.1"), verdict(2)) is None
+    listed = verdict(0, "whitelisted")
+    assert learning.auto_learn(config, spool, env(5, "192.0.2.1"), listed) is None
+    conf.write_text(conf.read_text() + "[smtpgw.spamtest]\nAutoLearnTrustedHam=yes\n")
+    asked = configmod.load(conf)
+    assert learning.auto_learn(asked, spool, env(6, "10.1.1.1"), verdict(-4)) == "ham"
+    assert sorted(p.name[-4:] for p in (spool.spamdb_root / "autolearn").iterdir()) == [
+        ".ham",
+        ".ham",
+        "spam",
+    ]
