@@ -30,6 +30,17 @@ def encrypted_zip(tmp: Path, name: str, data: bytes, password: str = "secret") -
     return target.read_bytes()
 
 
+def encode(data: bytes, encoding: str) -> bytes:
+    """``data`` in a transfer encoding (base64, quoted-printable, else as it is), CRLF lines."""
+    if encoding == "base64":
+        body = base64.encodebytes(data)
+    elif encoding == "quoted-printable":
+        body = quopri.encodestring(data)
+    else:
+        body = data
+    return body.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
 def part(
     data: bytes,
     content_type: str = "application/octet-stream",
@@ -43,14 +54,8 @@ def part(
         headers.append(f"Content-Disposition: {disposition_raw}")
     elif filename is not None:
         headers.append(f'Content-Disposition: attachment; filename="{filename}"')
-    if encoding == "base64":
-        body = base64.encodebytes(data)
-    elif encoding == "quoted-printable":
-        body = quopri.encodestring(data)
-    else:
-        body = data
     headers.append(f"Content-Transfer-Encoding: {encoding}")
-    body = body.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    body = encode(data, encoding)
     return "\r\n".join(headers).encode() + b"\r\n\r\n" + body
 
 

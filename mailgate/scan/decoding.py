@@ -94,7 +94,7 @@ def _pieces(blocks: Iterable[bytes], cte: str, base64: _Base64) -> Iterable[byte
     if cte == "base64":
         return (base64.feed(block) for block in blocks)
     if cte == "quoted-printable":
-        return (binascii.a2b_qp(line) for line in _lines(blocks))
+        return (binascii.a2b_qp(lines) for lines in _whole_lines(blocks))
     if cte in UU:
         return _uu(_lines(blocks))
     return blocks
@@ -122,6 +122,20 @@ def decode_bytes(data: bytes, cte: str) -> tuple[bytes, str]:
     base64 = _Base64()
     out = b"".join(_pieces([data], cte, base64)) + base64.end()
     return out, base64.defect
+
+
+def _whole_lines(blocks: Iterable[bytes]) -> Iterator[bytes]:
+    """The blocks cut at their last line end (the rest goes with the next block), so that
+    no escape sequence is split between two pieces."""
+    rest = b""
+    for block in blocks:
+        data = rest + block if rest else block
+        cut = data.rfind(b"\n") + 1
+        if cut:
+            yield data[:cut]
+        rest = data[cut:]
+    if rest:
+        yield rest
 
 
 def _lines(blocks: Iterable[bytes]) -> Iterator[bytes]:

@@ -110,7 +110,10 @@ def _flood_fill_and_free(gw, sink) -> None:
 
     # Now every last block: the workers' own writes fail (envelopes, quarantine, journal).
     fill(ballast)
-    wait_for(lambda: "event='storage_failed'" in gw.log(), 60, "a worker to meet the full disk")
+    try:
+        wait_for(lambda: "event='storage_failed'" in gw.log(), 60, "a worker to meet the full disk")
+    except AssertionError as exc:  # say what the workers were doing instead
+        raise AssertionError(f"{exc}\n{gw.log()[-4000:]}") from None
     scanners = gw.pids("scanner")
     os.kill(scanners[0], signal.SIGKILL)  # its claims must come back without a free block
     wait_for(lambda: _exits(gw.log()), 30, "the supervisor to reap the scanner")

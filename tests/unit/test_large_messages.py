@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import quopri
 import random
 import smtplib
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from mimebuild import encode
 from support import ROOT
 
 from mailgate.message.content import FileRange, MessageFile, Spliced, blocks
@@ -64,16 +64,6 @@ def body(rng: random.Random, size: int, kind: str) -> bytes:
             total += len(line) + 2
         return b"\r\n".join(lines) + b"\r\n"
     return rng.randbytes(size)
-
-
-def encode(data: bytes, cte: str) -> bytes:
-    if cte == "base64":
-        out = base64.encodebytes(data)
-    elif cte == "quoted-printable":
-        out = quopri.encodestring(data)
-    else:
-        out = data
-    return out.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
 @st.composite

@@ -88,12 +88,13 @@ def digest(tokens: Iterable[str]) -> str:
 
 class Learner:
     """The spool's token table open for changes (a context manager: lock held, saved and
-    fsync'd on a clean exit)."""
+    fsync'd on a clean exit). ``timeout`` 0: raise ``filelock.Timeout`` at once if another
+    process holds the lock."""
 
-    def __init__(self, spool: Spool, shipped: Path):
+    def __init__(self, spool: Spool, shipped: Path, timeout: float = -1):
         self.spool = spool
         self.path = spamtest.ensure_seeded(spool, shipped)
-        self.lock = spamtest.database_lock(spool)
+        self.lock = spamtest.database_lock(spool, timeout)
         self.model = bayes.Model()
         self.seen: sqlite3.Connection | None = None
         self.changed = 0
@@ -212,10 +213,8 @@ def queued(spool: Spool) -> bool:
 
 def merge_if_free(spool: Spool, shipped: Path) -> int:
     """Merge the queue unless another process holds the table's lock (then it will)."""
-    learner = Learner(spool, shipped)
-    learner.lock = spamtest.database_lock(spool, timeout=0)
     try:
-        with learner:
+        with Learner(spool, shipped, timeout=0) as learner:
             return learner.merge_queue()
     except filelock.Timeout:
         return 0
