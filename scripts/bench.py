@@ -399,6 +399,9 @@ def run_gateway(mode: str, args: argparse.Namespace, sink_port: int) -> Run:
     return Run(mode, len(latencies), accept_seconds, total_seconds, latencies, peak, cpu, scanners)
 
 
+STAGES = {"mime": "MIME parsing", "av": "anti-virus (mailgate's side)", "spam": "spam verdict"}
+
+
 def report(run: Run, args: argparse.Namespace, direct_rate: float, discard_rate: float) -> None:
     per = max(1, run.delivered) / 1000
     per_session = "many messages" if args.reuse else "one message"
@@ -422,6 +425,12 @@ def report(run: Run, args: argparse.Namespace, direct_rate: float, discard_rate:
             for role, (user, system) in sorted(run.cpu.items())
         )
     )
+    stages = {k: run.scanners.get(f"cpu_{k}_us", 0) / 1000 / per / 1000 for k in STAGES}
+    if any(stages.values()):
+        print(
+            "scanner CPU per message by stage: "
+            + ", ".join(f"{name} {stages[key]:.2f} ms" for key, name in STAGES.items())
+        )
     if run.mode != "pass-through":
         hits, lookups = run.ichecker
         print(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mailgate.config import Config
 from mailgate.message.content import MessageFile
@@ -31,6 +31,7 @@ class Inspection:
     objects: list[ObjectVerdict]
     decision: Decision
     spam: SpamVerdict | None = None
+    cpu: dict[str, float] = field(default_factory=dict)  # seconds per stage: mime, spam, av
 
     def public(self) -> dict:
         return {
@@ -73,12 +74,16 @@ class Inspector:
         message is read from its file (``mime.split``), its long objects decoded into
         ``scratch()`` files: the caller closes ``Inspection.split`` when done."""
         config = self.config
+        started = time.process_time()
         split = mime.split(raw, config.max_depth, config.max_parts, scratch)
+        parsed = time.process_time()
         try:
-            return self._inspect(split, last_try, envelope, engine_lost)
+            inspection = self._inspect(split, last_try, envelope, engine_lost)
         except BaseException:
             split.close()
             raise
+        inspection.cpu["mime"] = parsed - started
+        return inspection
 
     def _inspect(
         self, split: mime.Split, last_try: bool, envelope: dict | None, engine_lost: str
@@ -86,8 +91,10 @@ class Inspector:
         config = self.config
         envelope = envelope or {"mail_from": "", "recipients": []}
         spam = None
+        started = time.process_time()
         if self.spamtest is not None and envelope.get("kind", "message") == "message":
             spam = self.spamtest.check(split, envelope)
+        checked = time.process_time()
         deadline = time.monotonic() + config.message_timeout
         verdicts = []
         if split.limit:
@@ -112,7 +119,8 @@ class Inspector:
                 engine_lost = f"engine:error ({exc})"
         for obj in split.objects:
             verdicts.append(self._object(obj, deadline, last_try, engine_lost))
-        return Inspection(split, verdicts, policy.decide(verdicts), spam)
+        cpu = {"spam": checked - started, "av": time.process_time() - checked}
+        return Inspection(split, verdicts, policy.decide(verdicts), spam, cpu)
 
     def _object(
         self, obj: mime.MimeObject, deadline: float, last_try: bool, engine_lost: str

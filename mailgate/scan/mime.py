@@ -11,7 +11,9 @@ everything not removed reaches the recipient unchanged.
 
 Invariants: ``split`` never raises on any input; a leaf it cannot decode is still returned
 (with ``defect`` set) so that its raw bytes are scanned; beyond ``max_depth`` or ``max_parts``
-it stops and says so in ``Split.limit`` instead of recursing further.
+it stops and says so in ``Split.limit`` instead of recursing further. A message file over
+``IN_MEMORY`` is parsed from a skeleton (``skeleton``) with the same result, its long objects
+decoded into scratch files, so that memory stays bounded whatever the size.
 """
 
 from __future__ import annotations
@@ -33,11 +35,6 @@ from mailgate.message.content import BLOCK, IN_MEMORY, Content, MessageFile
 from mailgate.message.headers import POLICY, decode_words, header_block
 from mailgate.scan import decoding, skeleton
 
-_DECODE_DEFECTS = (
-    email.errors.InvalidBase64PaddingDefect,
-    email.errors.InvalidBase64CharactersDefect,
-    email.errors.InvalidBase64LengthDefect,
-)
 _STRUCTURE_DEFECTS = (
     email.errors.StartBoundaryNotFoundDefect,
     email.errors.CloseBoundaryNotFoundDefect,
@@ -126,24 +123,10 @@ def _content_type(part: Message) -> str:
 
 
 def _decode(part: Message) -> tuple[bytes, str]:
-    """The decoded body of a leaf and, if decoding found problems, what they were
-    (base64, quoted-printable and uuencode by ``decoding``, as a mail reader decodes)."""
-    cte = decoding.transfer_encoding(part)
-    if cte == "base64" or cte == "quoted-printable" or cte in decoding.UU:
-        return decoding.decode_bytes(decoding.raw_payload(part), cte)
-    before = len(part.defects)
-    try:
-        data = part.get_payload(decode=True)
-    except (ValueError, LookupError, UnicodeError, AssertionError) as exc:
-        raw = part.get_payload()
-        data = raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else b""
-        return data, f"undecodable body ({exc.__class__.__name__})"
-    if data is None:
-        data = b""
-    defects = [d for d in part.defects[before:] if isinstance(d, _DECODE_DEFECTS)]
-    if defects:
-        return data, "broken " + part.get("Content-Transfer-Encoding", "encoding").strip().lower()
-    return data, ""
+    """The decoded body of a leaf and, if decoding found problems, what they were: the
+    bytes as they stand, undone as a mail reader undoes their transfer encoding
+    (``decoding``), which never raises."""
+    return decoding.decode_bytes(decoding.raw_payload(part), decoding.transfer_encoding(part))
 
 
 # The email parser recurses once per nested container and fails near Python's recursion limit

@@ -186,6 +186,8 @@ class Scanner(Worker):
             )
             return
         self.metrics.scan_seconds.observe(time.monotonic() - started)
+        for stage, seconds in inspection.cpu.items():  # CPU per stage, for scripts/bench
+            self.counters[f"cpu_{stage}_us"] += round(seconds * 1e6)
         try:
             self._carry_out(entry, envelope, raw, inspection, headers)
         finally:
