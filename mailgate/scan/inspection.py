@@ -57,6 +57,7 @@ class Inspector:
         self.engine = engine
         self.installed = installed or (lambda: None)
         self.types = config.attachments_enabled if types is None else types
+        self.text_detail = types is True or attachments.rules_see_text(config)
         self.spamtest = spam
 
     def inspect(
@@ -136,7 +137,10 @@ class Inspector:
             found.append(known[:2])
             kind = known[2]
         else:
-            kind = attachments.true_type(obj.head(attachments.MAGIC_BYTES)) if self.types else ""
+            kind = ""
+            if self.types:
+                head = obj.head(attachments.MAGIC_BYTES)
+                kind = attachments.true_type(head, self.text_detail)
         if engine is not None and known is None:
             if engine_lost:
                 found.append(("unscannable", engine_lost))
