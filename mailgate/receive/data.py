@@ -53,6 +53,10 @@ class Capture:
         for the next to say whether it ends the line."""
         self.fed += len(data)
         pos = 0
+        if not (self.partial or self.cr_pending or self.skipping_line or self.failed):
+            done, pos = self._lines(data)
+            if done:
+                return data[pos:]
         if self.cr_pending:
             self.cr_pending = False
             if data[:1] == b"\n":
@@ -74,6 +78,25 @@ class Capture:
             pos = end + 2
             if done:
                 return data[pos:]
+
+    def _lines(self, data: bytes) -> tuple[bool, int]:
+        """At the start of a line: every whole line of ``data`` in one go (the common case,
+        a packet of short lines), with what ``_line`` does to each done to the block: a dot
+        after each CRLF removed (dot-stuffing), bare CR and LF made CRLF. (True at the lone
+        dot, the position after it) or (False, where the line-by-line way goes on)."""
+        if data.startswith(b".\r\n"):
+            return True, 3
+        term = data.find(b"\r\n.\r\n")
+        end = term + 2 if term >= 0 else data.rfind(b"\r\n") + 2
+        if end < 2:
+            return False, 0
+        block = data[:end]
+        if end + 2 > self.line_limit and max(map(len, block.split(b"\r\n"))) + 2 > self.line_limit:
+            return False, 0  # a line too long: line by line, which refuses it
+        if block[:1] == b".":
+            block = block[1:]
+        self._accept(normalise_newlines(block.replace(b"\r\n.", b"\r\n")))
+        return (True, term + 5) if term >= 0 else (False, end)
 
     def _end_of_line(self, tail: bytes) -> bool:
         """A CRLF came: the line is the partial start plus ``tail``; True at the lone dot."""
@@ -105,7 +128,10 @@ class Capture:
             return
         if line[:1] == b".":
             line = line[1:]
-        line = normalise_newlines(line) + b"\r\n"
+        self._accept(normalise_newlines(line) + b"\r\n")
+
+    def _accept(self, line: bytes) -> None:
+        """Whole lines, unstuffed and normalised: counted, the head kept, written."""
         self.data_size += len(line)
         if self.size_limit and self.data_size > self.size_limit:
             self._fail("552 5.3.4 Message size exceeds fixed maximum message size")

@@ -208,6 +208,7 @@ class GatewaySMTP(IntrospectedNames, SMTP):
         self._capture = None
         self._captured = None
         self._plain_replies = False
+        self._held: list[str | bytes] = []  # lines of a multi-line reply not yet written
         self.errors = 0
         self.junk = 0
         self.messages = 0
@@ -283,6 +284,12 @@ class GatewaySMTP(IntrospectedNames, SMTP):
             status = with_enhanced_code(status)  # EHLO's 250 lines stay plain, errors do not
         if isinstance(status, str) and status[:3] == "354" and self._open_data is not None:
             self._capture = self._open_data(self)  # before the reply: the client may be quick
+        if isinstance(status, str) and status[3:4] == "-":
+            self._held.append(status)  # a multi-line reply leaves in one write, at its end
+            return None
+        if self._held:
+            lines, self._held = [*self._held, status], []
+            status = "\r\n".join(line if isinstance(line, str) else line.decode() for line in lines)
         result = await super().push(status)
         if isinstance(status, str) and status[:1] == "5" and self.limits is not None:
             self.errors += 1
