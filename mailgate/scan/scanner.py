@@ -135,9 +135,10 @@ class Scanner(Worker):
         if not (
             self.config.av_enabled or self.config.attachments_enabled or self.config.spam_enabled
         ):
-            with MessageFile(entry.message_path) as source:
-                head = header_block(source.head(HEADER_READ))
-            headers += self._added_fields(envelope, HEADER_NAME.findall(head.decode("latin-1")))
+            if trust.cleaned_up(envelope, self.config.is_trusted):  # else no need to read
+                with MessageFile(entry.message_path) as source:
+                    head = header_block(source.head(HEADER_READ)).decode("latin-1")
+                headers += self._added_fields(envelope, HEADER_NAME.findall(head))
             self._to_ready(entry, envelope, headers)
             self.counters["scanned"] += 1
             self._account(envelope, "not-scanned", [], None, ["deliver"])

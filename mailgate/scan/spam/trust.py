@@ -56,6 +56,13 @@ def boundary(client: dict, received: list[str], trusted: Callable[[str], bool]) 
     return Boundary("", "", len(received))
 
 
+def cleaned_up(envelope: dict, trusted: Callable[[str], bool]) -> bool:
+    """Does this message get missing fields added: a message (not a notice or DSN of ours)
+    from a trusted client?"""
+    ip = (envelope.get("client") or {}).get("ip") or ""
+    return bool(ip) and trusted(ip) and envelope.get("kind", "message") == "message"
+
+
 def missing_fields(
     present: Iterable[str], envelope: dict, trusted: Callable[[str], bool], hostname: str
 ) -> list[tuple[str, str]]:
@@ -63,8 +70,7 @@ def missing_fields(
     the scanner adds (the same for every look at the same message: from the envelope sender,
     the queue ID and the time of receipt). ``present`` holds the names of its header
     fields, in any case."""
-    ip = (envelope.get("client") or {}).get("ip") or ""
-    if not ip or not trusted(ip) or envelope.get("kind", "message") != "message":
+    if not cleaned_up(envelope, trusted):
         return []
     names = {name.lower() for name in present}
     added = []
