@@ -540,7 +540,7 @@ def main() -> int:
         if args.unique:
             peer_port = free_port()
             args.postfix_rate = bench_unique.postfix_rate(
-                peer_port, sink_port, args.unique_mail, args.sessions
+                peer_port, sink_port, args.unique_mail, args.sessions, wait_port
             )
         for mode in modes:
             run = run_gateway(mode, args, sink_port)

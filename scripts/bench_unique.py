@@ -18,7 +18,6 @@ import base64
 import io
 import random
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -175,8 +174,9 @@ class PostfixRelay:
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def postfix_rate(port: int, sink_port: int, messages: list[bytes], sessions: int) -> str:
-    """Messages per second, accepted to delivered, through a plain Postfix relay (or why not)."""
+def postfix_rate(port: int, sink_port: int, messages: list[bytes], sessions: int, wait_port) -> str:
+    """Messages per second, accepted to delivered, through a plain Postfix relay (or why not);
+    ``wait_port(port)`` returns once the relay greets."""
     if not MASTER.exists():
         return "not installed"
     try:
@@ -184,7 +184,7 @@ def postfix_rate(port: int, sink_port: int, messages: list[bytes], sessions: int
     except (OSError, LookupError) as exc:
         return f"could not start ({exc})"
     try:
-        _wait_greeting(port)
+        wait_port(port)
         started = time.monotonic()
         send(port, messages, sessions)
         deadline = time.monotonic() + 600
@@ -193,15 +193,3 @@ def postfix_rate(port: int, sink_port: int, messages: list[bytes], sessions: int
         return f"{len(messages) / (time.monotonic() - started):.0f}"
     finally:
         relay.stop()
-
-
-def _wait_greeting(port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                if s.recv(4).startswith(b"220"):
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"no greeting on port {port}")
