@@ -40,6 +40,7 @@ COMMANDS = {
     "update": "mailgate.cli.update:run",
     "stats": "mailgate.cli.stats:stats_command",
     "report": "mailgate.cli.stats:report_command",
+    "track": "mailgate.cli.stats:track_command",
     "passwd": "mailgate.cli.passwd:run",
     "train": "mailgate.cli.spam:train",
     "learn": "mailgate.cli.spam:learn",
@@ -53,7 +54,16 @@ ROLES = {
     "admin": "mailgate.ops.console",
 }
 # commands that act on the spool: run as the spool's owner when started by root
-SPOOL_COMMANDS = ("queue", "quarantine", "archive", "update", "learn", "report", "stats")
+SPOOL_COMMANDS = (
+    "queue",
+    "quarantine",
+    "archive",
+    "update",
+    "learn",
+    "report",
+    "stats",
+    "track",
+)
 
 
 def _function(target: str):

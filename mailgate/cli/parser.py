@@ -116,6 +116,13 @@ def build() -> argparse.ArgumentParser:
     rep.add_argument("--top", type=int, default=10, help="rows in each top list")
     rep.add_argument("--mail", action="store_true", help="also mail it to the Administrator")
 
+    tr = command("track", "each message's life from the journal: received, scanned, delivered...")
+    tr.add_argument("--sender", metavar="MASK", help="envelope sender mask, e.g. '*@example.org'")
+    tr.add_argument("--recipient", metavar="MASK", help="recipient mask, e.g. 'bob@*'")
+    tr.add_argument("--id", dest="queue_id", metavar="ID", help="one message's queue ID")
+    tr.add_argument("--since", default="1d", help="1d, 12h, ... ago, or a day YYYY-MM-DD")
+    tr.add_argument("--json", action="store_true", help="one JSON document")
+
     pw = command("passwd", "set the web console password (in [smtpgw.admin] PasswordFile)")
     pw.add_argument("--stdin", action="store_true", help="read the password from standard input")
 

@@ -1,4 +1,5 @@
-"""``mailgate stats`` (counters) and ``mailgate report`` (traffic report, optionally mailed)."""
+"""``mailgate stats`` (counters), ``mailgate report`` (traffic report, optionally mailed) and
+``mailgate track`` (each message's life from the journal)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import sys
 
 from mailgate.cli.common import EXIT_CONFIG, EXIT_OK, EXIT_USAGE, CommandError
 from mailgate.config import BadValue, Config
-from mailgate.ops import report
+from mailgate.ops import report, track
 from mailgate.runtime import stats
 from mailgate.spool import Spool
 
@@ -44,4 +45,19 @@ def report_command(args: argparse.Namespace, config: Config) -> int:
         except ValueError as exc:
             raise CommandError(str(exc), EXIT_CONFIG) from None
         print(f"mailed to {config.administrator} as {qid}", file=sys.stderr)
+    return EXIT_OK
+
+
+def track_command(args: argparse.Namespace, config: Config) -> int:
+    try:
+        since = report.parse_since(args.since)
+    except BadValue as exc:
+        raise CommandError(f"--since: {exc}", EXIT_USAGE) from None
+    found = track.messages(
+        Spool(config.spool_path), since, args.sender, args.recipient, args.queue_id
+    )
+    if args.json:
+        print(json.dumps({"since": since, "messages": found}, indent=1))
+    else:
+        sys.stdout.write(track.render(found))
     return EXIT_OK

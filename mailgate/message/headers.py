@@ -24,6 +24,7 @@ FIELD_POLICY = email_policy.SMTP.clone(max_line_length=998)
 _FIELD = re.compile(rb"[\x21-\x39\x3b-\x7e]+[ \t]*:")
 
 
+_FIELD_NAME = re.compile(rb"(?m)^([\x21-\x39\x3b-\x7e]+)[ \t]*:")
 _BARE_NEWLINE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 CONTROLS = re.compile(r"[\x00-\x1f\x7f]")  # C0 and DEL: never in a command or a header value
 
@@ -72,6 +73,11 @@ def header_end(message: bytes) -> int:
             return size
         pos = nl + len(sep)
     return size
+
+
+def field_names(message: bytes) -> list[str]:
+    """The names of the top-level header fields of ``message`` (or of its first bytes)."""
+    return [m.decode("latin-1") for m in _FIELD_NAME.findall(header_block(message))]
 
 
 def header_block(message: bytes) -> bytes:

@@ -20,14 +20,13 @@ of this counts as a crash: ``crashes`` is for the scanner's own deaths.
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 
 from mailgate import __version__
 from mailgate.config import Config
 from mailgate.message.content import Content, MessageFile
-from mailgate.message.headers import header_block, header_field
+from mailgate.message.headers import field_names, header_field
 from mailgate.runtime import stats
 from mailgate.runtime.worker import RESCAN_INTERVAL, Worker
 from mailgate.scan import edits, mime, notify, policy
@@ -51,7 +50,6 @@ from mailgate.spool.journal import Journal
 
 ENGINE_RETRY = 1.0
 HEADER_READ = 1 << 20
-HEADER_NAME = re.compile(r"(?m)^([!-9;-~]+)[ \t]*:")
 
 
 class Scanner(Worker):
@@ -137,8 +135,8 @@ class Scanner(Worker):
         ):
             if trust.cleaned_up(envelope, self.config.is_trusted):  # else no need to read
                 with MessageFile(entry.message_path) as source:
-                    head = header_block(source.head(HEADER_READ)).decode("latin-1")
-                headers += self._added_fields(envelope, HEADER_NAME.findall(head))
+                    names = field_names(source.head(HEADER_READ))
+                headers += self._added_fields(envelope, names)
             self._to_ready(entry, envelope, headers)
             self.counters["scanned"] += 1
             self._account(envelope, "not-scanned", [], None, ["deliver"])
@@ -219,11 +217,13 @@ class Scanner(Worker):
             viruses=found,
             spam=spam.status if spam is not None else None,
             score=round(spam.score, 2) if spam is not None else None,
+            rules={k: round(v, 2) for k, v in spam.rules.items()} if spam is not None else None,
             actions=list(dict.fromkeys(actions)),
         )
 
     def _quarantine(self, raw: Content, envelope: dict, status: str) -> None:
         self.spool.quarantine(raw, envelope, status)
+        self.journal.write("quarantined", envelope["id"], status=status)
         self.counters["quarantined"] += 1
         self.metrics.quarantined.labels(status).inc()
 

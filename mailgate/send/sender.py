@@ -250,7 +250,12 @@ class Sender(Worker):
         ]
         if newly_failed:
             self.metrics.bounced.inc(len(newly_failed))
-            self.journal.write("bounced", entry.id, to=[r["address"] for r in newly_failed])
+            self.journal.write(
+                "bounced",
+                entry.id,
+                to=[r["address"] for r in newly_failed],
+                replies=_replies(newly_failed),
+            )
         self._report(envelope, message, newly_failed, "failed")
         relayed = [
             r
@@ -280,7 +285,9 @@ class Sender(Worker):
                 kind = envelope.get("kind", "message")
                 extra = {} if kind == "message" else {"kind": kind}
                 to = [r["address"] for r in delivered]
-                self.journal.write("delivered", entry.id, to=to, **extra)
+                self.journal.write(
+                    "delivered", entry.id, to=to, replies=_replies(delivered), **extra
+                )
             if delivered and self.config.archive_sent:
                 self._archive_sent(envelope, message)
             self.spool.remove(entry)
@@ -301,6 +308,13 @@ class Sender(Worker):
         envelope["next_attempt"] = next_attempt
         envmod.record(envelope, "deferred", self.role)
         self.spool.defer(entry, envelope, next_attempt)
+        self.journal.write(
+            "deferred",
+            entry.id,
+            to=[r["address"] for r in pending],
+            reply=envelope.get("last_error"),
+            retry=round(next_attempt),
+        )
         self.counters["deferred"] += 1
         self.metrics.deferred.inc()
         self.log.info(
@@ -368,6 +382,11 @@ class Sender(Worker):
         if action != "delayed":
             for rcpt in rcpts:
                 rcpt["reported"] = True
+
+
+def _replies(rcpts: list[dict]) -> list[list]:
+    """``[address, reply, next hop]`` of each recipient, for the journal."""
+    return [[r["address"], r.get("reply"), r.get("remote")] for r in rcpts]
 
 
 def run(config: Config, snapshot: Path | None = None) -> int:

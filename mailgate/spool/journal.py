@@ -8,8 +8,15 @@ has one writer, each line leaves in one write(2), and a reader skips a torn last
 Events (``ev``) and their fields, besides ``t`` (Unix time) and ``qid``:
 - ``received``: ``from``, ``to`` (recipients), ``size``, ``client``
 - ``scanned``: ``from``, ``to``, ``virus`` (status), ``viruses`` (names), ``spam`` (status),
-  ``score``, ``actions``
-- ``delivered`` / ``bounced``: ``to`` (the recipients concerned)
+  ``score``, ``rules`` (the spam rules that fired, with their weights), ``actions``
+- ``quarantined``: ``status`` (the quarantine it went to)
+- ``delivered`` / ``bounced``: ``to`` (the recipients concerned), ``replies`` (each
+  recipient's ``[address, reply, next hop]``)
+- ``deferred``: ``to`` (recipients still pending), ``reply`` (the last error), ``retry``
+  (when the next attempt is due)
+- ``released``: ``status``, ``new_id`` (the queue ID of the released copy)
+
+``mailgate track`` (``ops.track``) reads a message's life back from these lines.
 """
 
 from __future__ import annotations

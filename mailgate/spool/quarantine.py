@@ -15,6 +15,7 @@ import time
 from mailgate.message.headers import POLICY, decode_words, header_block
 from mailgate.spool import Entry, Spool, new_queue_id
 from mailgate.spool import envelope as envmod
+from mailgate.spool.journal import Journal
 
 
 def summary(status: str, entry: Entry) -> dict:
@@ -68,6 +69,9 @@ def release(spool: Spool, status: str, entry: Entry) -> str:
     )
     spool.enqueue(message, fresh, state="ready")
     spool.remove(entry)
+    journal = Journal(spool, "quarantine")
+    journal.write("released", entry.id, status=status, new_id=queue_id)
+    journal.close()
     return queue_id
 
 
