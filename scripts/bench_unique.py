@@ -98,15 +98,22 @@ async def _one(port: int, message: bytes) -> None:
         writer.close()
 
 
-def send(port: int, messages: list[bytes], sessions: int) -> float:
-    """Send every message, ``sessions`` at a time; the seconds it took."""
+def send(port: int, messages: list[bytes], sessions: int, rate: float = 0.0) -> float:
+    """Send every message, ``sessions`` at a time (message ``n`` not before ``n / rate``
+    seconds when a rate is given, to measure latency below the peak); the seconds it took."""
 
     async def run() -> None:
         queue = list(reversed(messages))
+        loop = asyncio.get_running_loop()
+        begin = loop.time()
 
         async def worker() -> None:
             while queue:
-                await _one(port, queue.pop())
+                due = begin + (len(messages) - len(queue)) / rate if rate else 0.0
+                message = queue.pop()
+                if due > loop.time():
+                    await asyncio.sleep(due - loop.time())
+                await _one(port, message)
 
         await asyncio.gather(*(worker() for _ in range(sessions)))
 
