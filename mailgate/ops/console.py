@@ -33,7 +33,7 @@ from werkzeug.serving import WSGIRequestHandler, make_server
 
 from mailgate import config as configmod
 from mailgate.config import passwords
-from mailgate.ops import logins, pages, report
+from mailgate.ops import logins, pages, report, track
 from mailgate.runtime import log as logmod
 from mailgate.runtime import stats
 from mailgate.spool import ARCHIVES, STATES, Spool, archive, journal, quarantine, queueops
@@ -298,6 +298,27 @@ def create_app(config: configmod.Config, serve_metrics: bool = True) -> Flask:
         if found is None:
             abort(404)
         return pages.download(found[2].read_message(), f"{queue_id}.eml")
+
+    @app.get("/track")
+    def track_page():
+        args = {k: request.args.get(k, "").strip() for k in ("sender", "recipient", "id")}
+        since_text = request.args.get("since", "").strip() or "1d"
+        if args["id"]:
+            pages.checked_id(args["id"])
+        try:
+            since = report.parse_since(since_text)
+        except configmod.BadValue:
+            abort(400, "since is 1d, 12h... or YYYY-MM-DD")
+        found = track.messages(
+            spool, since, args["sender"] or None, args["recipient"] or None, args["id"] or None
+        )
+        for message in found:
+            for event in message["events"]:
+                event["detail"] = track.detail(event)
+            message["quarantine"] = pages.still_quarantined(spool, message)
+        return render_template(
+            "track.html", messages=found[-200:], total=len(found), args=args, since=since_text
+        )
 
     # -------------------------------------------------------------- config and logs
 

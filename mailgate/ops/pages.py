@@ -85,6 +85,16 @@ def matches(text: str, row: dict) -> bool:
     return text in hay.lower()
 
 
+def still_quarantined(spool: Spool, message: dict) -> str | None:
+    """The quarantine status under which a tracked message still waits, if it does."""
+    if not any(e.get("ev") == "quarantined" for e in message["events"]):
+        return None
+    try:
+        return spool.find_quarantined(message["id"])[0]
+    except (NotFound, InvalidQueueID, OSError):
+        return None
+
+
 def fmt_time(when) -> str:
     if not when:
         return ""

@@ -85,6 +85,11 @@ def messages(
     return out
 
 
+def detail(event: dict) -> str:
+    """One line saying what an event was about (the reply, the verdict, the quarantine...)."""
+    return DETAIL.get(event.get("ev"), lambda e: "")(event)
+
+
 def render(found: list[dict]) -> str:
     lines = []
     for message in found:
@@ -93,7 +98,6 @@ def render(found: list[dict]) -> str:
         )
         for event in message["events"]:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event.get("t", 0)))
-            detail = DETAIL.get(event.get("ev"), lambda e: "")(event)
-            lines.append(f"  {when}  {event.get('ev', '?'):<11} {detail}".rstrip())
+            lines.append(f"  {when}  {event.get('ev', '?'):<11} {detail(event)}".rstrip())
         lines.append("")
     return "\n".join(lines) + ("\n" if lines else "no message matches\n")

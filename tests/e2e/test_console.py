@@ -377,3 +377,22 @@ def test_the_back_off_counts_the_forwarded_client_only_behind_a_trusted_proxy(
     assert attacker.log_in() == 429
     colleague = Client(gw.console, forwarded_for="198.51.100.7")  # same proxy, other person
     assert colleague.log_in() == (302 if proxy else 429)
+
+
+def test_the_tracking_page_shows_a_message_life_with_links(make_gateway, sink):
+    gw = console_gateway(make_gateway)
+    virus = gw.send(multipart([TEXT, part(EICAR, filename="eicar.com")], msgid="track-v@test"))
+    clean = gw.send(make_message("track-c@test"))
+    wait_for(lambda: "<track-c@test>" in sink.ids(), what="the clean message")
+    wait_for(lambda: gw.entries("quarantine/infected") == [virus], what="the quarantined copy")
+    client = Client(gw.console)
+    assert client.log_in() == 302
+    status, _, body = client.request(f"/track?id={virus}")
+    assert status == 200 and virus.encode() in body and clean.encode() not in body
+    assert b"quarantined" in body and b"Mailgate.Test.EICAR" in body
+    assert f"/quarantine/infected/{virus}".encode() in body
+    wait_for(lambda: b"delivered" in client.request(f"/track?id={clean}")[2], what="delivery")
+    status, _, body = client.request("/track?sender=*@EXAMPLE.org")
+    assert status == 200 and virus.encode() in body and clean.encode() in body
+    assert client.request("/track?since=yesterday")[0] == 400
+    assert client.request("/track?id=..%2Fx")[0] == 404
