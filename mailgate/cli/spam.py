@@ -4,31 +4,22 @@ from __future__ import annotations
 
 import argparse
 from collections import Counter
-from pathlib import Path
 
 from mailgate.cli.common import EXIT_OK, EXIT_USAGE, CommandError
 from mailgate.config import Config
-from mailgate.scan import mime
 from mailgate.scan.spam import bayes, learning
 from mailgate.spool import Spool
 
 
-def _message_files(folders: list[Path]) -> list[Path]:
-    files = []
-    for folder in folders:
-        if not folder.is_dir():
-            raise CommandError(f"no such directory: {folder}", EXIT_USAGE)
-        files += sorted(p for p in folder.iterdir() if p.is_file())
-    return files
-
-
 def train(args: argparse.Namespace, config: Config) -> int:
-
+    missing = [str(f) for f in [*args.ham, *args.spam] if not f.is_dir()]
+    if missing:
+        raise CommandError(f"no such directory: {', '.join(missing)}", EXIT_USAGE)
     model = bayes.Model()
     for folders, is_spam in ((args.ham, False), (args.spam, True)):
-        for path in _message_files(folders):
-            split = mime.split(path.read_bytes())
-            model.learn(bayes.tokens(split.message, mime.decode_words), is_spam)
+        for folder in folders:
+            for raw in learning.messages(folder):
+                model.learn(learning.tokens_of(raw), is_spam)
     target_dir = args.output or config.shipped("spam_database", "spamdb")
     target = model.save(target_dir)
     print(

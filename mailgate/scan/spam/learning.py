@@ -115,14 +115,20 @@ class Learner:
 
     def __exit__(self, kind, value, traceback) -> None:
         try:
-            if kind is None and self.changed:
-                self.model.save(self.path.parent, min_count=1)
-                spamtest.mark_changed(self.spool, "learned")
-                self.seen.commit()
+            if kind is None:
+                self.save()
         finally:
             if self.seen is not None:
                 self.seen.close()
             self.lock.release()
+
+    def save(self) -> None:
+        """Install the changed table (fsync'd, renamed over) and record what was learned."""
+        if self.changed:
+            self.model.save(self.path.parent, min_count=1)
+            spamtest.mark_changed(self.spool, "learned")
+            self.seen.commit()
+            self.changed = 0
 
     def learn(self, tokens: set[str], is_spam: bool) -> str:
         """Learn one message: ``learned``, ``moved`` (it was learned as the other class) or
@@ -152,22 +158,15 @@ class Learner:
     def merge_queue(self) -> int:
         """Apply what scanners queued; the number of messages merged."""
         folder = self.spool.spamdb_root / QUEUE
-        names = sorted(os.listdir(folder)) if folder.is_dir() else []
         merged = []
-        for name in names:
-            if not name.endswith((".spam", ".ham")):
-                continue
+        for name in _queued_names(self.spool):
             try:
                 text = (folder / name).read_bytes().decode("utf-8", "surrogateescape")
             except FileNotFoundError:
                 continue
             self.learn(set(text.splitlines()), name.endswith(".spam"))
             merged.append(name)
-        if merged:
-            self.model.save(self.path.parent, min_count=1)
-            self.seen.commit()
-            spamtest.mark_changed(self.spool, "learned")
-            self.changed = 0
+        self.save()
         for name in merged:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(folder / name)
@@ -203,12 +202,16 @@ def auto_learn(config: Config, spool: Spool, envelope: dict, verdict) -> str | N
     return "spam" if is_spam else "ham"
 
 
-def queued(spool: Spool) -> bool:
-    folder = spool.spamdb_root / QUEUE
+def _queued_names(spool: Spool) -> list[str]:
     try:
-        return any(n.endswith((".spam", ".ham")) for n in os.listdir(folder))
+        names = os.listdir(spool.spamdb_root / QUEUE)
     except FileNotFoundError:
-        return False
+        return []
+    return sorted(n for n in names if n.endswith((".spam", ".ham")))
+
+
+def queued(spool: Spool) -> bool:
+    return bool(_queued_names(spool))
 
 
 def merge_if_free(spool: Spool, shipped: Path) -> int:
