@@ -208,7 +208,7 @@ class GatewaySMTP(IntrospectedNames, SMTP):
         self._capture = None
         self._captured = None
         self._plain_replies = False
-        self._held: list[str | bytes] = []  # lines of a multi-line reply not yet written
+        self._held: list[str] = []  # lines of a multi-line reply not yet written
         self.errors = 0
         self.junk = 0
         self.messages = 0
@@ -288,8 +288,8 @@ class GatewaySMTP(IntrospectedNames, SMTP):
             self._held.append(status)  # a multi-line reply leaves in one write, at its end
             return None
         if self._held:
-            lines, self._held = [*self._held, status], []
-            status = "\r\n".join(line if isinstance(line, str) else line.decode() for line in lines)
+            last = status if isinstance(status, str) else status.decode()
+            status, self._held = "\r\n".join([*self._held, last]), []
         result = await super().push(status)
         if isinstance(status, str) and status[:1] == "5" and self.limits is not None:
             self.errors += 1

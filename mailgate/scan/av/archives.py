@@ -203,17 +203,15 @@ def _inflate(kind: str, f: BinaryIO, budget: _Budget) -> BinaryIO:
         inflater = lzma.LZMADecompressor()
     limits = budget.limits
     cap = min(x for x in (limits.max_file_size, limits.max_scan_size - budget.unpacked) if x)
-    kept, produced, packed = _scratch(), 0, 0
+    kept, produced = _scratch(), 0
     try:
         while produced <= cap and not inflater.eof:
             if kind == "gzip":
                 feed = inflater.unconsumed_tail
                 if not feed:
                     feed = f.read(CHUNK)
-                    packed += len(feed)
             elif inflater.needs_input:
                 feed = f.read(CHUNK)
-                packed += len(feed)
             else:
                 feed = b""
             if not feed and (kind == "gzip" or inflater.needs_input):
@@ -225,7 +223,7 @@ def _inflate(kind: str, f: BinaryIO, budget: _Budget) -> BinaryIO:
     except (zlib.error, OSError, EOFError, lzma.LZMAError, ValueError):
         pass  # a damaged stream: clamd reports it (Heuristics.Broken...) or scans what it can
     try:
-        budget.member(produced, max(packed, _size(f)))
+        budget.member(produced, _size(f))  # the ratio is to the whole compressed stream
     except LimitBroken:
         kept.close()
         raise
