@@ -362,5 +362,5 @@ def cure(split_message: Split, removed: dict[str, str]) -> Content:
     except (UnicodeError, LookupError, ValueError, TypeError, AttributeError) as exc:
         raise CureError(f"cannot rewrite the message: {exc.__class__.__name__}") from exc
     if split_message.skeleton is not None:
-        return skeleton.splice(split_message.skeleton, out.getvalue())
+        return skeleton.with_file(split_message.skeleton, out.getvalue())
     return out.getvalue()

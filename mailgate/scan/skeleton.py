@@ -7,8 +7,9 @@ larger than ``IN_MEMORY`` is therefore read once, line by line, and copied into 
 (``KEEP_PER_BODY``, while ``KEEP_TOTAL`` lasts: what the spam filter reads), and in place of
 the rest of a body a marker line naming the stretch of the file it stands for. The parser
 gets the skeleton; a leaf whose payload holds markers is decoded from the file, stream by
-stream, into a scratch file (``decode``); a cured message is the generator's output with
-each marker replaced by its stretch of the file (``splice``).
+stream, into a scratch file (``decoding.decode``); a cured message is the generator's output
+with each marker replaced by its stretch of the file (``with_file``, which gives a leaf its
+encoded body the same way).
 
 The structure must be the parser's own, so the same rules decide it: header blocks end as
 ``email.feedparser`` ends them (a blank line, or a line that is not a header), their
@@ -226,27 +227,18 @@ def build(source: MessageFile, max_parts: int = 1000) -> Skeleton:
     return _Builder(source, max_parts).run()
 
 
-def encoded(skeleton: Skeleton, part: Message) -> Iterator[bytes]:
-    """The body of a leaf of the skeleton as it is encoded in the message: its payload's
-    bytes with the markers replaced by the file."""
-    payload = decoding.raw_payload(part)
-    pos = 0
-    for m in skeleton.byte_pattern.finditer(payload):
-        if m.start() > pos:
-            yield payload[pos : m.start()]
-        yield from skeleton.cuts[int(m.group(1))].blocks()
-        pos = m.end()
-    if pos < len(payload):
-        yield payload[pos:]
-
-
-def splice(skeleton: Skeleton, generated: bytes) -> Spliced:
-    """The generator's output for the skeleton, with every marker replaced by the file."""
-    pattern = skeleton.byte_pattern
+def with_file(skeleton: Skeleton, data: bytes) -> Spliced:
+    """``data`` taken from the skeleton (a payload, the generator's output) with every
+    marker replaced by the stretch of the file it stands for."""
     pieces: list[bytes | FileRange] = []
     pos = 0
-    for m in pattern.finditer(generated):
-        pieces += [generated[pos : m.start()], skeleton.cuts[int(m.group(1))]]
+    for m in skeleton.byte_pattern.finditer(data):
+        pieces += [data[pos : m.start()], skeleton.cuts[int(m.group(1))]]
         pos = m.end()
-    pieces.append(generated[pos:])
+    pieces.append(data[pos:])
     return Spliced(tuple(p for p in pieces if len(p)))
+
+
+def encoded(skeleton: Skeleton, part: Message) -> Iterator[bytes]:
+    """The body of a leaf of the skeleton as it is encoded in the message."""
+    return with_file(skeleton, decoding.raw_payload(part)).blocks()
