@@ -21,6 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from dkim.crypto import UnparsableKeyError, parse_pem_private_key
+
 from mailgate.config.model import PRESETS, SPAM_PRESETS, Config
 from mailgate.config.schema import OPTIONS, SECTIONS, TABLE, Option
 from mailgate.config.values import BadValue, ConfigError, parse_masks, parse_networks
@@ -195,10 +197,33 @@ def parse(text: str, path: Path) -> Config:
         )
     if config.manage_clamd and config.av_enabled and not config.signatures_path.is_dir():
         problem(line_of("Signatures"), f"Signatures: no such directory {config.signatures}")
+    for key in config.dkim_keys:
+        if not config.is_protected(key.domain):
+            problem(line_of("SigningKey"), f"SigningKey: {key.domain} is not in ProtectedDomains")
+        trouble = signing_key_problem(config.resolve(key.path))
+        if trouble:
+            problem(line_of("SigningKey"), f"SigningKey: {key.path}: {trouble}")
     if problems:
         problems.sort(key=lambda p: p[0])
         raise ConfigError([f"{path}:{lineno}: {message}" for lineno, message in problems])
     return config
+
+
+def signing_key_problem(path: Path) -> str | None:
+    """Why a DKIM key file cannot sign (unreadable, not an RSA private key in PEM, readable
+    or writable by others); None when it can."""
+    try:
+        mode = path.stat().st_mode
+        key = path.read_bytes()
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    if mode & 0o022 or mode & 0o004:
+        return f"mode {mode & 0o777:o}: readable or writable by others (chmod 600)"
+    try:
+        parse_pem_private_key(key)
+    except (UnparsableKeyError, ValueError, IndexError, TypeError) as exc:
+        return f"not a PEM RSA private key ({exc})"
+    return None
 
 
 def default_path() -> Path:

@@ -296,3 +296,32 @@ def parse_bounce_content(text: str) -> str:
 def parse_verification(text: str) -> str:
     """``no`` or ``next-hop``: how recipients in ProtectedDomains are checked at RCPT."""
     return _one_of(text, "no", "next-hop")
+
+
+def parse_spf_action(text: str) -> str:
+    """``mark`` or ``reject``: what an SPF fail gets at RCPT."""
+    return _one_of(text, "mark", "reject")
+
+
+def parse_dmarc_action(text: str) -> str:
+    """``reject``, ``quarantine`` or ``mark``: what a DMARC fail under a policy gets."""
+    return _one_of(text, "reject", "quarantine", "mark")
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    domain: str
+    selector: str
+    path: str
+
+
+def parse_dkim_keys(text: str) -> list[SigningKey]:
+    keys = []
+    for line in text.splitlines():
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 3 or "." not in parts[0] or not re.fullmatch(r"[A-Za-z0-9_.-]+", parts[1]):
+            raise BadValue(f"expected DOMAIN SELECTOR KEYFILE, got {line.strip()!r}")
+        keys.append(SigningKey(parts[0].lower().strip("."), parts[1], parts[2]))
+    return keys
