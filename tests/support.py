@@ -275,6 +275,9 @@ class Gateway:
         if "[smtpgw.spamtest]" not in extra:
             # The relay and anti-virus tests compare bytes; the spam tests turn it on.
             sections["smtpgw.spamtest"] = ["Enabled=no"]
+        if "[smtpgw.auth]" not in extra:
+            # SPF/DKIM/DMARC ask the DNS, which tests have only as their own dnsmasq
+            sections["smtpgw.auth"] = ["Enabled=no"]
         current = None
         for line in extra.strip().splitlines():
             line = line.strip()

@@ -44,6 +44,7 @@ COMMANDS = {
     "passwd": "mailgate.cli.passwd:run",
     "train": "mailgate.cli.spam:train",
     "learn": "mailgate.cli.spam:learn",
+    "dkim": "mailgate.cli.dkim:run",
 }
 # worker role (started by the supervisor as ``mailgate worker ROLE``): the module whose
 # ``run(config, snapshot)`` is that process

@@ -65,7 +65,12 @@ def build() -> argparse.ArgumentParser:
 
     scan = command("scan", "scan message files offline: print the verdict, queue nothing")
     scan.add_argument("--json", action="store_true", help="one JSON object per file and line")
-    scan.add_argument("--no-network", action="store_true", help="no DNS block list lookups")
+    scan.add_argument(
+        "--no-network", action="store_true", help="no DNS lookups (block lists, SPF, DKIM, DMARC)"
+    )
+    scan.add_argument("--client", default="", metavar="IP", help="SPF: the sending client")
+    scan.add_argument("--mail-from", default="", metavar="ADDRESS", help="SPF: the MAIL FROM")
+    scan.add_argument("--helo", default="", metavar="NAME", help="SPF: the HELO name")
     scan.add_argument("files", nargs="+", type=Path, metavar="FILE")
 
     quar = command("quarantine", "inspect, release and expire quarantined messages")
@@ -149,6 +154,20 @@ def build() -> argparse.ArgumentParser:
     kind.add_argument("--ham", action="store_true", help="these messages are not spam")
     kind.add_argument("--forget", action="store_true", help="take these messages back out")
     learn.add_argument("files", nargs="+", type=Path, metavar="PATH")
+
+    dkim = command("dkim", "DKIM signing keys")
+    dkim_sub = dkim.add_subparsers(dest="action", required=True, metavar="ACTION")
+    keygen = dkim_sub.add_parser(
+        "keygen",
+        parents=[again],
+        help="write a private key (mode 0600) and print the DNS TXT record to publish",
+    )
+    keygen.add_argument("domain")
+    keygen.add_argument("selector")
+    keygen.add_argument("--bits", type=int, default=2048, choices=(1024, 2048, 3072, 4096))
+    keygen.add_argument(
+        "--directory", type=Path, default=None, help="where (default: dkim/ beside the config)"
+    )
 
     tpl = command("check-template", "check notification templates; FILE:LINE: message each")
     tpl.add_argument("templates", nargs="+", type=Path, metavar="FILE")

@@ -10,6 +10,14 @@ import sys
 from mailgate.cli.common import EXIT_CONFIG, EXIT_ENGINE, EXIT_OK, EXIT_USAGE, CommandError
 from mailgate.config import Config
 from mailgate.message.content import MessageFile
+from mailgate.runtime.auth import lookup, spfcheck
+from mailgate.runtime.auth.verdict import (
+    Verdict,
+    authenticate,
+    author_domain,
+    results_field,
+    settings_of,
+)
 from mailgate.scan import notify
 from mailgate.scan.av import archives, avdb, clamd
 from mailgate.scan.av.engine import Engine, EngineUnavailable
@@ -46,6 +54,12 @@ def run(args: argparse.Namespace, config: Config) -> int:
         if config.spam_enabled:
             spam = Spamtest(config, None, network=config.spam_network and not args.no_network)
         inspector = Inspector(config, engine, types=True, spam=spam)
+        checks = None
+        if config.auth_enabled and not args.no_network:
+            checks = lookup.configure(config.nameservers, config.auth_dns_timeout)
+        spf = None
+        if checks is not None and args.client:
+            spf = spfcheck.check(args.client, args.mail_from, args.helo, config.auth_dns_timeout)
         for path in args.files:
             try:
                 with MessageFile(path) as message:
@@ -54,6 +68,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
             except EngineUnavailable as exc:
                 raise CommandError(f"{path}: {exc}", EXIT_ENGINE) from None
             result = {"file": str(path), **inspection.public()}
+            if checks is not None:
+                result["auth"] = _authenticate(path, spf, checks, config).public()
             if args.json:
                 print(json.dumps(result), flush=True)
             else:
@@ -68,12 +84,25 @@ def run(args: argparse.Namespace, config: Config) -> int:
                         f"; spam: {result['spam']['status']} score {result['spam']['score']}"
                         f" of {result['spam']['required']}"
                     )
+                if checks is not None:
+                    verdict = Verdict.from_public(result["auth"])
+                    found.append(" ".join(results_field(verdict, "auth").split()[2:]))
                 print(
                     f"{path}: {result['status']} ({result['action']}){spam_line}"
                     + "".join(f"\n  {line}" for line in found),
                     flush=True,
                 )
     return EXIT_OK
+
+
+def _authenticate(path, spf, checks, config: Config) -> Verdict:
+    """SPF (when ``--client`` was given), DKIM, ARC and DMARC of one message file."""
+    settings = settings_of(config)
+    if path.stat().st_size > config.auth_max_size:
+        with MessageFile(path) as message:
+            author = author_domain(message.head(1 << 20))
+        return authenticate(None, spf, checks, settings, author)
+    return authenticate(path.read_bytes(), spf, checks, settings)
 
 
 def check_templates(args: argparse.Namespace, config: Config) -> int:

@@ -24,6 +24,7 @@ from email.utils import formatdate
 
 from mailgate.config import Config
 from mailgate.message.headers import normalise_newlines
+from mailgate.spool import envelope as envmod
 from mailgate.spool.files import MessageWriter
 
 HEAD_BYTES = 512 * 1024
@@ -171,3 +172,32 @@ def received_header(config: Config, session, envelope, queue_id: str) -> bytes:
         f"\r\n\t{formatdate(localtime=True)}\r\n"
     )
     return text.encode("utf-8", "surrogateescape")
+
+
+def queued_envelope(queue_id: str, session, envelope, rbl: str, size: int) -> dict:
+    """The spool envelope of a message accepted in ``session`` (aiosmtpd's ``envelope``)."""
+    recipients = [
+        envmod.recipient(
+            addr,
+            params["NOTIFY"].split(",") if "NOTIFY" in params else None,
+            params.get("ORCPT"),
+        )
+        for addr, params in zip(envelope.rcpt_tos, envelope.dsn_rcpts, strict=True)
+    ]
+    return envmod.new(
+        queue_id,
+        "" if envelope.mail_from == "<>" else envelope.mail_from,
+        recipients,
+        ret=envelope.dsn.get("RET"),
+        envid=envelope.dsn.get("ENVID"),
+        body="8BITMIME" if "BODY=8BITMIME" in envelope.mail_options else "7BIT",
+        smtputf8=envelope.smtp_utf8,
+        size=size,
+        client={
+            "ip": session.peer[0],
+            "port": session.peer[1],
+            "helo": session.host_name,
+            "tls": session.ssl is not None,
+            **({"rbl": rbl} if rbl else {}),
+        },
+    )

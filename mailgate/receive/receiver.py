@@ -34,7 +34,8 @@ from mailgate import config as configmod
 from mailgate.message.headers import normalise_newlines
 from mailgate.receive import restrictions
 from mailgate.receive.anvil import Anvil
-from mailgate.receive.data import HEAD_BYTES, Capture, received_header
+from mailgate.receive.authentication import SenderChecks
+from mailgate.receive.data import HEAD_BYTES, Capture, queued_envelope, received_header
 from mailgate.receive.gate import Gate
 from mailgate.receive.smtp import GatewaySMTP, IntrospectedNames
 from mailgate.receive.verify import Verifier
@@ -42,7 +43,6 @@ from mailgate.runtime import log as logmod
 from mailgate.runtime import privileges, stats
 from mailgate.runtime.dnsbl import Checker
 from mailgate.spool import Spool, new_queue_id
-from mailgate.spool import envelope as envmod
 from mailgate.spool.files import MessageWriter
 from mailgate.spool.journal import Journal
 
@@ -65,9 +65,11 @@ class Receiver(IntrospectedNames):
         self.recipients = restrictions.Recipients(config)
         self.dns = Checker(config.nameservers, config.dns_timeout)
         self.verifier = Verifier(config, self.executor)
+        self.sender_checks = SenderChecks(config)
 
     def reconfigure(self, config: configmod.Config) -> None:
         self.config = config
+        self.sender_checks.reconfigure(config)
         self.verifier.reconfigure(config)
         self.recipients = restrictions.Recipients(config)
         self.dns = Checker(config.nameservers, config.dns_timeout)
@@ -150,6 +152,11 @@ class Receiver(IntrospectedNames):
             self.refused("unverified" if refusal[0] == "4" else "unknown_user")
             self.log.info("rcpt_refused", client=session.peer[0], to=address, reply=refusal)
             return refusal
+        refusal = await self.sender_checks.at_rcpt(session, envelope)
+        if refusal:
+            self.refused("spf")
+            self.log.info("rcpt_refused", client=session.peer[0], to=address, reply=refusal)
+            return refusal
         params = getattr(session, "dsn_rcpt", {})
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
@@ -197,32 +204,24 @@ class Receiver(IntrospectedNames):
             size = len(message)
         else:
             queue_id, size = capture.writer.queue_id, capture.writer.size
-        recipients = [
-            envmod.recipient(
-                addr,
-                params["NOTIFY"].split(",") if "NOTIFY" in params else None,
-                params.get("ORCPT"),
-            )
-            for addr, params in zip(envelope.rcpt_tos, envelope.dsn_rcpts, strict=True)
-        ]
-        mail_from = "" if envelope.mail_from == "<>" else envelope.mail_from
-        env = envmod.new(
-            queue_id,
-            mail_from,
-            recipients,
-            ret=envelope.dsn.get("RET"),
-            envid=envelope.dsn.get("ENVID"),
-            body="8BITMIME" if "BODY=8BITMIME" in envelope.mail_options else "7BIT",
-            smtputf8=envelope.smtp_utf8,
-            size=size,
-            client={
-                "ip": session.peer[0],
-                "port": session.peer[1],
-                "helo": session.host_name,
-                "tls": session.ssl is not None,
-                **({"rbl": server.rbl} if server.rbl else {}),
-            },
+        verdict = await self.sender_checks.at_data(
+            session,
+            envelope,
+            capture.writer.read if capture is not None else (lambda: message),
+            size,
+            bytes(capture.head) if capture is not None else message[:HEAD_BYTES],
         )
+        refusal = self.sender_checks.refusal(verdict)
+        if refusal:
+            if capture is not None:
+                capture.writer.abort()
+            self.refused("dmarc")
+            self.log.info("data_refused", client=session.peer[0], reply=refusal)
+            return refusal
+        env = queued_envelope(queue_id, session, envelope, server.rbl, size)
+        mail_from = env["mail_from"]
+        if verdict is not None:
+            env["auth"] = verdict.public()
         loop = asyncio.get_running_loop()
         try:
             if capture is None:
@@ -255,7 +254,7 @@ class Receiver(IntrospectedNames):
             qid=queue_id,
             client=session.peer[0],
             **{"from": mail_from},
-            nrcpt=len(recipients),
+            nrcpt=len(env["recipients"]),
             size=size,
         )
         return f"250 2.0.0 Ok: queued as {queue_id}"

@@ -9,37 +9,61 @@ from __future__ import annotations
 
 from mailgate.message.content import Content, Spliced
 from mailgate.message.headers import header_block, header_end, line_ending
+from mailgate.scan import authn
 
 UNTRUSTED = (b"x-spam-", b"x-mailgate-")
 HEAD_LIMIT = 1 << 20
 
 
 def edit_headers(
-    raw: Content, subject_prefix: str = "", untrusted: tuple[bytes, ...] = UNTRUSTED
+    raw: Content,
+    subject_prefix: str = "",
+    untrusted: tuple[bytes, ...] = UNTRUSTED,
+    claimed: str = "",
 ) -> Content:
     """The message with its top-level header block edited in place, the body untouched
     (everything from ``header_end`` on is kept as it is).
 
     Headers from outside that look like ours (``X-Spam-*``, ``X-Mailgate-*``) are renamed to
     ``X-Untrusted-*`` so that nobody, not even a filter further on, mistakes them for this
-    gateway's verdict; ``subject_prefix`` (e.g. ``[SPAM]``) is put in front of the Subject
-    (once), or a Subject is added.
+    gateway's verdict; so are Authentication-Results fields that name our authserv-id
+    ``claimed`` (RFC 8601 §5: only we may write those); ``subject_prefix`` (e.g.
+    ``[SPAM]``) is put in front of the Subject (once), or a Subject is added.
     """
     if isinstance(raw, Spliced):
         first = raw.head(HEAD_LIMIT)
         end = header_end(first)
         return Spliced(
             (
-                _edited(first[:end], line_ending(first), subject_prefix, untrusted),
+                _edited(first[:end], line_ending(first), subject_prefix, untrusted, claimed),
                 *raw.after(end).pieces,
             )
         )
     end = header_end(raw)
-    return _edited(raw[:end], line_ending(raw), subject_prefix, untrusted) + raw[end:]
+    return _edited(raw[:end], line_ending(raw), subject_prefix, untrusted, claimed) + raw[end:]
 
 
-def _edited(head: bytes, sep: bytes, subject_prefix: str, untrusted: tuple[bytes, ...]) -> bytes:
+def _forged_lines(lines: list[bytes], claimed: str) -> set[int]:
+    """Indexes of the first lines of Authentication-Results fields claiming ``claimed``."""
+    found = set()
+    if not claimed:
+        return found
+    for i, line in enumerate(lines):
+        if line[:23].lower() == b"authentication-results:":
+            end = i + 1
+            while end < len(lines) and lines[end][:1] in (b" ", b"\t"):
+                end += 1
+            if authn.forged(b"\r\n".join([line[23:], *lines[i + 1 : end]]), claimed):
+                found.add(i)
+    return found
+
+
+def _edited(
+    head: bytes, sep: bytes, subject_prefix: str, untrusted: tuple[bytes, ...], claimed: str
+) -> bytes:
     lines = head.split(sep)  # ends with b"" when the last field has its line ending
+    for i in _forged_lines(lines, claimed):
+        lines[i] = b"X-Untrusted-" + lines[i]
     prefix = subject_prefix.encode("utf-8")
     seen_subject = False
     for i, line in enumerate(lines):
@@ -56,7 +80,14 @@ def _edited(head: bytes, sep: bytes, subject_prefix: str, untrusted: tuple[bytes
     return sep.join(lines)
 
 
-def has_untrusted_headers(raw: Content, untrusted: tuple[bytes, ...] = UNTRUSTED) -> bool:
+def has_untrusted_headers(
+    raw: Content, untrusted: tuple[bytes, ...] = UNTRUSTED, claimed: str = ""
+) -> bool:
     first = raw.head(HEAD_LIMIT) if isinstance(raw, Spliced) else raw
-    head = header_block(first).lower()
-    return any(b"\n" + name in head for name in untrusted) or head.startswith(untrusted)
+    block = header_block(first)
+    head = block.lower()
+    if any(b"\n" + name in head for name in untrusted) or head.startswith(untrusted):
+        return True
+    if claimed and b"authentication-results:" in head:
+        return bool(_forged_lines(block.split(line_ending(first)), claimed))
+    return False

@@ -23,13 +23,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from mailgate import __version__
 from mailgate.config import Config
-from mailgate.message.content import Content, MessageFile
+from mailgate.message.content import Content, MessageFile, blocks
 from mailgate.message.headers import field_names, header_field
 from mailgate.runtime import stats
 from mailgate.runtime.worker import RESCAN_INTERVAL, Worker
-from mailgate.scan import edits, mime, notify, policy
+from mailgate.scan import authn, edits, mime, notify, policy
 from mailgate.scan.av import avdb
 from mailgate.scan.av.engine import EngineUnavailable, ObjectError
 from mailgate.scan.av.ichecker import IChecker
@@ -39,9 +38,9 @@ from mailgate.scan.inspection import (
     engine_for,
     spam_headers,
     status_header,
-    virus_headers,
 )
 from mailgate.scan.policy import Decision
+from mailgate.scan.reporting import Reporting
 from mailgate.scan.spam import learning, trust
 from mailgate.scan.spam.spamtest import Spamtest, SpamVerdict
 from mailgate.spool import Entry, derived_id, id_time
@@ -52,7 +51,7 @@ ENGINE_RETRY = 1.0
 HEADER_READ = 1 << 20
 
 
-class Scanner(Worker):
+class Scanner(Reporting, Worker):
     role = "scanner"
     source = "incoming"
 
@@ -130,6 +129,7 @@ class Scanner(Worker):
         rbl = (envelope.get("client") or {}).get("rbl")
         if rbl:
             headers.append(f"X-Mailgate-RBL: listed in {rbl}")
+        headers += authn.result_fields(self.config, envelope)
         if not (
             self.config.av_enabled or self.config.attachments_enabled or self.config.spam_enabled
         ):
@@ -137,6 +137,7 @@ class Scanner(Worker):
                 with MessageFile(entry.message_path) as source:
                     names = field_names(source.head(HEADER_READ))
                 headers += self._added_fields(envelope, names)
+            self._rename_forged(entry, envelope)
             self._to_ready(entry, envelope, headers)
             self.counters["scanned"] += 1
             self._account(envelope, "not-scanned", [], None, ["deliver"])
@@ -192,41 +193,6 @@ class Scanner(Worker):
         finally:
             inspection.split.close()
 
-    def _account(
-        self, envelope: dict, status: str, found: list[str], spam, actions: list[str]
-    ) -> None:
-        """Count one scanned message and write its journal line."""
-        m = self.metrics
-        m.scanned.inc()
-        m.virus_status.labels(status).inc()
-        if spam is not None:
-            m.spam_status.labels(spam.status).inc()
-        for action in dict.fromkeys(actions):
-            m.actions.labels(action).inc()
-        hits, misses = self.ichecker.hits, self.ichecker.misses
-        seen_hits, seen_misses = self._ichecker_seen
-        m.ichecker_hits.inc(max(0, hits - seen_hits))
-        m.ichecker_lookups.inc(max(0, hits + misses - seen_hits - seen_misses))
-        self._ichecker_seen = (hits, misses)
-        self.journal.write(
-            "scanned",
-            envelope["id"],
-            **{"from": envelope["mail_from"]},
-            to=[r["address"] for r in envelope["recipients"]],
-            virus=status,
-            viruses=found,
-            spam=spam.status if spam is not None else None,
-            score=round(spam.score, 2) if spam is not None else None,
-            rules={k: round(v, 2) for k, v in spam.rules.items()} if spam is not None else None,
-            actions=list(dict.fromkeys(actions)),
-        )
-
-    def _quarantine(self, raw: Content, envelope: dict, status: str) -> None:
-        self.spool.quarantine(raw, envelope, status)
-        self.journal.write("quarantined", envelope["id"], status=status)
-        self.counters["quarantined"] += 1
-        self.metrics.quarantined.labels(status).inc()
-
     def _carry_out(
         self, entry: Entry, envelope: dict, raw: Content, inspection: Inspection, headers: list[str]
     ) -> None:
@@ -242,6 +208,9 @@ class Scanner(Worker):
                 decision = inspection.decision = Decision(
                     decision.status, ("block", "quarantine"), False, [], decision.status
                 )
+        if decision.deliver and authn.quarantined(envelope):  # DMARC p=quarantine
+            decision = Decision(decision.status, ("block", "quarantine"), False, [], "dmarc")
+            inspection.decision = decision
         envelope["verdict"] = inspection.public()
         if decision.quarantine:
             self._quarantine(raw, envelope, decision.quarantine)
@@ -267,8 +236,10 @@ class Scanner(Worker):
             message, changed = cured, True
             self.counters["cured"] += 1
         untrusted = edits.UNTRUSTED if self.config.spam_enabled else (b"x-mailgate-",)
-        if edits.has_untrusted_headers(message, untrusted):
-            message, changed = edits.edit_headers(message, untrusted=untrusted), True
+        claimed = authn.claimed_id(self.config, envelope)
+        if edits.has_untrusted_headers(message, untrusted, claimed):
+            message = edits.edit_headers(message, untrusted=untrusted, claimed=claimed)
+            changed = True
         if self.engine is not None and self.config.av_headers:
             headers += self._headers(inspection)
         headers += self._added_fields(envelope, inspection.split.message.keys())
@@ -348,11 +319,19 @@ class Scanner(Worker):
         ``_to_ready`` hands it on once the original's envelope records the split."""
         if outcome.mark:
             message = edits.edit_headers(message, self._prefix(spam), ())
+        fields = [f"X-Mailgate-Queue-ID: {queue_id}", *headers[1:]]
         copy = {
             **envelope,
             "id": queue_id,
             "recipients": outcome.recipients,
-            "headers": [f"X-Mailgate-Queue-ID: {queue_id}", *headers[1:]],
+            "headers": authn.signed(
+                self.config,
+                {**envelope, "id": queue_id},
+                fields,
+                lambda: b"".join(blocks(message)),
+                len(message),
+                self.log,
+            ),
             "scanned": True,
             "split_from": envelope["id"],
             "size": len(message),
@@ -376,8 +355,22 @@ class Scanner(Worker):
         self.spool.release(entry, "ready", envelope)
         self.log.info("split_finished", qid=entry.id, parts=moved, to="ready")
 
+    def _rename_forged(self, entry: Entry, envelope: dict) -> None:
+        """Unscanned mail from outside loses Authentication-Results naming us, too."""
+        claimed = authn.claimed_id(self.config, envelope)
+        if not claimed:
+            return
+        with MessageFile(entry.message_path) as source:
+            raw = source.content()
+            if edits.has_untrusted_headers(raw, (), claimed):
+                self.spool.replace_message(entry, edits.edit_headers(raw, "", (), claimed))
+
     def _to_ready(self, entry: Entry, envelope: dict, headers: list[str]) -> None:
-        """Hand the message to the senders, marked scanned, with the headers to prepend."""
+        """Hand the message to the senders, marked scanned, with the headers to prepend
+        (a DKIM signature over all of it first, when ``authn.signed`` asks for one)."""
+        path = entry.message_path
+        size = path.stat().st_size
+        headers = authn.signed(self.config, envelope, headers, path.read_bytes, size, self.log)
         envelope["headers"] = headers
         envelope["scanned"] = True
         envmod.record(envelope, "ready", self.role)
@@ -387,31 +380,6 @@ class Scanner(Worker):
             self.spool.release(entry, "ready")
         else:
             self.spool.release(entry, "ready", envelope)
-
-    def _headers(self, inspection: Inspection) -> list[str]:
-        if not self.engine_name:
-            self.engine_name = self.engine.engine_version()
-        return virus_headers(
-            inspection, f"mailgate {__version__}, {self.engine_name}", self.engine.db_version
-        )
-
-    def _notify(self, envelope: dict, inspection: Inspection) -> None:
-        config, decision = self.config, inspection.decision
-        if envelope.get("kind", "message") != "message":
-            return
-        values = notify.variables(
-            config, envelope, inspection.split.subject, decision, inspection.objects
-        )
-        for kind, to in notify.targets(config, envelope, decision):
-            qid = notify.queue(
-                self.spool, config, kind, decision.status, to, values, envelope["id"]
-            )
-            if qid:
-                self.counters[f"notice_{kind}"] += 1
-                self.metrics.notifications.labels(kind).inc()
-                self.log.info(
-                    "notice_queued", qid=envelope["id"], notice=qid, kind=kind, to=",".join(to)
-                )
 
 
 def run(config: Config, snapshot: Path | None = None) -> int:

@@ -9,10 +9,14 @@ import functools
 
 import dkim
 import pytest
-from support import dnsmasq, free_port, wait_for
+from support import dnsmasq, free_port, spam_envelope, wait_for
 
+from mailgate import config as configmod
 from mailgate.runtime.auth import dkimcheck, dmarc, keys, lookup, spfcheck
-from mailgate.runtime.auth.verdict import Settings, authenticate, claims, results_field
+from mailgate.runtime.auth.dmarc import DMARCResult
+from mailgate.runtime.auth.verdict import Settings, Verdict, authenticate, claims, results_field
+from mailgate.scan import mime
+from mailgate.scan.spam import spamtest
 
 SPF = {
     "pass.test": "v=spf1 ip4:127.0.0.2 -all",
@@ -258,3 +262,33 @@ def test_our_signature_verifies_with_dkimpy():
     assert not dkim.verify(
         sig + msg.replace(b"Hello", b"Jello"), dnsfunc=lambda n, timeout=5: published.get(n)
     )
+
+
+def test_results_become_spam_rules_that_explain_the_verdict(tmp_path):
+    conf = tmp_path / "spam.conf"
+    conf.write_text(
+        "[smtpgw.network]\nTrustedNetworks=127.0.0.1/32\nProtectedDomains=company.test\n"
+        "[smtpgw.path]\nSpoolDir=spool\n"
+    )
+    spam = spamtest.Spamtest(configmod.load(conf), None, network=False)
+    raw = message("ceo@company.test")
+    forged = Verdict(
+        spfcheck.SPFResult("fail", "mailfrom", "company.test"),
+        [dkimcheck.DKIMResult("fail", "company.test", "sel", "body hash mismatch")],
+        dmarc=DMARCResult("fail", "company.test", "reject", "reject"),
+        spoofed="company.test",
+    )
+    env = spam_envelope(ip="127.0.0.2")
+    plain = spam.check(mime.split(raw), env)
+    judged = spam.check(mime.split(raw), {**env, "auth": forged.public()})
+    added = set(judged.rules) - set(plain.rules)
+    assert added == {"SPF_FAIL", "DKIM_INVALID", "DMARC_FAIL_REJECT", "SPOOFED_OWN_DOMAIN"}
+    assert judged.score == pytest.approx(plain.score + sum(judged.rules[r] for r in added))
+    assert judged.status == "spam"
+    good = Verdict(
+        spfcheck.SPFResult("pass", "mailfrom", "company.test"),
+        [dkimcheck.DKIMResult("pass", "company.test", "sel")],
+        dmarc=DMARCResult("pass", "company.test", "reject", "none", "spf,dkim"),
+    )
+    passed = spam.check(mime.split(raw), {**env, "auth": good.public()})
+    assert set(passed.rules) - set(plain.rules) == {"DKIM_VALID_AUTHOR"}

@@ -19,6 +19,7 @@ import dkim
 from mailgate.runtime.auth.lookup import Lookup, TemporaryFailure
 
 MIN_KEY_BITS = 1024
+SigningError = dkim.DKIMException
 FEATURES = authres.FeatureContext(authres.dmarc, authres.arc)
 
 

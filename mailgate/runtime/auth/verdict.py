@@ -37,6 +37,17 @@ class Settings:
     on_quarantine: str = "quarantine"  # DMARC p=quarantine: quarantine | mark
 
 
+def settings_of(config) -> Settings:
+    """The ``Settings`` of a ``Config`` (its ``[smtpgw.auth]`` and ProtectedDomains)."""
+    return Settings(
+        config.authserv_id or config.hostname,
+        tuple(config.trusted_arc_sealers),
+        tuple(config.protected_domains),
+        config.dmarc_reject_action,
+        "mark" if config.dmarc_quarantine_action == "mark" else "quarantine",
+    )
+
+
 @dataclass
 class Verdict:
     spf: SPFResult | None
@@ -107,7 +118,9 @@ def authenticate(
         verdict.dmarc = DMARCResult("none", author, reason="too large to verify DKIM")
     if verdict.dmarc.result == "fail" and verdict.arc.result == "pass":
         verdict.override = _vouched(verdict.arc, author, settings.trusted_sealers)
-    authenticated = verdict.dmarc.result == "pass" or verdict.override
+    authenticated = (
+        verdict.dmarc.result == "pass" or verdict.override or _aligned_pass(verdict, author)
+    )
     if author and not authenticated and _protected(author, settings.protected):
         verdict.spoofed = author
     disposition = "none" if verdict.override else verdict.dmarc.disposition
@@ -118,6 +131,16 @@ def authenticate(
     elif verdict.spoofed:
         verdict.action = "mark"
     return verdict
+
+
+def _aligned_pass(verdict: Verdict, author: str) -> bool:
+    """SPF or DKIM passed for a domain aligned (relaxed) with ``author``, whether or not
+    that domain publishes a DMARC record."""
+    spf = verdict.spf
+    spf_passed = spf is not None and spf.result == "pass" and spf.identity == "mailfrom"
+    if spf_passed and dmarc.aligned(spf.domain, author, strict=False):
+        return True
+    return any(s.result == "pass" and dmarc.aligned(s.domain, author, False) for s in verdict.dkim)
 
 
 def _vouched(chain: ARCResult, author: str, trusted: tuple[str, ...]) -> str:

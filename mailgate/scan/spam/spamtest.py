@@ -36,6 +36,7 @@ from mailgate.scan.av.avdb import REJECTED, UPDATED
 from mailgate.scan.mime import Split, decode_words
 from mailgate.scan.spam import bayes, trust
 from mailgate.scan.spam import rules as spamrules
+from mailgate.scan.spam.authrules import auth_rules
 from mailgate.scan.spam.checks import Facts
 from mailgate.spool import Spool
 
@@ -260,6 +261,7 @@ class Spamtest:
                 continue
         for rule in self.phrases.hits(facts.text, facts.folded_text):
             rules[rule.name] = rule.weight
+        rules.update(auth_rules(envelope))
         if self.network and (config.rbl_zones or config.uribl_zones):
             for name, (weight, _why) in self.dns.check(
                 facts.client_ip, _domains(facts.urls), config.rbl_zones, config.uribl_zones
