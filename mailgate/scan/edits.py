@@ -26,8 +26,8 @@ def edit_headers(
 
     Headers from outside that look like ours (``X-Spam-*``, ``X-Mailgate-*``) are renamed to
     ``X-Untrusted-*`` so that nobody, not even a filter further on, mistakes them for this
-    gateway's verdict; so are Authentication-Results fields that name our authserv-id
-    ``claimed`` (RFC 8601 §5: only we may write those); ``subject_prefix`` (e.g.
+    gateway's verdict; Authentication-Results fields that name our authserv-id ``claimed``
+    are removed (RFC 8601 §5: only we may write those); ``subject_prefix`` (e.g.
     ``[SPAM]``) is put in front of the Subject (once), or a Subject is added.
     """
     if isinstance(raw, Spliced):
@@ -44,8 +44,9 @@ def edit_headers(
 
 
 def _forged_lines(lines: list[bytes], claimed: str) -> set[int]:
-    """Indexes of the first lines of Authentication-Results fields claiming ``claimed``."""
-    found = set()
+    """Indexes of every line (continuations too) of the Authentication-Results fields that
+    claim ``claimed``."""
+    found: set[int] = set()
     if not claimed:
         return found
     for i, line in enumerate(lines):
@@ -54,7 +55,7 @@ def _forged_lines(lines: list[bytes], claimed: str) -> set[int]:
             while end < len(lines) and lines[end][:1] in (b" ", b"\t"):
                 end += 1
             if authn.forged(b"\r\n".join([line[23:], *lines[i + 1 : end]]), claimed):
-                found.add(i)
+                found.update(range(i, end))
     return found
 
 
@@ -62,8 +63,8 @@ def _edited(
     head: bytes, sep: bytes, subject_prefix: str, untrusted: tuple[bytes, ...], claimed: str
 ) -> bytes:
     lines = head.split(sep)  # ends with b"" when the last field has its line ending
-    for i in _forged_lines(lines, claimed):
-        lines[i] = b"X-Untrusted-" + lines[i]
+    forged = _forged_lines(lines, claimed)
+    lines = [line for i, line in enumerate(lines) if i not in forged]
     prefix = subject_prefix.encode("utf-8")
     seen_subject = False
     for i, line in enumerate(lines):

@@ -1,6 +1,6 @@
 """Sender authentication through the whole gateway, with a real DNS server on loopback: a
 DMARC p=reject forgery refused at the end of DATA, p=quarantine quarantined, forged
-Authentication-Results renamed, our own domain flagged when forged, SPF refusals at RCPT,
+Authentication-Results removed, our own domain flagged when forged, SPF refusals at RCPT,
 outgoing mail signed with a key from ``mailgate dkim keygen`` and verified by dkimpy, and
 ``mailgate scan --json`` reporting the same results."""
 
@@ -101,7 +101,7 @@ def test_dmarc_policies_forged_results_and_spoofing_from_outside(make_gateway, s
     # p=quarantine: accepted, then kept in quarantine/dmarc, not delivered
     qid = gw.send(mail("offers@shop.test"), sender="offers@shop.test", source="127.0.0.2")
     wait_for(lambda: gw.entries("quarantine/dmarc") == [qid], what="the quarantined copy")
-    # an aligned SPF pass: delivered with our one result; a forged one of ours is renamed
+    # an aligned SPF pass: delivered with our one result; a forged one of ours is removed
     forged = (
         "Authentication-Results: mx.company.com; dmarc=pass header.from=bank.test\r\n"
         "Authentication-Results: relay.example; spf=pass smtp.mailfrom=fine.test\r\n"
@@ -109,7 +109,9 @@ def test_dmarc_policies_forged_results_and_spoofing_from_outside(make_gateway, s
     gw.send(mail("news@fine.test", forged), sender="news@fine.test", source="127.0.0.2")
     # our own domain from outside, unauthenticated: delivered (no DMARC record), flagged
     gw.send(mail("ceo@company.com"), sender="ceo@company.com", source="127.0.0.2")
-    got = {r.mail_from: r.message for r in sink.wait_count(2)}
+    arrived = sink.wait_count(2)
+    got = {r.mail_from: r.message for r in arrived}
+    content = {r.mail_from: r.content for r in arrived}
     assert set(got) == {"news@fine.test", "ceo@company.com"}
     fine = got["news@fine.test"]
     ours = [v for v in fine.get_all("Authentication-Results") if v.startswith("mx.company.com")]
@@ -117,9 +119,8 @@ def test_dmarc_policies_forged_results_and_spoofing_from_outside(make_gateway, s
     flat = " ".join(ours[0].split())
     assert "spf=pass smtp.mailfrom=fine.test" in flat and "dkim=none" in flat
     assert "dmarc=pass header.from=fine.test" in flat
-    assert fine.get_all("X-Untrusted-Authentication-Results") == [
-        "mx.company.com; dmarc=pass header.from=bank.test"
-    ]
+    assert b"header.from=bank.test" not in content["news@fine.test"]
+    assert fine.get_all("X-Untrusted-Authentication-Results") is None
     assert any(v.startswith("relay.example") for v in fine.get_all("Authentication-Results"))
     assert fine["X-Mailgate-Spoofed"] is None
     spoofed = got["ceo@company.com"]

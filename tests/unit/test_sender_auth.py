@@ -9,13 +9,13 @@ import functools
 
 import dkim
 import pytest
-from support import dnsmasq, free_port, spam_envelope, wait_for
+from support import dnsmasq, free_port, mailgate, spam_envelope, wait_for
 
 from mailgate import config as configmod
 from mailgate.runtime.auth import dkimcheck, dmarc, keys, lookup, spfcheck
 from mailgate.runtime.auth.dmarc import DMARCResult
 from mailgate.runtime.auth.verdict import Settings, Verdict, authenticate, claims, results_field
-from mailgate.scan import mime
+from mailgate.scan import edits, mime
 from mailgate.scan.spam import spamtest
 
 SPF = {
@@ -142,6 +142,10 @@ def test_dkim_pass_fail_length_and_key_errors(dns_lookup):
     slow = signed(message(), "keys.slow.example")
     assert [r.result for r in dkimcheck.verify(slow, dns_lookup)] == ["temperror"]
     assert dkimcheck.verify(message(), dns_lookup) == []
+    many = message()
+    for _ in range(dkimcheck.MAX_SIGNATURES + 4):  # each would cost a key lookup
+        many = signed(many, "nokey.test")
+    assert len(dkimcheck.verify(many, dns_lookup)) == dkimcheck.MAX_SIGNATURES
     garbled = b"DKIM-Signature: v=1; a=rsa-sha256; d=signed.test\r\n" + message()
     assert [r.result for r in dkimcheck.verify(garbled, dns_lookup)] == ["permerror"]
 
@@ -292,3 +296,59 @@ def test_results_become_spam_rules_that_explain_the_verdict(tmp_path):
     )
     passed = spam.check(mime.split(raw), {**env, "auth": good.public()})
     assert set(passed.rules) - set(plain.rules) == {"DKIM_VALID_AUTHOR"}
+
+
+def test_forged_results_fields_are_removed_whole_and_others_kept():
+    head = (
+        b"Received: from x\r\n"
+        b"Authentication-Results: mx.company.test;\r\n\tdmarc=pass header.from=bank.test\r\n"
+        b"Authentication-Results: other.example; spf=pass smtp.mailfrom=a.test\r\n"
+        b"authentication-results:MX.Company.Test (forged); dkim=pass\r\n"
+        b"Subject: hi\r\n\r\n"
+    )
+    raw = head + b"Authentication-Results: mx.company.test; in the body, untouched\r\n"
+    assert edits.has_untrusted_headers(raw, (), "mx.company.test")
+    assert not edits.has_untrusted_headers(raw, (), "elsewhere.test")
+    edited = edits.edit_headers(raw, "", (), "mx.company.test")
+    assert edited == (
+        b"Received: from x\r\n"
+        b"Authentication-Results: other.example; spf=pass smtp.mailfrom=a.test\r\n"
+        b"Subject: hi\r\n\r\n"
+        b"Authentication-Results: mx.company.test; in the body, untouched\r\n"
+    )
+
+
+def test_check_config_refuses_unusable_signing_keys(tmp_path):
+    pem, _record = key_pair()
+    good = tmp_path / "good.key"
+    good.write_bytes(pem)
+    good.chmod(0o600)
+    loose = tmp_path / "loose.key"
+    loose.write_bytes(pem)
+    loose.chmod(0o644)
+    junk = tmp_path / "junk.key"
+    junk.write_text("not a key\n")
+    junk.chmod(0o600)
+    conf = tmp_path / "keys.conf"
+    conf.write_text(
+        "[smtpgw.network]\nProtectedDomains=company.test, other.test\n[smtpgw.dkim]\n"
+        f"SigningKey=company.test a {good}\nSigningKey=other.test b {loose}\n"
+        f"SigningKey=other.test c {junk}\nSigningKey=other.test d missing.key\n"
+        f"SigningKey=stranger.test e {good}\nSigningKey=company.test\n"
+    )
+    result = mailgate("check-config", "-c", conf)
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert all(line.startswith(f"{conf}:") for line in lines), lines
+    text = result.stderr
+    assert "loose.key: mode 644: readable or writable by others" in text
+    assert "junk.key: not a PEM RSA private key" in text
+    assert "missing.key: No such file or directory" in text
+    assert "stranger.test is not in ProtectedDomains" in text
+    assert "expected DOMAIN SELECTOR KEYFILE" in text
+    assert "good.key" not in text
+    conf.write_text(
+        "[smtpgw.network]\nProtectedDomains=company.test\n[smtpgw.dkim]\n"
+        f"SigningKey=company.test a {good}\n"
+    )
+    assert mailgate("check-config", "-c", conf).returncode == 0

@@ -19,6 +19,7 @@ import dkim
 from mailgate.runtime.auth.lookup import Lookup, TemporaryFailure
 
 MIN_KEY_BITS = 1024
+MAX_SIGNATURES = 8  # each costs a key lookup: a message with a thousand must not hold us up
 SigningError = dkim.DKIMException
 FEATURES = authres.FeatureContext(authres.dmarc, authres.arc)
 
@@ -65,14 +66,15 @@ def _text(value) -> str:
 
 
 def verify(message: bytes, lookup: Lookup) -> list[DKIMResult]:
-    """One result per DKIM-Signature field, topmost first."""
+    """One result per DKIM-Signature field, topmost first, for the first ``MAX_SIGNATURES``
+    (the rest are not verified and not reported)."""
     try:
         parsed = dkim.DKIM(message)
     except dkim.DKIMException as exc:
         return [DKIMResult("permerror", "", "", f"message: {exc}")]
     count = sum(1 for name, _v in parsed.headers if name.lower() == b"dkim-signature")
     results = []
-    for index in range(count):
+    for index in range(min(count, MAX_SIGNATURES)):
         keys = _KeyLookup(lookup)
         checker = dkim.DKIM(message, minkey=MIN_KEY_BITS, timeout=lookup.timeout)
         try:
