@@ -248,7 +248,7 @@ def test_results_field_and_forged_claims(dns_lookup):
     flat = field.replace("\r\n\t", " ")
     assert "spf=fail smtp.mailfrom=x.test" in flat
     assert "dkim=pass header.d=signed.test header.s=sel" in flat
-    assert "dmarc=pass header.from=signed.test" in flat
+    assert "dmarc=pass header.from=signed.test policy.dmarc=reject; arc=none" in flat
     assert all(len(line) < 200 for line in field.split("\r\n"))
     assert claims("mx.company.test; spf=pass smtp.mailfrom=x", "MX.company.test")
     assert claims("mx.company.test 1; dkim=pass", "mx.company.test")

@@ -184,11 +184,6 @@ def results_field(verdict: Verdict, authserv_id: str) -> str:
     if not verdict.dkim:
         comment = None if verdict.verified else "not verified: message too large"
         results.append(authres.DKIMAuthenticationResult(result="none", result_comment=comment))
-    if verdict.arc.result != "none":
-        comment = f"{verdict.arc.sealer} i={verdict.arc.instance}" if verdict.arc.sealer else None
-        results.append(
-            authres.arc.ARCAuthenticationResult(result=verdict.arc.result, result_comment=comment)
-        )
     d = verdict.dmarc
     comment = f"overridden: trusted ARC sealer {verdict.override}" if verdict.override else None
     results.append(
@@ -199,6 +194,9 @@ def results_field(verdict: Verdict, authserv_id: str) -> str:
             policy=d.policy if d.result in ("pass", "fail") else None,
         )
     )
+    arc = verdict.arc
+    comment = f"{arc.sealer} i={arc.instance}" if arc.sealer else None
+    results.append(authres.arc.ARCAuthenticationResult(result=arc.result, result_comment=comment))
     header = authres.AuthenticationResultsHeader(authserv_id=authserv_id, results=results)
     lines = [f"{header.HEADER_FIELD_NAME}: {header.authserv_id};"]
     lines += [str(r) + ";" for r in header.results]
