@@ -185,6 +185,18 @@ def test_dmarc_alignment_policies_and_subdomains(dns_lookup):
     spoof = verdict(message("ceo@company.test"))
     assert (spoof.spoofed, spoof.action) == ("company.test", "mark")
     assert verdict(signed(message("ceo@company.test"), "company.test")).spoofed == ""
+    # too large to verify DKIM: DMARC on SPF alone, and never a fail from what was not checked
+    large = authenticate(None, None, dns_lookup, settings, author="signed.test")
+    assert (large.verified, large.dmarc.result, large.action) == (False, "none", "deliver")
+    assert "dkim=none (not verified: message too large)" in results_field(large, "mx")
+    by_spf = authenticate(
+        None,
+        spfcheck.SPFResult("pass", "mailfrom", "signed.test"),
+        dns_lookup,
+        settings,
+        author="signed.test",
+    )
+    assert by_spf.dmarc.result == "pass"
     onto = dmarc.evaluate(
         dns_lookup, "signed.test", spfcheck.SPFResult("pass", "mailfrom", "bounce.signed.test"), []
     )
