@@ -191,11 +191,7 @@ class Receiver(IntrospectedNames):
             data = normalise_newlines(envelope.original_content or b"")
         refusal = restrictions.header_refusal(self.config, bytes(capture.head) if capture else data)
         if refusal:
-            if capture is not None:
-                capture.writer.abort()
-            self.refused("header")
-            self.log.info("data_refused", client=session.peer[0], reply=refusal)
-            return refusal
+            return self._data_refused(capture, session, "header", refusal)
         if capture is None:
             queue_id = new_queue_id()
             if not data.endswith(b"\r\n"):
@@ -213,11 +209,7 @@ class Receiver(IntrospectedNames):
         )
         refusal = self.sender_checks.refusal(verdict)
         if refusal:
-            if capture is not None:
-                capture.writer.abort()
-            self.refused("dmarc")
-            self.log.info("data_refused", client=session.peer[0], reply=refusal)
-            return refusal
+            return self._data_refused(capture, session, "dmarc", refusal)
         env = queued_envelope(queue_id, session, envelope, server.rbl, size)
         mail_from = env["mail_from"]
         if verdict is not None:
@@ -258,6 +250,14 @@ class Receiver(IntrospectedNames):
             size=size,
         )
         return f"250 2.0.0 Ok: queued as {queue_id}"
+
+    def _data_refused(self, capture: Capture | None, session, reason: str, reply: str) -> str:
+        """Refuse a message at the end of DATA: nothing of it stays in tmp/."""
+        if capture is not None:
+            capture.writer.abort()
+        self.refused(reason)
+        self.log.info("data_refused", client=session.peer[0], reply=reply)
+        return reply
 
     def _commit(self, writer: MessageWriter, env: dict) -> None:
         """Queue a streamed message durably; then, if asked, archive it. The copy is read
