@@ -275,6 +275,9 @@ class Gateway:
         if "[smtpgw.spamtest]" not in extra:
             # The relay and anti-virus tests compare bytes; the spam tests turn it on.
             sections["smtpgw.spamtest"] = ["Enabled=no"]
+        if "[smtpgw.index]" not in extra:
+            # archive and quarantine tests read the files at once; the index tests turn it on
+            sections["smtpgw.index"] = ["Enabled=no"]
         if "[smtpgw.auth]" not in extra:
             # SPF/DKIM/DMARC ask the DNS, which tests have only as their own dnsmasq
             sections["smtpgw.auth"] = ["Enabled=no"]

@@ -45,6 +45,7 @@ COMMANDS = {
     "train": "mailgate.cli.spam:train",
     "learn": "mailgate.cli.spam:learn",
     "dkim": "mailgate.cli.dkim:run",
+    "index": "mailgate.cli.archive:index_command",
 }
 # worker role (started by the supervisor as ``mailgate worker ROLE``): the module whose
 # ``run(config, snapshot)`` is that process
@@ -53,6 +54,7 @@ ROLES = {
     "scanner": "mailgate.scan.scanner",
     "sender": "mailgate.send.sender",
     "admin": "mailgate.ops.console",
+    "indexer": "mailgate.ops.indexer",
 }
 # commands that act on the spool: run as the spool's owner when started by root
 SPOOL_COMMANDS = (
@@ -61,6 +63,7 @@ SPOOL_COMMANDS = (
     "archive",
     "update",
     "learn",
+    "index",
     "report",
     "stats",
     "track",

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
+import time
 
-from mailgate.cli.common import EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, CommandError
+from mailgate.cli.common import EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, CommandError, check_days
 from mailgate.config import Config
+from mailgate.ops import index, searching
+from mailgate.ops.indexer import Indexer
 from mailgate.spool import InvalidQueueID, Spool, archive, check_id
 
 
@@ -22,9 +24,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     if args.action in ("list", "search"):
         filters = {}
         if args.action == "search":
-            for day in (args.since, args.until):
-                if day and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", day):
-                    raise CommandError(f"a day is YYYY-MM-DD, got {day!r}", EXIT_USAGE)
+            check_days(args.since, args.until)
             filters = {
                 "sender": args.sender,
                 "recipient": args.recipient,
@@ -33,7 +33,9 @@ def run(args: argparse.Namespace, config: Config) -> int:
                 "until": args.until,
                 "queue_id": args.queue_id,
             }
-        rows = list(archive.search(spool, args.kind, **filters))
+        rows, note = searching.archived(config, spool, args.kind, **filters)
+        if note:
+            print(f"mailgate: {note}", file=sys.stderr)
         if args.json:
             print(json.dumps(rows, indent=1))
         else:
@@ -58,4 +60,31 @@ def run(args: argparse.Namespace, config: Config) -> int:
     row = archive.summary(kind, day, entry)
     row["envelope"] = entry.read_envelope()
     print(json.dumps(row, indent=1))
+    return EXIT_OK
+
+
+def index_command(args: argparse.Namespace, config: Config) -> int:
+    """``mailgate index rebuild`` (anew from the files) and ``mailgate index status``."""
+    spool = Spool(config.spool_path)
+    path = spool.index_path
+    if args.action == "rebuild":
+        started = time.monotonic()
+        indexer = Indexer(spool)
+        if not indexer.open():  # it opened a sound index: rebuild that one
+            indexer.rebuild()
+        indexer.db.close()
+        print(f"{path}: rebuilt in {time.monotonic() - started:.1f} s")
+    try:
+        db = index.open_ready(path)
+    except index.Unavailable as exc:
+        print(f"{path}: {exc}")
+        return EXIT_OK
+    with db:
+        counts = index.counts(db)
+    db.close()
+    size = sum(p.stat().st_size for p in path.parent.glob(path.name + "*") if p.is_file())
+    print(
+        f"{path}: ready, {size / 1e6:.1f} MB; {counts['archive']} archived, "
+        f"{counts['quarantine']} quarantined, {counts['events']} journal events"
+    )
     return EXIT_OK

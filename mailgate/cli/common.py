@@ -12,6 +12,7 @@ run as ``User``.
 
 from __future__ import annotations
 
+import re
 import time
 
 from mailgate.spool import STATES, Entry, InvalidQueueID, NotFound, Spool
@@ -50,3 +51,10 @@ def span(seconds: float) -> str:
 def age(seconds: float | None) -> str:
     """How long ago the epoch time ``seconds`` was (``?`` when unknown)."""
     return "?" if seconds is None else span(time.time() - seconds)
+
+
+def check_days(*days: str | None) -> None:
+    """Days given on the command line are YYYY-MM-DD (exit 2 otherwise)."""
+    for day in days:
+        if day and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", day):
+            raise CommandError(f"a day is YYYY-MM-DD, got {day!r}", EXIT_USAGE)

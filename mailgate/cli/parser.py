@@ -78,6 +78,11 @@ def build() -> argparse.ArgumentParser:
     qlist = quar_sub.add_parser("list", parents=[again], help="list quarantined messages")
     qlist.add_argument("--status", help="only this status (infected, banned, ...)")
     qlist.add_argument("--json", action="store_true", help="print a JSON array")
+    qlist.add_argument("--sender", help="address mask, e.g. *@example.org")
+    qlist.add_argument("--recipient", help="address mask")
+    qlist.add_argument("--subject", help="text in the Subject")
+    qlist.add_argument("--since", help="first day quarantined, YYYY-MM-DD")
+    qlist.add_argument("--until", help="last day quarantined, YYYY-MM-DD")
     qshow = quar_sub.add_parser(
         "show", parents=[again], help="show a quarantined message's verdict and header"
     )
@@ -155,6 +160,11 @@ def build() -> argparse.ArgumentParser:
     kind.add_argument("--forget", action="store_true", help="take these messages back out")
     learn.add_argument("files", nargs="+", type=Path, metavar="PATH")
 
+    idx = command("index", "the search index of the archives, the quarantine and the journal")
+    idx_sub = idx.add_subparsers(dest="action", required=True, metavar="ACTION")
+    idx_sub.add_parser("rebuild", parents=[again], help="build it anew from the spool's files")
+    idx_sub.add_parser("status", parents=[again], help="its state, size and what it holds")
+
     dkim = command("dkim", "DKIM signing keys")
     dkim_sub = dkim.add_subparsers(dest="action", required=True, metavar="ACTION")
     keygen = dkim_sub.add_parser(
@@ -177,7 +187,7 @@ def build() -> argparse.ArgumentParser:
 def build_worker() -> argparse.ArgumentParser:
     """``mailgate worker ROLE``: how the supervisor starts each worker; not in the help."""
     parser = argparse.ArgumentParser(prog="mailgate worker")
-    parser.add_argument("role", choices=("receiver", "scanner", "sender", "admin"))
+    parser.add_argument("role", choices=("receiver", "scanner", "sender", "admin", "indexer"))
     parser.add_argument("-c", "--config", type=Path, default=None)
     parser.add_argument("--snapshot", type=Path, default=None)
     parser.set_defaults(command="worker")

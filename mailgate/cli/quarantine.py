@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
-from mailgate.cli.common import EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, CommandError
+from mailgate.cli.common import EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, CommandError, check_days
 from mailgate.config import Config
-from mailgate.spool import InvalidQueueID, NotFound, Spool, quarantine
+from mailgate.ops import searching
+from mailgate.spool import STATUS_RE, InvalidQueueID, NotFound, Spool, quarantine
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
@@ -21,10 +23,21 @@ def run(args: argparse.Namespace, config: Config) -> int:
         print(f"{len(removed)} expired")
         return EXIT_OK
     if args.action == "list":
-        try:
-            rows = [quarantine.summary(s, e) for s, e in spool.quarantined(args.status)]
-        except ValueError:
-            raise CommandError(f"invalid status {args.status!r}", EXIT_USAGE) from None
+        check_days(args.since, args.until)
+        if args.status and not STATUS_RE.match(args.status):
+            raise CommandError(f"invalid status {args.status!r}", EXIT_USAGE)
+        rows, note = searching.quarantined(
+            config,
+            spool,
+            args.status,
+            sender=args.sender,
+            recipient=args.recipient,
+            subject=args.subject,
+            since=args.since,
+            until=args.until,
+        )
+        if note:
+            print(f"mailgate: {note}", file=sys.stderr)
         if args.json:
             print(json.dumps(rows, indent=1))
         else:

@@ -9,7 +9,7 @@ import sys
 
 from mailgate.cli.common import EXIT_CONFIG, EXIT_OK, EXIT_USAGE, CommandError
 from mailgate.config import BadValue, Config
-from mailgate.ops import report, track
+from mailgate.ops import report, searching, track
 from mailgate.runtime import stats
 from mailgate.spool import Spool
 
@@ -53,9 +53,11 @@ def track_command(args: argparse.Namespace, config: Config) -> int:
         since = report.parse_since(args.since)
     except BadValue as exc:
         raise CommandError(f"--since: {exc}", EXIT_USAGE) from None
-    found = track.messages(
-        Spool(config.spool_path), since, args.sender, args.recipient, args.queue_id
+    found, note = searching.tracked(
+        config, Spool(config.spool_path), since, args.sender, args.recipient, args.queue_id
     )
+    if note:
+        print(f"mailgate: {note}", file=sys.stderr)
     if args.json:
         print(json.dumps({"since": since, "messages": found}, indent=1))
     else:

@@ -33,7 +33,7 @@ from werkzeug.serving import WSGIRequestHandler, make_server
 
 from mailgate import config as configmod
 from mailgate.config import passwords
-from mailgate.ops import logins, pages, report, track
+from mailgate.ops import logins, pages, report, searching, track
 from mailgate.runtime import log as logmod
 from mailgate.runtime import stats
 from mailgate.spool import ARCHIVES, STATES, Spool, archive, journal, quarantine, queueops
@@ -207,14 +207,8 @@ def create_app(config: configmod.Config, serve_metrics: bool = True) -> Flask:
         text = request.args.get("q", "").strip().lower()
         wanted = pages.checked_status(status) if status else None
         statuses = sorted({s for s, _ in spool.quarantined()})
-        rows = []
-        for found_status, entry in spool.quarantined(wanted):
-            try:
-                row = quarantine.summary(found_status, entry)
-            except (OSError, ValueError):
-                continue
-            if not text or pages.matches(text, row):
-                rows.append(row)
+        rows, note = searching.quarantined(current(), spool, wanted)
+        rows = [row for row in rows if not text or pages.matches(text, row)]
         rows.sort(key=lambda r: r["quarantined_at"], reverse=True)
         return render_template(
             "quarantine.html",
@@ -223,6 +217,7 @@ def create_app(config: configmod.Config, serve_metrics: bool = True) -> Flask:
             statuses=statuses,
             status=status,
             q=text,
+            note=note,
         )
 
     @app.get("/quarantine/<status>/<queue_id>")
@@ -276,10 +271,11 @@ def create_app(config: configmod.Config, serve_metrics: bool = True) -> Flask:
                 abort(400, "a day is YYYY-MM-DD")
         if args["queue_id"]:
             pages.checked_id(args["queue_id"])
-        rows = list(
-            archive.search(
-                spool, kind if kind in ARCHIVES else None, **{k: v or None for k, v in args.items()}
-            )
+        rows, note = searching.archived(
+            current(),
+            spool,
+            kind if kind in ARCHIVES else None,
+            **{k: v or None for k, v in args.items()},
         )
         return render_template(
             "archive.html",
@@ -288,6 +284,7 @@ def create_app(config: configmod.Config, serve_metrics: bool = True) -> Flask:
             args=args,
             kind=kind,
             kinds=ARCHIVES,
+            note=note,
         )
 
     @app.get("/archive/<kind>/<queue_id>/download")
@@ -309,15 +306,25 @@ def create_app(config: configmod.Config, serve_metrics: bool = True) -> Flask:
             since = report.parse_since(since_text)
         except configmod.BadValue:
             abort(400, "since is 1d, 12h... or YYYY-MM-DD")
-        found = track.messages(
-            spool, since, args["sender"] or None, args["recipient"] or None, args["id"] or None
+        found, note = searching.tracked(
+            current(),
+            spool,
+            since,
+            args["sender"] or None,
+            args["recipient"] or None,
+            args["id"] or None,
         )
         for message in found:
             for event in message["events"]:
                 event["detail"] = track.detail(event)
             message["quarantine"] = pages.still_quarantined(spool, message)
         return render_template(
-            "track.html", messages=found[-200:], total=len(found), args=args, since=since_text
+            "track.html",
+            messages=found[-200:],
+            total=len(found),
+            args=args,
+            since=since_text,
+            note=note,
         )
 
     # -------------------------------------------------------------- config and logs

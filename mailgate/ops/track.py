@@ -13,6 +13,7 @@ from __future__ import annotations
 import fnmatch
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 
 from mailgate.spool import Spool, journal
 
@@ -57,10 +58,21 @@ def messages(
     queue_id: str | None = None,
 ) -> list[dict]:
     """``[{"id", "from", "to", "events": [...]}]`` of the messages seen since ``since``,
-    oldest first; the filters are combined (all must match)."""
+    oldest first; the filters are combined (all must match). Read from the journal files."""
+    return grouped(journal.read(spool, since), sender, recipient, queue_id)
+
+
+def grouped(
+    events: Iterable[dict],
+    sender: str | None = None,
+    recipient: str | None = None,
+    queue_id: str | None = None,
+) -> list[dict]:
+    """The messages of these journal events (read from the files or from the index), as
+    ``messages`` gives them."""
     by_id: dict[str, list[dict]] = defaultdict(list)
     released: dict[str, str] = {}
-    for event in journal.read(spool, since):
+    for event in events:
         qid = event.get("qid")
         if isinstance(qid, str):
             by_id[qid].append(event)

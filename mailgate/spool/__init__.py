@@ -77,6 +77,7 @@ from mailgate.spool.layout import (
     RETURNS,
     SPLIT,
     STATES,
+    STATUS_RE,
     Entry,
     NotFound,
 )
@@ -92,6 +93,7 @@ __all__ = [
     "REASON",
     "RETURNS",
     "STATES",
+    "STATUS_RE",
     "Entry",
     "InvalidQueueID",
     "NotFound",

@@ -9,12 +9,12 @@ supervisor checks every few seconds; ``mailgate archive expire`` does it at once
 from __future__ import annotations
 
 import email
-import fnmatch
 from collections.abc import Iterator
 
 from mailgate.message.headers import POLICY, decode_words
 from mailgate.spool import Entry, Spool
 from mailgate.spool.quarantine import read_header
+from mailgate.spool.search import matches
 
 
 def summary(kind: str, day: str, entry: Entry) -> dict:
@@ -48,16 +48,12 @@ def search(
             continue
         if queue_id and entry.id != queue_id:
             continue
-        row = summary(found_kind, day, entry)
-        if sender and not fnmatch.fnmatchcase(row["sender"].lower(), sender.lower()):
-            continue
-        if recipient and not any(
-            fnmatch.fnmatchcase(r.lower(), recipient.lower()) for r in row["recipients"]
-        ):
-            continue
-        if subject and subject.lower() not in row["subject"].lower():
-            continue
-        yield row
+        try:
+            row = summary(found_kind, day, entry)
+        except (OSError, ValueError):
+            continue  # expired while we looked
+        if matches(row, sender, recipient, subject):
+            yield row
 
 
 def find(spool: Spool, queue_id: str, kind: str | None = None) -> tuple[str, str, Entry] | None:

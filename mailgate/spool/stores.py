@@ -147,13 +147,29 @@ class Stores(SpoolPaths):
     def archived(self, kind: str | None = None) -> Iterator[tuple[str, str, Entry]]:
         """(kind, day, entry) of every archived message, oldest day first."""
         for name in [kind] if kind else ARCHIVES:
-            base = self.root / "archive" / name
-            days = sorted(d for d in os.listdir(base) if DAY_RE.match(d)) if base.is_dir() else []
-            for day in days:
-                folder = os.path.join(base, day)
-                for queue_id in sorted(os.listdir(folder)):
-                    if ID_RE.match(queue_id):
-                        yield name, day, Entry("archive", queue_id, f"{folder}/{queue_id}")
+            for day in self.archive_days(name):
+                for entry in self.archived_on(name, day):
+                    yield name, day, entry
+
+    def archive_days(self, kind: str) -> list[str]:
+        base = self.root / "archive" / kind
+        return sorted(d for d in os.listdir(base) if DAY_RE.match(d)) if base.is_dir() else []
+
+    def archived_on(self, kind: str, day: str) -> list[Entry]:
+        """The messages archived as ``kind`` on ``day``, by queue ID ([] when none)."""
+        if kind not in ARCHIVES or not DAY_RE.match(day):
+            raise ValueError(f"bad archive folder {kind}/{day}")
+        folder = os.path.join(self.root, "archive", kind, day)
+        try:
+            names = sorted(os.listdir(folder))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return [Entry("archive", n, f"{folder}/{n}") for n in names if ID_RE.match(n)]
+
+    @property
+    def index_path(self) -> Path:
+        """The search index (``ops.index``): derived from the spool, rebuilt when lost."""
+        return self.root / "index" / "index.sqlite3"
 
     def expire_archive(self, retention: float, now: float | None = None) -> list[str]:
         """Remove whole days older than ``retention`` seconds; the ``kind/day`` removed."""

@@ -1,8 +1,9 @@
 """Supervisor (``mailgate run``): starts, watches and restarts the workers; handles signals.
 
-One receiver, ``Scanners`` scanners, ``Senders`` senders and the ``admin`` process (console,
-``/metrics``), each ``mailgate worker ROLE``; with ManageClamd a clamd on the spool's database,
-started first and waited for (PING), stopped last, restarted like a worker when it dies.
+One receiver, ``Scanners`` scanners, ``Senders`` senders, the ``admin`` process (console,
+``/metrics``) and the ``indexer`` (the search index), each ``mailgate worker ROLE``; with
+ManageClamd a clamd on the spool's database, started first and waited for (PING), stopped
+last, restarted like a worker when it dies.
 The supervisor touches a message only to recover the claims of a worker it has reaped.
 
 At start it binds the ListenOn sockets (and, started as root, then becomes User: see
@@ -51,6 +52,7 @@ STABLE_AFTER = 60.0
 SWEEP_INTERVAL = 10.0
 EXIT_ALREADY_RUNNING = 5
 EXIT_CANNOT_START = 8
+WORKER_ROLES = ("receiver", "scanner", "sender", "admin", "indexer")
 
 
 class Supervisor:
@@ -128,6 +130,7 @@ class Supervisor:
             "scanner": self.config.scanners,
             "sender": self.config.senders,
             "admin": 1 if self.config.admin_listen or self.config.metrics_listen else 0,
+            "indexer": 1 if self.config.index_enabled else 0,
         }
 
     def _fit_slots(self) -> None:
@@ -201,9 +204,7 @@ class Supervisor:
         if changed:
             self._write_table()
 
-    def _signal_all(
-        self, signum: int, roles: tuple[str, ...] = ("receiver", "scanner", "sender", "admin")
-    ):
+    def _signal_all(self, signum: int, roles: tuple[str, ...] = WORKER_ROLES):
         for slot in self.slots:
             if slot.role in roles and slot.process is not None and slot.process.returncode is None:
                 slot.process.send_signal(signum)
