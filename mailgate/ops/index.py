@@ -8,7 +8,7 @@ walking the files. One process writes it, the indexer (``ops.indexer``); command
 console only read it.
 
 Each stored copy is one row of ``copies`` holding the summary the file walk would produce
-(``row``, JSON), so both answer with the same rows; ``words`` (FTS5, trigram tokenizer)
+(its fields as columns), so both answer with the same rows; ``words`` (FTS5, trigram tokenizer)
 holds its subject and addresses, so a subject substring or the literal part of an address
 mask finds candidates at once, and the same ``spool.search.matches`` as the file walk then
 decides. Journal events keep their line, their file and offset (``events``), so message
@@ -26,7 +26,7 @@ from pathlib import Path
 from mailgate.spool import ARCHIVES
 from mailgate.spool.search import matches
 
-VERSION = "1"
+VERSION = "2"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS copies (
@@ -36,11 +36,17 @@ CREATE TABLE IF NOT EXISTS copies (
     day TEXT NOT NULL,            -- the archive's day folder, or the day quarantined
     id TEXT NOT NULL,
     rank INTEGER NOT NULL,        -- the file walk's order of kinds
-    row TEXT NOT NULL,            -- the summary, as the file walk gives it
+    sender TEXT NOT NULL,
+    recipients TEXT NOT NULL,     -- one per line (addresses never hold a line break)
+    subject TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    at REAL,                      -- quarantined_at
+    extra TEXT,                   -- a quarantined copy's action and objects (JSON)
     UNIQUE (place, kind, day, id)
 );
 CREATE INDEX IF NOT EXISTS copies_order ON copies (place, rank, day, id);
 CREATE INDEX IF NOT EXISTS copies_id ON copies (id);
+CREATE INDEX IF NOT EXISTS copies_day ON copies (place, day);
 CREATE VIRTUAL TABLE IF NOT EXISTS words USING fts5 (subject, addresses, tokenize = 'trigram');
 CREATE TABLE IF NOT EXISTS events (
     n INTEGER PRIMARY KEY,
@@ -118,16 +124,59 @@ def _narrowing(terms: list[tuple[str, str | None]]) -> str:
 
 
 def add_copy(db: sqlite3.Connection, place: str, kind: str, day: str, row: dict) -> None:
+    """Index one copy from its summary (``archive.summary`` or ``quarantine.summary``)."""
     rank = ARCHIVES.index(kind) if place == "archive" and kind in ARCHIVES else 0
+    extra = None
+    if place == "quarantine":
+        extra = json.dumps({"action": row.get("action", ""), "objects": row.get("objects", [])})
     cursor = db.execute(
-        "INSERT OR REPLACE INTO copies (place, kind, day, id, rank, row) VALUES (?,?,?,?,?,?)",
-        (place, kind, day, row["id"], rank, json.dumps(row)),
+        "INSERT OR REPLACE INTO copies (place, kind, day, id, rank, sender, recipients, subject,"
+        " size, at, extra) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+        (
+            place,
+            kind,
+            day,
+            row["id"],
+            rank,
+            row["sender"],
+            "\n".join(row["recipients"]),
+            row["subject"],
+            row["size"],
+            row.get("quarantined_at"),
+            extra,
+        ),
     )
-    addresses = " ".join([row.get("sender") or "", *row.get("recipients", [])])
+    addresses = " ".join([row["sender"], *row["recipients"]])
     db.execute(
         "INSERT OR REPLACE INTO words (rowid, subject, addresses) VALUES (?,?,?)",
-        (cursor.lastrowid, row.get("subject") or "", addresses),
+        (cursor.lastrowid, row["subject"], addresses),
     )
+
+
+def _summary(place: str, found: tuple) -> dict:
+    """The file walk's summary back from a row (same keys, same order)."""
+    kind, day, queue_id, sender, rcpts, subject, size, at, extra = found
+    recipients = rcpts.split("\n") if rcpts else []
+    if place == "archive":
+        return {
+            "id": queue_id,
+            "kind": kind,
+            "date": day,
+            "sender": sender,
+            "recipients": recipients,
+            "subject": subject,
+            "size": size,
+        }
+    return {
+        "id": queue_id,
+        "status": kind,
+        "quarantined_at": at,
+        "sender": sender,
+        "recipients": recipients,
+        "subject": subject,
+        "size": size,
+        **json.loads(extra or "{}"),
+    }
 
 
 def drop_copies(db: sqlite3.Connection, numbers: Iterable[int]) -> None:
@@ -190,14 +239,25 @@ def counts(db: sqlite3.Connection) -> dict[str, int]:
     }
 
 
+COLUMNS = "c.kind, c.day, c.id, c.sender, c.recipients, c.subject, c.size, c.at, c.extra"
+
+
 def _copies(db, place: str, where: list[str], args: list, narrowing: str) -> Iterator[dict]:
+    """Rows of ``place`` passing ``where``; with a ``narrowing`` FTS query, only among its
+    matches (the query starts from them: a handful out of millions)."""
+    conditions = "".join(f" AND c.{w}" for w in where)
+    order = " ORDER BY c.rank, c.kind, c.day, c.id"
     if narrowing:
-        where.append("n IN (SELECT rowid FROM words WHERE words MATCH ?)")
-        args.append(narrowing)
-    sql = "SELECT row FROM copies WHERE place = ?"
-    sql += "".join(f" AND {w}" for w in where) + " ORDER BY rank, kind, day, id"
-    for (row,) in db.execute(sql, [place, *args]):
-        yield json.loads(row)
+        sql = (
+            f"SELECT {COLUMNS} FROM words CROSS JOIN copies AS c ON c.n = words.rowid"
+            " WHERE words MATCH ? AND c.place = ?" + conditions + order
+        )
+        params = [narrowing, place, *args]
+    else:
+        sql = f"SELECT {COLUMNS} FROM copies AS c WHERE c.place = ?" + conditions + order
+        params = [place, *args]
+    for found in db.execute(sql, params):
+        yield _summary(place, found)
 
 
 def archive(

@@ -75,6 +75,7 @@ class Indexer:
             db.execute("INSERT OR REPLACE INTO meta VALUES ('version', ?)", (index.VERSION,))
             db.execute("INSERT OR REPLACE INTO meta VALUES ('state', 'building')")
         self.sync_all()
+        db.execute("ANALYZE")  # row counts for the query planner (place is not selective)
         with db:
             db.execute("INSERT OR REPLACE INTO meta VALUES ('state', 'ready')")
 
@@ -264,6 +265,7 @@ def run(config: configmod.Config, snapshot: Path | None = None) -> int:
             if time.monotonic() - last_full >= FULL_SYNC:
                 changes.take()
                 changed = indexer.sync_all()
+                indexer.db.execute("PRAGMA optimize")  # ANALYZE where the tables have grown
                 last_full = time.monotonic()
             else:
                 changed = indexer.sync_paths(changes.take())
