@@ -26,7 +26,7 @@ from pathlib import Path
 from mailgate.spool import ARCHIVES
 from mailgate.spool.search import matches
 
-VERSION = "2"
+VERSION = "3"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS copies (
@@ -60,7 +60,7 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_time ON events (t);
 CREATE INDEX IF NOT EXISTS events_qid ON events (qid);
-CREATE INDEX IF NOT EXISTS events_file ON events (day, file, pos);
+CREATE UNIQUE INDEX IF NOT EXISTS events_file ON events (day, file, pos);
 CREATE VIRTUAL TABLE IF NOT EXISTS event_words USING fts5 (addresses, tokenize = 'trigram');
 CREATE TABLE IF NOT EXISTS journal_files (
     day TEXT NOT NULL, file TEXT NOT NULL, offset INTEGER NOT NULL, PRIMARY KEY (day, file)
@@ -126,6 +126,12 @@ def _narrowing(terms: list[tuple[str, str | None]]) -> str:
 def add_copy(db: sqlite3.Connection, place: str, kind: str, day: str, row: dict) -> None:
     """Index one copy from its summary (``archive.summary`` or ``quarantine.summary``)."""
     rank = ARCHIVES.index(kind) if place == "archive" and kind in ARCHIVES else 0
+    before = db.execute(
+        "SELECT n FROM copies WHERE place=? AND kind=? AND day=? AND id=?",
+        (place, kind, day, row["id"]),
+    ).fetchone()
+    if before:  # indexed again (a rebuild beside the indexer): one row, one set of words
+        drop_copies(db, [before[0]])
     extra = None
     if place == "quarantine":
         extra = json.dumps({"action": row.get("action", ""), "objects": row.get("objects", [])})
@@ -202,9 +208,11 @@ def folders(db: sqlite3.Connection, place: str) -> set[tuple[str, str]]:
 
 def add_event(db, day: str, file: str, pos: int, event: dict, line: str) -> None:
     cursor = db.execute(
-        "INSERT INTO events (day, file, pos, t, qid, ref, line) VALUES (?,?,?,?,?,?,?)",
+        "INSERT OR IGNORE INTO events (day, file, pos, t, qid, ref, line) VALUES (?,?,?,?,?,?,?)",
         (day, file, pos, float(event.get("t", 0)), str(event.get("qid")), _ref(event), line),
     )
+    if not cursor.rowcount:  # read already (a rebuild beside the indexer)
+        return
     sender, rcpts = event.get("from"), event.get("to")
     if isinstance(sender, str) or isinstance(rcpts, list):
         text = " ".join([sender if isinstance(sender, str) else ""] + [str(r) for r in rcpts or []])

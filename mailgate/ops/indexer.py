@@ -31,6 +31,7 @@ from mailgate.spool import ARCHIVES, Spool, archive, quarantine
 from mailgate.spool.search import day_of
 
 FULL_SYNC = 300.0
+SETTLE = 0.25
 BATCH = 1000  # rows per transaction while building: readers see progress, memory stays flat
 
 
@@ -168,7 +169,11 @@ class Indexer:
                     event = json.loads(raw)
                 except ValueError:
                     event = None
-                if isinstance(event, dict) and isinstance(event.get("qid"), str):
+                if (
+                    isinstance(event, dict)
+                    and isinstance(event.get("qid"), str)
+                    and isinstance(event.get("t", 0), int | float)
+                ):
                     line = raw.decode("utf-8", "replace").rstrip("\n")
                     index.add_event(self.db, day, name, pos, event, line)
                     added += 1
@@ -254,6 +259,7 @@ def run(config: configmod.Config, snapshot: Path | None = None) -> int:
     last_full = time.monotonic()
     while not stop.is_set():
         changes.wake.wait(FULL_SYNC)
+        stop.wait(SETTLE)  # let a burst of events (a busy journal) come in as one pass
         if stop.is_set():
             break
         try:

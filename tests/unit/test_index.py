@@ -192,3 +192,21 @@ def test_a_damaged_index_is_set_aside_and_rebuilt_and_commands_say_when_they_wal
 )
 def test_the_literal_part_of_a_mask(mask, literal):
     assert index._longest_literal(mask) == literal
+
+
+def test_indexing_twice_adds_nothing(spool):
+    """A rebuild running beside the indexer reads the same files: nothing is doubled."""
+    indexer = Indexer(spool)
+    indexer.open()
+    db = indexer.db
+    before = index.counts(db)
+    words = db.execute("SELECT COUNT(*) FROM words").fetchone()[0]
+    with db:
+        db.execute("UPDATE journal_files SET offset = 0")
+    assert indexer.sync_journal() == 360  # read again...
+    kind, day, entry = next(spool.archived())
+    with db:
+        index.add_copy(db, "archive", kind, day, archive.summary(kind, day, entry))
+    assert index.counts(db) == before  # ...but stored once
+    assert db.execute("SELECT COUNT(*) FROM words").fetchone()[0] == words
+    compare(spool, db)
