@@ -247,3 +247,11 @@ def client_address(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | N
 def in_networks(ip: str, networks) -> bool:
     addr = client_address(ip)
     return addr is not None and any(addr in net for net in networks)
+
+
+def parse_redis_url(text: str) -> str:
+    """A Redis address: ``redis://``, ``rediss://``, ``unix://``, ``sentinel://``; "": none."""
+    value = text.strip()
+    if value and not re.match(r"^(redis|rediss|unix|sentinel)://\S+$", value):
+        raise BadValue(f"expected redis://, rediss://, unix:// or sentinel:// URL, got {text!r}")
+    return value

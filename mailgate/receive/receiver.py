@@ -33,24 +33,26 @@ from aiosmtpd.smtp import Envelope, Session
 from mailgate import config as configmod
 from mailgate.message.headers import normalise_newlines
 from mailgate.receive import restrictions
-from mailgate.receive.anvil import Anvil
+from mailgate.receive.anvil import AccessList, Anvil
 from mailgate.receive.authentication import SenderChecks
 from mailgate.receive.data import HEAD_BYTES, Capture, queued_envelope, received_header
 from mailgate.receive.gate import Gate
+from mailgate.receive.greylisting import Greylisting
 from mailgate.receive.smtp import GatewaySMTP, IntrospectedNames
+from mailgate.receive.storing import Storing
 from mailgate.receive.verify import Verifier
 from mailgate.runtime import log as logmod
 from mailgate.runtime import privileges, stats
+from mailgate.runtime.cluster import LOCAL, Cluster
 from mailgate.runtime.dnsbl import Checker
 from mailgate.spool import Spool, new_queue_id
-from mailgate.spool.files import MessageWriter
 from mailgate.spool.journal import Journal
 
 STOP_GRACE = 30.0
 NO_IDLE_TIMER = 30 * 86400.0  # aiosmtpd's own idle timer; GatewaySMTP keeps the real ones
 
 
-class Receiver(IntrospectedNames):
+class Receiver(Storing, IntrospectedNames):
     """aiosmtpd handler: policy at MAIL/RCPT, durable queueing at DATA."""
 
     def __init__(self, config: configmod.Config, spool: Spool):
@@ -66,19 +68,35 @@ class Receiver(IntrospectedNames):
         self.dns = Checker(config.nameservers, config.dns_timeout)
         self.verifier = Verifier(config, self.executor)
         self.sender_checks = SenderChecks(config)
+        self.cluster = Cluster(config)
+        self.allowed = AccessList(config.list_items(config.client_allow))
+        greylist = self.spool.cache_path("greylist.sqlite3")
+        self.greylisting = Greylisting(config, self.cluster, greylist, self.executor)
 
     def reconfigure(self, config: configmod.Config) -> None:
         self.config = config
         self.sender_checks.reconfigure(config)
+        self.greylisting.reconfigure(config)
+        self.allowed = AccessList(config.list_items(config.client_allow))
         self.verifier.reconfigure(config)
         self.recipients = restrictions.Recipients(config)
         self.dns = Checker(config.nameservers, config.dns_timeout)
 
     async def connect_refusal(self, ip: str) -> tuple[str | None, str]:
-        """Ask the ConnectRBL zones about a new client: (the refusal or None, the mark to
-        carry in ``X-Mailgate-RBL`` when the action is ``mark``)."""
+        """Screen a new client outside TrustedNetworks: the cluster's connection rate (the
+        node's own was counted by the anvil), then the ConnectRBL zones: (the refusal or
+        None, the mark to carry in ``X-Mailgate-RBL`` when the action is ``mark``)."""
         config = self.config
-        if not config.connect_rbl or config.is_trusted(ip):
+        if config.is_trusted(ip):
+            return None, ""
+        if config.connection_rate and self.cluster.enabled and ip not in self.allowed:
+            seen = await asyncio.get_running_loop().run_in_executor(
+                self.executor, self.cluster.count_in_window, self.cluster.key("rate", ip), 60.0
+            )
+            if seen is not LOCAL and seen > config.connection_rate:
+                self.refused("rate")
+                return f"421 4.7.0 Too many connections from {ip} per minute, try later", ""
+        if not config.connect_rbl:
             return None, ""
         hit = await self.dns.listed(ip, config.connect_rbl)
         if hit is None:
@@ -140,28 +158,30 @@ class Receiver(IntrospectedNames):
             return "452 4.5.3 Too many recipients"
         refusal = restrictions.relay_refusal(self.config, session.peer[0], address)
         if refusal:
-            self.refused("relay")
-            self.log.info("rcpt_refused", client=session.peer[0], to=address, reply=refusal)
-            return refusal
+            return self._rcpt_refused(session, address, "relay", refusal)
         if self.recipients.unknown(address):
-            self.refused("unknown_user")
-            self.log.info("rcpt_refused", client=session.peer[0], to=address, reply="unknown")
-            return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
+            unknown = f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
+            return self._rcpt_refused(session, address, "unknown_user", unknown)
         refusal = await self.verifier.refusal(address)
         if refusal:
-            self.refused("unverified" if refusal[0] == "4" else "unknown_user")
-            self.log.info("rcpt_refused", client=session.peer[0], to=address, reply=refusal)
-            return refusal
+            reason = "unverified" if refusal[0] == "4" else "unknown_user"
+            return self._rcpt_refused(session, address, reason, refusal)
         refusal = await self.sender_checks.at_rcpt(session, envelope)
         if refusal:
-            self.refused("spf")
-            self.log.info("rcpt_refused", client=session.peer[0], to=address, reply=refusal)
-            return refusal
+            return self._rcpt_refused(session, address, "spf", refusal)
+        refusal = await self.greylisting.refusal(session, envelope, address)
+        if refusal:
+            return self._rcpt_refused(session, address, "greylisted", refusal)
         params = getattr(session, "dsn_rcpt", {})
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         envelope.dsn_rcpts.append(params)
         return "250 2.1.5 Recipient ok"
+
+    def _rcpt_refused(self, session, address: str, reason: str, reply: str) -> str:
+        self.refused(reason)
+        self.log.info("rcpt_refused", client=session.peer[0], to=address, reply=reply)
+        return reply
 
     def open_data(self, server) -> Capture | None:
         """GatewaySMTP's call at its 354: where this message's DATA is written as it comes
@@ -258,31 +278,6 @@ class Receiver(IntrospectedNames):
         self.refused(reason)
         self.log.info("data_refused", client=session.peer[0], reply=reply)
         return reply
-
-    def _commit(self, writer: MessageWriter, env: dict) -> None:
-        """Queue a streamed message durably; then, if asked, archive it. The copy is read
-        before the message is queued: once in incoming/, a scanner may take it at once."""
-        copy = None
-        if self.config.archive_received:
-            try:
-                copy = writer.read()
-            except OSError as exc:
-                self.log.error("archive_failed", qid=env["id"], error=repr(exc))
-        writer.commit(env)
-        if copy is not None:
-            self._archive(copy, env)
-
-    def _store(self, message: bytes, env: dict) -> None:
-        """Queue the message durably; then, if asked, keep a copy in the received archive."""
-        self.spool.enqueue(message, env)
-        if self.config.archive_received:
-            self._archive(message, env)
-
-    def _archive(self, message: bytes, env: dict) -> None:
-        try:
-            self.spool.archive("received", message, env, env["received_at"])
-        except OSError as exc:
-            self.log.error("archive_failed", qid=env["id"], error=repr(exc))
 
 
 class Listener:

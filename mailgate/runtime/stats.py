@@ -48,6 +48,7 @@ METRICS = {
     "notifications": ("counter", "Notices queued, by kind", "kind"),
     "scan_seconds": ("histogram", "Time to scan one message", None),
     "latency_seconds": ("histogram", "From acceptance to delivery", None),
+    "cluster_fallbacks": ("counter", "Calls this node answered alone: Redis did not", None),
 }
 
 
@@ -124,6 +125,10 @@ def metrics() -> _Metrics:
     if _metrics is None:
         _metrics = _Metrics()
     return _metrics
+
+
+def cluster_fallback() -> None:
+    metrics().cluster_fallbacks.inc()
 
 
 def rejected(reason: str) -> None:

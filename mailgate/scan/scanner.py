@@ -27,6 +27,7 @@ from mailgate.config import Config
 from mailgate.message.content import Content, MessageFile, blocks
 from mailgate.message.headers import field_names, header_field
 from mailgate.runtime import stats
+from mailgate.runtime.cluster import Cluster
 from mailgate.runtime.worker import RESCAN_INTERVAL, Worker
 from mailgate.scan import authn, edits, mime, notify, policy
 from mailgate.scan.av import avdb
@@ -57,7 +58,10 @@ class Scanner(Reporting, Worker):
 
     def __init__(self, config: Config, snapshot=None):
         super().__init__(config, snapshot)
-        self.ichecker = IChecker(self.spool.cache_path("ichecker.sqlite3"), config.ichecker_size)
+        self.cluster = Cluster(config)
+        self.ichecker = IChecker(
+            self.spool.cache_path("ichecker.sqlite3"), config.ichecker_size, self.cluster
+        )
         self.engine = engine_for(config, self.ichecker)
         self.spamtest = self._spam_filter(config)
         self.inspector = Inspector(config, self.engine, self._installed, spam=self.spamtest)
@@ -114,6 +118,8 @@ class Scanner(Reporting, Worker):
         self.counters["ichecker_hits"] = self.ichecker.hits
         self.counters["ichecker_misses"] = self.ichecker.misses
         self.counters["ichecker_hit_rate"] = self.ichecker.hit_rate
+        self.counters["ichecker_shared_hits"] = self.ichecker.shared_hits
+        self.counters["cluster_fallbacks"] = self.cluster.fallbacks
         if self.engine is not None:
             self.counters["clamd_objects"] = self.engine.scanned
             self.counters["clamd_ms"] = round(self.engine.scan_seconds * 1000)

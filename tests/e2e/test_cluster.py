@@ -1,0 +1,190 @@
+"""Greylisting with a real SMTP client retrying, alone and across two nodes that share a real
+redis-server: a triplet greylisted on one node passes on the other after the delay, a flood
+split over both is held to the shared connection rate, an object scanned on one node is an
+iChecker hit on the other, and Redis stopped in the middle of a flood delays and loses
+nothing (each node works alone, then shares again)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import smtplib
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+from mimebuild import multipart, part
+from support import free_port, make_message, wait_for
+
+REDIS = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+class RedisServer:
+    def __init__(self, port: int):
+        self.port = port
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> RedisServer:
+        self.proc = subprocess.Popen(
+            [
+                REDIS,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(self.answers, 10, "redis-server")
+        return self
+
+    def answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait()
+            self.proc = None
+
+
+@pytest.fixture
+def redis_server():
+    server = RedisServer(free_port()).start()
+    yield server
+    server.stop()
+
+
+def attempt(gw, source: str, sender: str, rcpt: str) -> int:
+    """One SMTP transaction from ``source``: the RCPT reply code (DATA sent when 250)."""
+    with smtplib.SMTP("127.0.0.1", gw.port, timeout=30, source_address=(source, 0)) as smtp:
+        smtp.ehlo("client.example.org")
+        smtp.mail(sender)
+        code, _reply = smtp.rcpt(rcpt)
+        if code == 250:
+            assert smtp.data(make_message(f"{time.time()}@test"))[0] == 250
+        return code
+
+
+def retry_until_accepted(gw, source, sender, rcpt, deadline=20.0) -> tuple[int, float]:
+    """Retry as a mail server does (here every 0.2 s): (attempts, seconds until accepted)."""
+    started, tries = time.monotonic(), 0
+    while time.monotonic() - started < deadline:
+        tries += 1
+        if attempt(gw, source, sender, rcpt) == 250:
+            return tries, time.monotonic() - started
+        time.sleep(0.2)  # the client's own retry interval, not a wait for the gateway
+    raise AssertionError(f"{sender} → {rcpt} still greylisted after {deadline} s")
+
+
+GREY = "[smtpgw.greylist]\nGreylisting=yes\nGreylistDelay=1s\nGreylistAutoAllow=2\n"
+
+
+def test_greylisting_on_one_node(make_gateway, sink):
+    gw = make_gateway(GREY).start()
+    assert attempt(gw, "127.0.0.2", "a@example.org", "user@company.com") == 451
+    tries, waited = retry_until_accepted(gw, "127.0.0.2", "a@example.org", "user@company.com")
+    assert tries >= 2 and waited >= 0.9
+    # the triplet passes at once from now on, from any address of the same /24
+    assert attempt(gw, "127.0.0.9", "a@example.org", "user@company.com") == 250
+    assert attempt(gw, "127.0.0.2", "b@example.org", "user@company.com") == 451
+    retry_until_accepted(gw, "127.0.0.2", "b@example.org", "user@company.com")
+    # two passes: the network is allowed; trusted clients never wait
+    assert attempt(gw, "127.0.0.2", "c@example.org", "sales@company.com") == 250
+    assert attempt(gw, "127.0.0.1", "d@example.org", "ops@company.com") == 250
+    assert "reply='451 4.7.1 Greylisted" in gw.log()
+    sink.wait_count(5)
+
+
+def two_nodes(make_gateway, redis_server, extra: str = ""):
+    shared = (
+        f"[smtpgw.cluster]\nRedis=redis://127.0.0.1:{redis_server.port}/0\nTimeout=0.3s\n"
+        "RetryAfter=1s\n" + extra
+    )
+    return (
+        make_gateway(shared + "[smtpgw.network]\nHostname=node-a.test\n", name="a").start(),
+        make_gateway(shared + "[smtpgw.network]\nHostname=node-b.test\n", name="b").start(),
+    )
+
+
+def test_two_nodes_share_greylisting_and_the_connection_rate(make_gateway, sink, redis_server):
+    node_a, node_b = two_nodes(
+        make_gateway, redis_server, GREY + "[smtpgw.limits]\nConnectionRate=20\n"
+    )
+    assert attempt(node_a, "127.0.0.2", "x@example.org", "user@company.com") == 451
+    _tries, waited = retry_until_accepted(node_b, "127.0.0.2", "x@example.org", "user@company.com")
+    assert waited < 5  # B knew the triplet's first attempt on A
+    # 30 connections from one address, alternating: 20 in all may pass, not 20 per node
+    banners = []
+    for i in range(30):
+        node = (node_a, node_b)[i % 2]
+        with socket.create_connection(
+            ("127.0.0.1", node.port), source_address=("127.0.0.5", 0), timeout=10
+        ) as sock:
+            banners.append(sock.makefile("rb").readline().decode())
+    admitted = [b for b in banners if b.startswith("220")]
+    assert len(admitted) == 20, banners
+    assert all(b.startswith("421 4.7.0 Too many connections") for b in banners[20:])
+
+
+def stats(gw) -> dict:
+    return json.loads(gw.cli("stats", "--json", check=True).stdout)["totals"]
+
+
+def test_an_object_scanned_on_one_node_is_known_on_the_other(make_gateway, sink, redis_server):
+    node_a, node_b = two_nodes(make_gateway, redis_server)
+    unique = f"figures {time.time()}\n".encode() * 200
+    message = multipart([part(unique, "application/octet-stream", "figures.bin")])
+    node_a.send(message)
+    sink.wait_count(1)
+    assert stats(node_b).get("ichecker_hits", 0) == 0
+    node_b.send(message)
+    sink.wait_count(2)
+    wait_for(lambda: stats(node_b).get("ichecker_hits", 0) >= 1, what="B's iChecker hit")
+
+
+def flood(gw, count: int, failures: list) -> None:
+    for i in range(count):
+        try:
+            gw.send(make_message(f"flood-{gw.port}-{i}@test"), source="127.0.0.2")
+        except (AssertionError, OSError, smtplib.SMTPException) as exc:
+            failures.append(repr(exc))
+
+
+def test_redis_stopped_mid_flood_delays_and_loses_nothing(make_gateway, sink, redis_server):
+    node_a, node_b = two_nodes(make_gateway, redis_server, "[smtpgw.limits]\nConnectionRate=1000\n")
+    failures: list = []
+    threads = [threading.Thread(target=flood, args=(n, 40, failures)) for n in (node_a, node_b)]
+    for thread in threads:
+        thread.start()
+    wait_for(lambda: len(sink.received) >= 10, what="the flood under way")
+    redis_server.stop()
+    wait_for(lambda: "cluster_unavailable" in node_a.log() + node_b.log(), what="the fallback")
+    started = time.monotonic()
+    wait_for(lambda: len(sink.received) >= 50, what="mail flowing without Redis")
+    assert time.monotonic() - started < 20
+    redis_server.start()
+    for thread in threads:
+        thread.join(120)
+    assert failures == []
+    sink.wait_count(80)
+    assert len(set(sink.ids())) == 80  # every message once
+
+    def resumed() -> bool:  # the next connections find Redis again
+        node_a.send(make_message(f"after-{time.time()}@test"), source="127.0.0.2")
+        return "cluster_resumed" in node_a.log()
+
+    wait_for(resumed, what="node A sharing again")
+    assert stats(node_a).get("cluster_fallbacks", 0) + stats(node_b).get("cluster_fallbacks", 0) > 0
