@@ -38,12 +38,13 @@ from mailgate.receive.authentication import SenderChecks
 from mailgate.receive.data import HEAD_BYTES, Capture, queued_envelope, received_header
 from mailgate.receive.gate import Gate
 from mailgate.receive.greylisting import Greylisting
+from mailgate.receive.rates import Rates
 from mailgate.receive.smtp import GatewaySMTP, IntrospectedNames
 from mailgate.receive.storing import Storing
 from mailgate.receive.verify import Verifier
 from mailgate.runtime import log as logmod
 from mailgate.runtime import privileges, stats
-from mailgate.runtime.cluster import LOCAL, Cluster
+from mailgate.runtime.cluster import Cluster
 from mailgate.runtime.dnsbl import Checker
 from mailgate.spool import Spool, new_queue_id
 from mailgate.spool.journal import Journal
@@ -70,6 +71,7 @@ class Receiver(Storing, IntrospectedNames):
         self.sender_checks = SenderChecks(config)
         self.cluster = Cluster(config)
         self.allowed = AccessList(config.list_items(config.client_allow))
+        self.rates = Rates(config, self.cluster, self.executor)
         greylist = self.spool.cache_path("greylist.sqlite3")
         self.greylisting = Greylisting(config, self.cluster, greylist, self.executor)
 
@@ -77,6 +79,7 @@ class Receiver(Storing, IntrospectedNames):
         self.config = config
         self.sender_checks.reconfigure(config)
         self.greylisting.reconfigure(config)
+        self.rates.config = config
         self.allowed = AccessList(config.list_items(config.client_allow))
         self.verifier.reconfigure(config)
         self.recipients = restrictions.Recipients(config)
@@ -89,13 +92,9 @@ class Receiver(Storing, IntrospectedNames):
         config = self.config
         if config.is_trusted(ip):
             return None, ""
-        if config.connection_rate and self.cluster.enabled and ip not in self.allowed:
-            seen = await asyncio.get_running_loop().run_in_executor(
-                self.executor, self.cluster.count_in_window, self.cluster.key("rate", ip), 60.0
-            )
-            if seen is not LOCAL and seen > config.connection_rate:
-                self.refused("rate")
-                return f"421 4.7.0 Too many connections from {ip} per minute, try later", ""
+        if ip not in self.allowed and (refusal := await self.rates.connection_refusal(ip)):
+            self.refused("rate")
+            return refusal, ""
         if not config.connect_rbl:
             return None, ""
         hit = await self.dns.listed(ip, config.connect_rbl)
@@ -145,6 +144,11 @@ class Receiver(Storing, IntrospectedNames):
             self.refused("overload")
             self.log.warning("backpressure", client=session.peer[0], reason=reason)
             return "452 4.3.1 Insufficient system storage, try again later"
+        refusal = await self.rates.refusal(session.peer[0], "" if address == "<>" else address)
+        if refusal:
+            self.refused("message_rate")
+            self.log.info("mail_refused", client=session.peer[0], reply=refusal)
+            return refusal
         dsn = getattr(session, "dsn_mail", {})
         envelope.mail_from = address  # "<>" for the null sender: aiosmtpd wants it truthy
         envelope.mail_options.extend(mail_options)

@@ -188,3 +188,24 @@ def test_redis_stopped_mid_flood_delays_and_loses_nothing(make_gateway, sink, re
 
     wait_for(resumed, what="node A sharing again")
     assert stats(node_a).get("cluster_fallbacks", 0) + stats(node_b).get("cluster_fallbacks", 0) > 0
+
+
+def mail_reply(gw, source: str, sender: str) -> int:
+    with smtplib.SMTP("127.0.0.1", gw.port, timeout=30, source_address=(source, 0)) as smtp:
+        smtp.ehlo("client.example.org")
+        return smtp.mail(sender)[0]
+
+
+def test_message_rates_are_the_clusters(make_gateway, sink, redis_server):
+    node_a, node_b = two_nodes(
+        make_gateway, redis_server, "[smtpgw.limits]\nSenderRate=3\nMessageRate=5\n"
+    )
+    codes = [mail_reply((node_a, node_b)[i % 2], "127.0.0.2", "bulk@example.org") for i in range(4)]
+    assert codes == [250, 250, 250, 450]  # three an hour for this sender, over both nodes
+    codes = [
+        mail_reply((node_b, node_a)[i % 2], "127.0.0.3", f"s{i}@example.org") for i in range(6)
+    ]
+    assert codes == [250] * 5 + [450]  # five a minute for this client
+    assert mail_reply(node_a, "127.0.0.1", "bulk@example.org") == 250  # trusted: no limit
+    redis_server.stop()  # alone again: each node counts for itself
+    assert mail_reply(node_b, "127.0.0.4", "bulk@example.org") == 250
