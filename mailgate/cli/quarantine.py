@@ -7,9 +7,17 @@ import json
 import sys
 import time
 
-from mailgate.cli.common import EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, CommandError, check_days
+from mailgate.cli.common import (
+    EXIT_BUSY,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_USAGE,
+    CommandError,
+    check_days,
+)
 from mailgate.config import Config
-from mailgate.ops import searching
+from mailgate.ops import nodes, searching
+from mailgate.runtime.cluster import Cluster
 from mailgate.spool import STATUS_RE, InvalidQueueID, NotFound, Spool, quarantine
 
 
@@ -26,9 +34,10 @@ def run(args: argparse.Namespace, config: Config) -> int:
         check_days(args.since, args.until)
         if args.status and not STATUS_RE.match(args.status):
             raise CommandError(f"invalid status {args.status!r}", EXIT_USAGE)
-        rows, note = searching.quarantined(
+        rows, note = searching.quarantined_everywhere(
             config,
             spool,
+            Cluster(config),
             args.status,
             sender=args.sender,
             recipient=args.recipient,
@@ -53,7 +62,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     except InvalidQueueID as exc:
         raise CommandError(str(exc), EXIT_USAGE) from None
     except NotFound:
-        raise CommandError(f"no message {args.id} in quarantine", EXIT_NOT_FOUND) from None
+        return _elsewhere(args, config)
     if args.action == "show":
         row = quarantine.summary(status, entry)
         row["verdict"] = entry.read_envelope().get("verdict")
@@ -70,3 +79,19 @@ def run(args: argparse.Namespace, config: Config) -> int:
     spool.remove(entry)
     print(f"{entry.id}: deleted from quarantine/{status}")
     return EXIT_OK
+
+
+def _elsewhere(args: argparse.Namespace, config: Config) -> int:
+    """A message not in this node's quarantine: in a cluster, have the node that holds it
+    release or delete it (``ops.nodes``); its answer is printed."""
+    cluster = Cluster(config)
+    found = nodes.holder(cluster, args.id) if cluster.enabled else None
+    if found is None or args.action not in nodes.ACTIONS:
+        where = "quarantine" if found is None else f"this node's quarantine (node {found[0]})"
+        raise CommandError(f"no message {args.id} in {where}", EXIT_NOT_FOUND)
+    node, status = found
+    answer = nodes.request(cluster, node, args.action, status, args.id)
+    print(f"node {node}: {answer}")
+    if " released from " in answer or " deleted from " in answer:
+        return EXIT_OK
+    return EXIT_BUSY if "answer" in answer else EXIT_NOT_FOUND

@@ -33,9 +33,10 @@ from werkzeug.serving import WSGIRequestHandler, make_server
 
 from mailgate import config as configmod
 from mailgate.config import passwords
-from mailgate.ops import logins, pages, report, searching, track
+from mailgate.ops import logins, nodes, pages, report, searching, track
 from mailgate.runtime import log as logmod
 from mailgate.runtime import stats
+from mailgate.runtime.cluster import Cluster
 from mailgate.spool import ARCHIVES, STATES, Spool, archive, journal, quarantine, queueops
 
 CONSOLE_DATA = configmod.data_path("console")
@@ -48,6 +49,7 @@ def create_app(config: configmod.Config, serve_metrics: bool = True) -> Flask:
         static_folder=str(CONSOLE_DATA / "static"),
     )
     spool = Spool(config.spool_path)
+    cluster = Cluster(config)  # Redis is not reloadable: one link for the console's life
     app.secret_key = logins.session_key(spool)
     app.config.update(
         SESSION_COOKIE_NAME="mailgate_session",
@@ -69,7 +71,9 @@ def create_app(config: configmod.Config, serve_metrics: bool = True) -> Flask:
             session["csrf"] = secrets.token_urlsafe(32)
         return session["csrf"]
 
-    app.jinja_env.globals.update(csrf_token=csrf_token, fmt_time=pages.fmt_time)
+    app.jinja_env.globals.update(
+        csrf_token=csrf_token, fmt_time=pages.fmt_time, this_node=cluster.node
+    )
 
     @app.before_request
     def guard():
@@ -207,7 +211,7 @@ def create_app(config: configmod.Config, serve_metrics: bool = True) -> Flask:
         text = request.args.get("q", "").strip().lower()
         wanted = pages.checked_status(status) if status else None
         statuses = sorted({s for s, _ in spool.quarantined()})
-        rows, note = searching.quarantined(current(), spool, wanted)
+        rows, note = searching.quarantined_everywhere(current(), spool, cluster, wanted)
         rows = [row for row in rows if not text or pages.matches(text, row)]
         rows.sort(key=lambda r: r["quarantined_at"], reverse=True)
         return render_template(
@@ -244,8 +248,16 @@ def create_app(config: configmod.Config, serve_metrics: bool = True) -> Flask:
             abort(400, "action must be release or delete")
         done = []
         for item in request.form.getlist("item"):
+            node, _, item = item.rpartition(":")
             status, _, queue_id = item.partition("/")
             status, queue_id = pages.checked_status(status), pages.checked_id(queue_id)
+            if node and not re.fullmatch(r"[A-Za-z0-9._-]{1,100}", node):
+                abort(400, "bad node name")
+            if node and node != cluster.node:
+                done.append(
+                    f"node {node}: " + nodes.request(cluster, node, action, status, queue_id)
+                )
+                continue
             entry = pages.quarantined(spool, status, queue_id)
             if entry is None:
                 done.append(f"{queue_id}: no longer in quarantine")

@@ -8,7 +8,8 @@ which folders of ``archive/``, ``quarantine/`` and the journal changed, and it b
 those up to date: copies that appeared are read and added, copies that went (released,
 deleted, expired, moved by hand with ``mv``) are dropped, journal files are read on from
 where it stopped (complete lines only). Every ``FULL_SYNC`` seconds it compares every folder,
-in case an event was missed.
+in case an event was missed. In a cluster it also publishes this node's quarantine and
+answers the other nodes' requests to release or delete from it (``ops.nodes``).
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ from watchdog.events import FileSystemEventHandler
 from watchdog.observers import Observer
 
 from mailgate import config as configmod
-from mailgate.ops import index
+from mailgate.ops import index, nodes
 from mailgate.runtime import log as logmod
+from mailgate.runtime.cluster import Cluster
 from mailgate.spool import ARCHIVES, Spool, archive, quarantine
 from mailgate.spool.search import day_of
 
 FULL_SYNC = 300.0
+HEARTBEAT = 20.0  # clustered: the node's heartbeat, well within nodes.HEARTBEAT_TTL
 SETTLE = 0.25
 BATCH = 1000  # rows per transaction while building: readers see progress, memory stays flat
 
@@ -210,6 +213,16 @@ class Indexer:
         return changed + (self.sync_journal() if journal else 0)
 
 
+def _publish(cluster: Cluster, indexer: Indexer, published: float | None) -> float | None:
+    """Publish this node's quarantine when it changed (``published`` None) or long ago; else
+    beat the heart. Returns when it last published (None: still to do)."""
+    if published is not None and time.monotonic() - published < nodes.PUBLISHED_TTL / 4:
+        nodes.heartbeat(cluster)
+        return published
+    done = nodes.publish(cluster, index.quarantine(indexer.db))
+    return time.monotonic() if done else None
+
+
 def _sound(db: sqlite3.Connection) -> bool:
     try:
         return db.execute("PRAGMA quick_check(1)").fetchone()[0] == "ok"
@@ -243,9 +256,8 @@ def run(config: configmod.Config, snapshot: Path | None = None) -> int:
     spool = Spool(config.spool_path)
     stop = threading.Event()
     changes = _Changes()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: (stop.set(), changes.wake.set()))
-    signal.signal(signal.SIGHUP, lambda *_: logmod.reopen())
+    handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
+    signal.pthread_sigmask(signal.SIG_BLOCK, handled)  # the threads started below keep it so
     watched = [spool.root / "archive", spool.root / "quarantine", spool.root / "stats" / "journal"]
     observer = Observer()
     for folder in watched:
@@ -256,9 +268,19 @@ def run(config: configmod.Config, snapshot: Path | None = None) -> int:
     started = time.monotonic()
     built = indexer.open()
     log.info("index_ready", built=built, seconds=round(time.monotonic() - started, 2))
-    last_full = time.monotonic()
+    cluster = Cluster(config)
+    if cluster.enabled:
+        threading.Thread(target=nodes.serve, args=(cluster, spool, stop, log), daemon=True).start()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: (stop.set(), changes.wake.set()))
+    signal.signal(signal.SIGHUP, lambda *_: logmod.reopen())
+    signal.signal(signal.SIGUSR1, lambda *_: log.info("statistics", index=str(indexer.path)))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, handled)  # the main thread alone takes them
+    last_full, published = time.monotonic(), None
     while not stop.is_set():
-        changes.wake.wait(FULL_SYNC)
+        if cluster.enabled:
+            published = _publish(cluster, indexer, published)
+        changes.wake.wait(HEARTBEAT if cluster.enabled else FULL_SYNC)
         stop.wait(SETTLE)  # let a burst of events (a busy journal) come in as one pass
         if stop.is_set():
             break
@@ -281,6 +303,7 @@ def run(config: configmod.Config, snapshot: Path | None = None) -> int:
             continue
         if changed:
             log.debug("index_updated", changed=changed)
+            published = None  # publish this node's quarantine again
     observer.stop()
     observer.join(5)
     if indexer.db is not None:

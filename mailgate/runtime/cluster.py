@@ -29,9 +29,10 @@ from mailgate.runtime import stats
 
 T = TypeVar("T")
 LOCAL = object()  # "Redis did not answer: use this node's own state"
+BLOCK_LIMIT = 30.0  # the longest a blocking call (``run(..., blocking=True)``) may wait
 
 
-def connect(url: str, timeout: float) -> redis.Redis:
+def connect(url: str, timeout: float, read_timeout: float | None = None) -> redis.Redis:
     """A client for ``url`` (``sentinel://H:P[,H:P…]/SERVICE[/DB]`` asks the sentinels for
     the current master)."""
     if url.startswith("sentinel://"):
@@ -44,9 +45,12 @@ def connect(url: str, timeout: float) -> redis.Redis:
         sentinel = redis.sentinel.Sentinel(
             hosts, socket_timeout=timeout, socket_connect_timeout=timeout
         )
-        return sentinel.master_for(service, socket_timeout=timeout, db=int(db or 0))
+        return sentinel.master_for(service, socket_timeout=read_timeout or timeout, db=int(db or 0))
     return redis.Redis.from_url(
-        url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=30
+        url,
+        socket_timeout=read_timeout or timeout,
+        socket_connect_timeout=timeout,
+        health_check_interval=30,
     )
 
 
@@ -55,9 +59,10 @@ class Cluster:
         self.prefix = config.cluster_prefix
         self.node = config.cluster_node or config.hostname
         self.retry_after = config.cluster_retry_after
-        self.client = (
-            connect(config.cluster_redis, config.cluster_timeout) if config.cluster_redis else None
-        )
+        url, timeout = config.cluster_redis, config.cluster_timeout
+        self.client = connect(url, timeout) if url else None
+        # for BLPOP: its socket waits as long as the command may block, and a little more
+        self.blocking = connect(url, timeout, BLOCK_LIMIT + timeout) if url else None
         self.down_until = 0.0
         self.down = False
         self.fallbacks = 0
@@ -71,15 +76,16 @@ class Cluster:
     def key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
 
-    def run(self, action: Callable[[redis.Redis], T]) -> T | object:
-        """``action(client)``, or ``LOCAL`` when there is no cluster or Redis fails."""
+    def run(self, action: Callable[[redis.Redis], T], blocking: bool = False) -> T | object:
+        """``action(client)``, or ``LOCAL`` when there is no cluster or Redis fails;
+        ``blocking`` for a command that waits (BLPOP, at most ``BLOCK_LIMIT`` seconds)."""
         if self.client is None:
             return LOCAL
         if time.monotonic() < self.down_until:
             self._fell_back()
             return LOCAL
         try:
-            result = action(self.client)
+            result = action(self.blocking if blocking else self.client)
         except (redis.RedisError, OSError) as exc:
             with self.lock:
                 self.down_until = time.monotonic() + self.retry_after
@@ -121,5 +127,6 @@ class Cluster:
         stats.cluster_fallback()
 
     def close(self) -> None:
-        if self.client is not None:
-            self.client.close()
+        for client in (self.client, self.blocking):
+            if client is not None:
+                client.close()

@@ -15,8 +15,10 @@ import threading
 import time
 
 import pytest
-from mimebuild import multipart, part
+from mimebuild import EICAR, multipart, part
 from support import free_port, make_message, wait_for
+
+from mailgate.config import passwords
 
 REDIS = shutil.which("redis-server") or "/usr/bin/redis-server"
 
@@ -209,3 +211,52 @@ def test_message_rates_are_the_clusters(make_gateway, sink, redis_server):
     assert mail_reply(node_a, "127.0.0.1", "bulk@example.org") == 250  # trusted: no limit
     redis_server.stop()  # alone again: each node counts for itself
     assert mail_reply(node_b, "127.0.0.4", "bulk@example.org") == 250
+
+
+def test_every_nodes_quarantine_is_seen_and_released_from_any_node(
+    make_gateway, sink, redis_server
+):
+    from test_console import PASSWORD, Client  # the console tests' HTTP client
+
+    console = free_port()
+    shared = (
+        f"[smtpgw.cluster]\nRedis=redis://127.0.0.1:{redis_server.port}/0\n"
+        "[smtpgw.index]\nEnabled=yes\n[smtpgw.scan]\nMode=protection\n"
+    )
+    node_a = make_gateway(
+        shared + "[smtpgw.network]\nHostname=node-a.test\n"
+        f"[smtpgw.admin]\nListen=127.0.0.1:{console}\n"
+        f"PasswordHash={passwords.hash_password(PASSWORD)}\n",
+        name="a",
+    ).start()
+    node_b = make_gateway(shared + "[smtpgw.network]\nHostname=node-b.test\n", name="b").start()
+    first = node_b.send(multipart([part(EICAR, filename="eicar.com")], msgid="v1@test"))
+    second = node_b.send(multipart([part(EICAR, filename="eicar.com")], msgid="v2@test"))
+    wait_for(lambda: len(node_b.entries("quarantine/infected")) == 2, what="B's quarantine")
+
+    def listed_on_a() -> dict:
+        rows = json.loads(node_a.cli("quarantine", "list", "--json", check=True).stdout)
+        return {r["id"]: r["node"] for r in rows}
+
+    wait_for(
+        lambda: listed_on_a() == {first: "node-b.test", second: "node-b.test"},
+        what="B's quarantine listed on A",
+    )
+    client = Client(f"http://127.0.0.1:{console}")
+    wait_for(lambda: client.log_in() == 302, what="A's console")
+    status, _, body = client.request("/quarantine")
+    assert status == 200 and first.encode() in body and b"on node-b.test" in body
+    form = {
+        "csrf": client.csrf("/quarantine"),
+        "action": "release",
+        "item": f"node-b.test:infected/{first}",
+    }
+    status, _, body = client.request("/quarantine", form)
+    assert status == 200 and b"released from quarantine/infected as" in body
+    assert "<v1@test>" in [m for m in (r.message_id for r in sink.wait_count(1))]
+    deleted = node_a.cli("quarantine", "delete", second)
+    assert deleted.returncode == 0 and "deleted from quarantine/infected" in deleted.stdout
+    assert node_b.entries("quarantine/infected") == []
+    wait_for(lambda: listed_on_a() == {}, what="A's list to follow")
+    gone = node_a.cli("quarantine", "release", second)
+    assert gone.returncode == 3

@@ -1,0 +1,133 @@
+"""Quarantine across the nodes of a cluster: every node's quarantine, seen from any node, and
+release or delete carried out by the node that holds the message.
+
+Each node's indexer publishes the summaries of its own quarantine to Redis
+(``PREFIX:quarantine:NODE``, a hash ``status/ID`` → summary, replaced whole after every change
+and kept ``PUBLISHED_TTL``) and a heartbeat (``PREFIX:node:NODE``). A command or the console
+of any node lists its own quarantine (from its index or files) and the others' (from Redis),
+each row naming its ``node``. To release or delete a message held by another node, it pushes
+a request onto ``PREFIX:requests:NODE``; that node's indexer takes it (BLPOP), does exactly
+what the local command would, and pushes the outcome onto the reply key the request named.
+Messages never travel: the copy stays in the spool that holds it.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+
+from mailgate.runtime.cluster import LOCAL, Cluster
+from mailgate.spool import STATUS_RE, NotFound, Spool, check_id, quarantine
+
+PUBLISHED_TTL = 86400
+HEARTBEAT_TTL = 60
+REPLY_TTL = 120
+ACTIONS = ("release", "delete")
+
+
+def publish(cluster: Cluster, rows: list[dict]) -> bool:
+    """Replace this node's published quarantine with ``rows``; False when Redis failed."""
+    key = cluster.key("quarantine", cluster.node)
+    fields = {f"{r['status']}/{r['id']}": json.dumps(r) for r in rows}
+
+    def replace(client):
+        pipe = client.pipeline(transaction=True)
+        pipe.delete(key)
+        if fields:
+            pipe.hset(key, mapping=fields)
+            pipe.expire(key, PUBLISHED_TTL)
+        pipe.sadd(cluster.key("nodes"), cluster.node)
+        pipe.set(cluster.key("node", cluster.node), "up", ex=HEARTBEAT_TTL)
+        return pipe.execute()
+
+    return cluster.run(replace) is not LOCAL
+
+
+def heartbeat(cluster: Cluster) -> None:
+    cluster.run(lambda c: c.set(cluster.key("node", cluster.node), "up", ex=HEARTBEAT_TTL))
+
+
+def others(cluster: Cluster) -> tuple[list[dict], str | None]:
+    """(the other nodes' quarantined rows, each with ``node``; a note when Redis failed)."""
+    if not cluster.enabled:
+        return [], None
+
+    def read(client):
+        rows = []
+        for raw in sorted(client.smembers(cluster.key("nodes"))):
+            node = raw.decode("utf-8", "replace")
+            if node == cluster.node:
+                continue
+            for value in client.hgetall(cluster.key("quarantine", node)).values():
+                rows.append({**json.loads(value), "node": node})
+        return rows
+
+    found = cluster.run(read)
+    if found is LOCAL:
+        return [], "the cluster's Redis does not answer: this node's quarantine only"
+    return found, None
+
+
+def holder(cluster: Cluster, queue_id: str) -> tuple[str, str] | None:
+    """(node, status) of the other node that published ``queue_id`` in its quarantine."""
+    rows, _note = others(cluster)
+    return next(((r["node"], r["status"]) for r in rows if r["id"] == queue_id), None)
+
+
+def request(
+    cluster: Cluster, node: str, action: str, status: str, queue_id: str, timeout: float = 15.0
+) -> str:
+    """Have ``node`` carry out ``action`` on its copy; its answer, or why there is none."""
+    reply = cluster.key("reply", secrets.token_hex(8))
+    message = json.dumps({"action": action, "status": status, "id": queue_id, "reply": reply})
+    if cluster.run(lambda c: c.rpush(cluster.key("requests", node), message)) is LOCAL:
+        return f"{queue_id}: the cluster's Redis does not answer; nothing done"
+    answer = cluster.run(lambda c: c.blpop([reply], timeout=timeout), blocking=True)
+    if answer is LOCAL or answer is None:
+        return f"{queue_id}: node {node} did not answer within {timeout:g} s (it may still act)"
+    return answer[1].decode("utf-8", "replace")
+
+
+def carry_out(spool: Spool, order: dict) -> str:
+    """One request from another node, on this node's quarantine: the line to answer."""
+    action, status, queue_id = order.get("action"), order.get("status", ""), order.get("id", "")
+    if action not in ACTIONS or not STATUS_RE.match(str(status)):
+        return f"{queue_id}: refused (bad request)"
+    try:
+        check_id(queue_id)
+        found, entry = spool.find_quarantined(queue_id)
+    except (ValueError, NotFound):
+        return f"{queue_id}: no longer in quarantine"
+    if found != status:
+        return f"{queue_id}: no longer in quarantine/{status}"
+    if action == "release":
+        new_id = quarantine.release(spool, status, entry)
+        return f"{queue_id}: released from quarantine/{status} as {new_id}"
+    spool.remove(entry)
+    return f"{queue_id}: deleted from quarantine/{status}"
+
+
+def serve(cluster: Cluster, spool: Spool, stop: threading.Event, log) -> None:
+    """The indexer's thread answering the other nodes' requests until ``stop``."""
+    queue = cluster.key("requests", cluster.node)
+    while not stop.is_set():
+        found = cluster.run(lambda c: c.blpop([queue], timeout=1), blocking=True)
+        if found is LOCAL:
+            stop.wait(cluster.retry_after)
+            continue
+        if found is None:
+            continue
+        try:
+            order = json.loads(found[1])
+            answer = carry_out(spool, order)
+        except (ValueError, TypeError, AttributeError, OSError) as exc:
+            order, answer = {}, f"failed: {exc}"
+        log.info("cluster_request", action=order.get("action"), qid=order.get("id"), answer=answer)
+        reply = order.get("reply")
+        if isinstance(reply, str) and reply.startswith(cluster.key("reply", "")):
+            _answer(cluster, reply, answer)
+
+
+def _answer(cluster: Cluster, reply: str, answer: str) -> None:
+    cluster.run(lambda c: c.pipeline().rpush(reply, answer).expire(reply, REPLY_TTL).execute())
