@@ -119,6 +119,9 @@ def build() -> argparse.ArgumentParser:
 
     st = command("stats", "print the counters of every process: totals and since start")
     st.add_argument("--json", action="store_true", help="print the JSON document")
+    st.add_argument(
+        "--cluster", action="store_true", help="every node's figures and their sum (clustered)"
+    )
 
     rep = command("report", "traffic report: volumes per hour, top viruses, top spam senders")
     rep.add_argument("--since", default="1d", help="1d, 12h, ... ago, or a day YYYY-MM-DD")

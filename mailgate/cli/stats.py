@@ -7,20 +7,45 @@ import argparse
 import json
 import sys
 
-from mailgate.cli.common import EXIT_CONFIG, EXIT_OK, EXIT_USAGE, CommandError
+from mailgate.cli.common import EXIT_BUSY, EXIT_CONFIG, EXIT_OK, EXIT_USAGE, CommandError
 from mailgate.config import BadValue, Config
-from mailgate.ops import report, searching, track
+from mailgate.ops import nodes, report, searching, track
 from mailgate.runtime import stats
+from mailgate.runtime.cluster import Cluster
 from mailgate.spool import Spool
 
 
 def stats_command(args: argparse.Namespace, config: Config) -> int:
     spool = Spool(config.spool_path)
+    if args.cluster:
+        return _cluster_stats(args, config)
     snapshot = stats.Snapshot(spool)
     if args.json:
         print(json.dumps(snapshot.as_json(), indent=1))
     else:
         sys.stdout.write(stats.text_report(snapshot))
+    return EXIT_OK
+
+
+def _cluster_stats(args: argparse.Namespace, config: Config) -> int:
+    """``mailgate stats --cluster``: every node's figures (as its indexer last published
+    them) and their sum."""
+    cluster = Cluster(config)
+    if not cluster.enabled:
+        raise CommandError("not in a cluster ([smtpgw.cluster] Redis is not set)", EXIT_BUSY)
+    found = nodes.figures(cluster)
+    if found is None:
+        raise CommandError("the cluster's Redis does not answer", EXIT_BUSY)
+    total = nodes.summed(list(found.values())) if found else {}
+    if args.json:
+        print(json.dumps({"nodes": found, "sum": total}, indent=1))
+        return EXIT_OK
+    names = list(found)
+    print(f"{'counter':<32}" + "".join(f"{n[:16]:>17}" for n in names) + f"{'sum':>12}")
+    for key, value in sorted((total.get("totals") or {}).items()):
+        if isinstance(value, int | float):
+            row = [(found[n].get("totals") or {}).get(key, 0) for n in names]
+            print(f"{key:<32}" + "".join(f"{v:>17g}" for v in row) + f"{value:>12g}")
     return EXIT_OK
 
 

@@ -365,7 +365,7 @@ def create_app(config: configmod.Config, serve_metrics: bool = True) -> Flask:
         def metrics():
             if not configmod.in_networks(request.remote_addr or "", current().metrics_allow):
                 abort(403, "not in MetricsAllow")
-            return pages.metrics_response(spool)
+            return pages.metrics_response(spool, current())
 
     return app
 

@@ -28,6 +28,7 @@ from watchdog.observers import Observer
 from mailgate import config as configmod
 from mailgate.ops import index, nodes
 from mailgate.runtime import log as logmod
+from mailgate.runtime import stats
 from mailgate.runtime.cluster import Cluster
 from mailgate.spool import ARCHIVES, Spool, archive, quarantine
 from mailgate.spool.search import day_of
@@ -214,10 +215,10 @@ class Indexer:
 
 
 def _publish(cluster: Cluster, indexer: Indexer, published: float | None) -> float | None:
-    """Publish this node's quarantine when it changed (``published`` None) or long ago; else
-    beat the heart. Returns when it last published (None: still to do)."""
+    """Beat the heart (with this node's statistics) and publish its quarantine when it
+    changed (``published`` None) or long ago. Returns when it last published (None: to do)."""
+    nodes.heartbeat(cluster, stats.Snapshot(indexer.spool).as_json())
     if published is not None and time.monotonic() - published < nodes.PUBLISHED_TTL / 4:
-        nodes.heartbeat(cluster)
         return published
     done = nodes.publish(cluster, index.quarantine(indexer.db))
     return time.monotonic() if done else None

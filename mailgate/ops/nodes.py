@@ -44,8 +44,48 @@ def publish(cluster: Cluster, rows: list[dict]) -> bool:
     return cluster.run(replace) is not LOCAL
 
 
-def heartbeat(cluster: Cluster) -> None:
-    cluster.run(lambda c: c.set(cluster.key("node", cluster.node), "up", ex=HEARTBEAT_TTL))
+def heartbeat(cluster: Cluster, figures: dict) -> None:
+    """This node is up, and its ``mailgate stats --json`` document for ``stats --cluster``."""
+    node, document = cluster.node, json.dumps(figures)
+
+    def beat(client):
+        pipe = client.pipeline(transaction=False)
+        pipe.set(cluster.key("node", node), "up", ex=HEARTBEAT_TTL)
+        pipe.set(cluster.key("stats", node), document, ex=HEARTBEAT_TTL)
+        pipe.sadd(cluster.key("nodes"), node)
+        return pipe.execute()
+
+    cluster.run(beat)
+
+
+def figures(cluster: Cluster) -> dict | None:
+    """node → its latest statistics (those heard from within ``HEARTBEAT_TTL``), or None
+    when Redis does not answer."""
+
+    def read(client):
+        found = {}
+        for raw in sorted(client.smembers(cluster.key("nodes"))):
+            node = raw.decode("utf-8", "replace")
+            document = client.get(cluster.key("stats", node))
+            if document is not None:
+                found[node] = json.loads(document)
+        return found
+
+    answer = cluster.run(read)
+    return None if answer is LOCAL else answer
+
+
+def summed(documents: list) -> object:
+    """The sum of several statistics documents, number by number (other values: the first)."""
+    first = documents[0]
+    if isinstance(first, bool) or not isinstance(first, int | float | dict):
+        return first
+    if isinstance(first, dict):
+        keys = dict.fromkeys(k for d in documents if isinstance(d, dict) for k in d)
+        return {
+            k: summed([d[k] for d in documents if isinstance(d, dict) and k in d]) for k in keys
+        }
+    return sum(d for d in documents if isinstance(d, int | float) and not isinstance(d, bool))
 
 
 def others(cluster: Cluster) -> tuple[list[dict], str | None]:

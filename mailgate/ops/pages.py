@@ -143,9 +143,10 @@ def log_lines(path: Path | None, queue_id: str) -> list[str]:
     return list(found)
 
 
-def metrics_response(spool: Spool) -> Response:
+def metrics_response(spool: Spool, config: configmod.Config) -> Response:
+    node = (config.cluster_node or config.hostname) if config.cluster_redis else None
     return Response(
-        stats.Snapshot(spool).prometheus_text(),
+        stats.Snapshot(spool).prometheus_text(node),
         mimetype=None,
         headers={"Content-Type": CONTENT_TYPE_LATEST},
     )
@@ -162,7 +163,7 @@ def metrics_app(config: configmod.Config):
         if not configmod.in_networks(environ.get("REMOTE_ADDR", ""), config.metrics_allow):
             start_response("403 Forbidden", [("Content-Type", "text/plain")])
             return [b"not in MetricsAllow\n"]
-        response = metrics_response(spool)
+        response = metrics_response(spool, config)
         return response(environ, start_response)
 
     return application

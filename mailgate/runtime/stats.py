@@ -211,8 +211,11 @@ class Snapshot:
             "since_start": summarize(self.live),
         }
 
-    def prometheus_text(self) -> bytes:
-        """The totals and queue depths in Prometheus' text exposition format."""
+    def prometheus_text(self, node: str | None = None) -> bytes:
+        """The totals and queue depths in Prometheus' text exposition format; in a cluster
+        every sample carries the ``node`` label."""
+        first = [node] if node else []
+        names = ["node"] if node else []
         from prometheus_client.core import (
             CounterMetricFamily,
             GaugeMetricFamily,
@@ -225,14 +228,14 @@ class Snapshot:
             full = PREFIX + name
             mine = _of(self.totals, name)
             if kind == "counter":
-                family = CounterMetricFamily(full, text, labels=[label] if label else [])
+                family = CounterMetricFamily(full, text, labels=names + ([label] if label else []))
                 for (_, sample, labels), value in sorted(mine.items()):
                     if sample.endswith("_total"):
-                        family.add_metric([v for _, v in labels], value)
+                        family.add_metric(first + [v for _, v in labels], value)
                 if not label and not family.samples:
-                    family.add_metric([], 0.0)
+                    family.add_metric(first, 0.0)
             else:
-                family = HistogramMetricFamily(full, text)
+                family = HistogramMetricFamily(full, text, labels=names)
                 buckets = sorted(
                     (
                         (dict(labels)["le"], v)
@@ -243,13 +246,13 @@ class Snapshot:
                 )
                 total_sum = sum(v for (_, s, _), v in mine.items() if s.endswith("_sum"))
                 if buckets:
-                    family.add_metric([], buckets, total_sum)
+                    family.add_metric(first, buckets, total_sum)
             families.append(family)
         depth = GaugeMetricFamily(
-            PREFIX + "queue_messages", "Messages per spool state", labels=["state"]
+            PREFIX + "queue_messages", "Messages per spool state", labels=[*names, "state"]
         )
         for state, count in self.queues.items():
-            depth.add_metric([state], count)
+            depth.add_metric([*first, state], count)
         families.append(depth)
 
         class _Fixed:

@@ -225,7 +225,7 @@ def test_every_nodes_quarantine_is_seen_and_released_from_any_node(
     )
     node_a = make_gateway(
         shared + "[smtpgw.network]\nHostname=node-a.test\n"
-        f"[smtpgw.admin]\nListen=127.0.0.1:{console}\n"
+        f"[smtpgw.admin]\nListen=127.0.0.1:{console}\nMetricsListen=127.0.0.1:{console}\n"
         f"PasswordHash={passwords.hash_password(PASSWORD)}\n",
         name="a",
     ).start()
@@ -260,3 +260,17 @@ def test_every_nodes_quarantine_is_seen_and_released_from_any_node(
     wait_for(lambda: listed_on_a() == {}, what="A's list to follow")
     gone = node_a.cli("quarantine", "release", second)
     assert gone.returncode == 3
+
+    def cluster_stats() -> dict:
+        return json.loads(node_a.cli("stats", "--cluster", "--json", check=True).stdout)
+
+    wait_for(
+        lambda: set(cluster_stats()["nodes"]) == {"node-a.test", "node-b.test"},
+        what="both nodes' figures",
+        timeout=30,
+    )
+    found = cluster_stats()
+    received = [found["nodes"][n]["totals"]["received_messages"] for n in found["nodes"]]
+    assert found["sum"]["totals"]["received_messages"] == sum(received) >= 2
+    status, _, body = client.request("/metrics")
+    assert status == 200 and b'mailgate_received_messages_total{node="node-a.test"}' in body
