@@ -7,6 +7,7 @@ from collections import Counter
 
 from mailgate.cli.common import EXIT_OK, EXIT_USAGE, CommandError
 from mailgate.config import Config
+from mailgate.runtime.cluster import Cluster
 from mailgate.scan.spam import bayes, learning
 from mailgate.spool import Spool
 
@@ -37,7 +38,8 @@ def learn(args: argparse.Namespace, config: Config) -> int:
         raise CommandError(f"no such file or directory: {', '.join(missing)}", EXIT_USAGE)
     spool.create()
     results: Counter[str] = Counter()
-    with learning.Learner(spool, config.shipped("spam_database", "spamdb")) as learner:
+    shipped = config.shipped("spam_database", "spamdb")
+    with learning.Learner(spool, shipped, cluster=Cluster(config)) as learner:
         for path in args.files:
             for raw in learning.messages(path):
                 tokens = learning.tokens_of(raw)

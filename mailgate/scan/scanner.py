@@ -103,7 +103,7 @@ class Scanner(Reporting, Worker):
     def housekeeping(self) -> float:
         if self.spamtest is not None and learning.queued(self.spool):
             shipped = self.config.shipped("spam_database", "spamdb")
-            merged = learning.merge_if_free(self.spool, shipped)
+            merged = learning.merge_if_free(self.spool, shipped, self.cluster)
             if merged:
                 self.log.info("autolearn_merged", messages=merged)
         return ENGINE_RETRY if self.engine_down else RESCAN_INTERVAL

@@ -274,3 +274,52 @@ def test_every_nodes_quarantine_is_seen_and_released_from_any_node(
     assert found["sum"]["totals"]["received_messages"] == sum(received) >= 2
     status, _, body = client.request("/metrics")
     assert status == 200 and b'mailgate_received_messages_total{node="node-a.test"}' in body
+
+
+WORDS = "zorblax quintessa glimmerwort vantrobel frisquel dombatic pellucard yarnisty"
+
+
+def made_up(n: int) -> bytes:
+    return (
+        f"From: promo{n}@offers.example\r\nTo: user@company.com\r\nSubject: {WORDS.split()[n % 8]}"
+        f"\r\nDate: Wed, 02 Dec 2026 10:00:00 +0000\r\nMessage-ID: <mu{n}@offers.example>\r\n\r\n"
+        f"{WORDS} {WORDS.upper()} offer number {n}\r\n"
+    ).encode()
+
+
+def bayes_rule(message) -> str:
+    status = " ".join(message["X-Spam-Status"].split())
+    rules = [t.split("(")[0].strip() for t in status.split("tests=")[1].split(",")]
+    return next((t for t in rules if t.startswith("BAYES")), "")
+
+
+def test_learning_on_one_node_changes_the_verdict_on_the_other(
+    make_gateway, sink, redis_server, tmp_path
+):
+    node_a, node_b = two_nodes(make_gateway, redis_server, "[smtpgw.spamtest]\nNetwork=no\n")
+    node_b.send(made_up(100), source="127.0.0.2")
+    before = bayes_rule(sink.wait_count(1)[0].message)
+    folder = tmp_path / "junk"
+    folder.mkdir()
+    for n in range(30):
+        (folder / f"{n}.eml").write_bytes(made_up(n))
+    learned = node_a.cli("learn", "--spam", str(folder))
+    assert learned.returncode == 0, learned.stderr
+    again = node_b.cli("learn", "--spam", str(folder))  # B knows they were learned (on A)
+    assert "30 already" in again.stdout, again.stdout
+
+    def after() -> str:
+        count = len(sink.received)
+        node_b.send(made_up(1000 + count), source="127.0.0.2")
+        arrived = sink.wait_count(count + 1)
+        wanted = f"<mu{1000 + count}@offers.example>"
+        return bayes_rule(next(r.message for r in arrived if r.message_id == wanted))
+
+    def strength(rule: str) -> float:
+        return float("0." + rule.removeprefix("BAYES_")) if rule else 0.5
+
+    rule = wait_for(
+        lambda: (r := after()) and strength(r) >= 0.95 and r,
+        what="B's verdict to follow A's learning",
+    )
+    assert strength(before) < 0.95 <= strength(rule), (before, rule)

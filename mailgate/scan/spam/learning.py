@@ -32,8 +32,10 @@ from pathlib import Path
 import filelock
 
 from mailgate.config import Config
+from mailgate.runtime.cluster import LOCAL, Cluster
 from mailgate.scan import mime
 from mailgate.scan.spam import bayes, spamtest
+from mailgate.scan.spam.shared import SharedTokens
 from mailgate.spool import Spool
 from mailgate.spool.files import write_file
 
@@ -91,8 +93,11 @@ class Learner:
     fsync'd on a clean exit). ``timeout`` 0: raise ``filelock.Timeout`` at once if another
     process holds the lock."""
 
-    def __init__(self, spool: Spool, shipped: Path, timeout: float = -1):
+    def __init__(
+        self, spool: Spool, shipped: Path, timeout: float = -1, cluster: Cluster | None = None
+    ):
         self.spool = spool
+        self.shared = SharedTokens(cluster) if cluster is not None and cluster.enabled else None
         self.path = spamtest.ensure_seeded(spool, shipped)
         self.lock = spamtest.database_lock(spool, timeout)
         self.model = bayes.Model()
@@ -134,6 +139,10 @@ class Learner:
         """Learn one message: ``learned``, ``moved`` (it was learned as the other class) or
         ``already`` (nothing to do)."""
         key = digest(tokens)
+        if self.shared is not None:
+            done = self.shared.learn(key, tokens, is_spam)
+            if done is not LOCAL:
+                return done
         row = self.seen.execute("SELECT spam FROM learned WHERE digest = ?", (key,)).fetchone()
         if row is not None and bool(row[0]) == is_spam:
             return "already"
@@ -147,6 +156,10 @@ class Learner:
     def forget(self, tokens: set[str]) -> str:
         """Take a learned message back out: ``forgotten``, or ``unknown`` if never learned."""
         key = digest(tokens)
+        if self.shared is not None:
+            done = self.shared.learn(key, tokens, None)
+            if done is not LOCAL and done != "unknown":
+                return done
         row = self.seen.execute("SELECT spam FROM learned WHERE digest = ?", (key,)).fetchone()
         if row is None:
             return "unknown"
@@ -214,10 +227,11 @@ def queued(spool: Spool) -> bool:
     return bool(_queued_names(spool))
 
 
-def merge_if_free(spool: Spool, shipped: Path) -> int:
-    """Merge the queue unless another process holds the table's lock (then it will)."""
+def merge_if_free(spool: Spool, shipped: Path, cluster: Cluster | None = None) -> int:
+    """Merge the queue unless another process holds the table's lock (then it will); in a
+    cluster, into the cluster's learned counts."""
     try:
-        with Learner(spool, shipped, timeout=0) as learner:
+        with Learner(spool, shipped, timeout=0, cluster=cluster) as learner:
             return learner.merge_queue()
     except filelock.Timeout:
         return 0

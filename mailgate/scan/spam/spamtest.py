@@ -31,6 +31,7 @@ import filelock
 
 from mailgate.config import Config, in_networks, parse_networks
 from mailgate.message.domains import registered_domain
+from mailgate.runtime.cluster import Cluster
 from mailgate.runtime.dnsbl import Checker
 from mailgate.scan.av.avdb import REJECTED, UPDATED
 from mailgate.scan.mime import Split, decode_words
@@ -38,6 +39,7 @@ from mailgate.scan.spam import bayes, trust
 from mailgate.scan.spam import rules as spamrules
 from mailgate.scan.spam.authrules import auth_rules
 from mailgate.scan.spam.checks import Facts
+from mailgate.scan.spam.shared import SharedTokens
 from mailgate.spool import Spool
 
 # (score needed for spam, for probable-spam) per Intensity.
@@ -183,7 +185,9 @@ class Spamtest:
         self.dns = Checker(config.nameservers, config.dns_timeout)
         self.model_path = self._model_path()
         self.model_mtime = 0.0
-        self.model = bayes.Model()
+        self.model = self.base = bayes.Model()
+        cluster = Cluster(config) if spool is not None and config.cluster_redis else None
+        self.shared = SharedTokens(cluster) if cluster is not None else None
         self._load_model()
 
     # ------------------------------------------------------------ the token model
@@ -195,13 +199,21 @@ class Spamtest:
         return ensure_seeded(self.spool, shipped)
 
     def _load_model(self) -> None:
+        """The node's table (re-read when its file changed) plus, in a cluster, what was
+        learned on any node (``shared``)."""
         try:
             mtime = os.stat(self.model_path).st_mtime
         except OSError:
             return
-        if mtime != self.model_mtime:
-            self.model = bayes.Model.load(self.model_path.parent)
+        changed = mtime != self.model_mtime
+        if changed:
+            self.base = bayes.Model.load(self.model_path.parent)
             self.model_mtime = mtime
+        if self.shared is not None and (self.shared.refresh() or changed):
+            self.model, changed = self.shared.merged(self.base), True
+        elif changed:
+            self.model = self.base
+        if changed:
             gc.collect()
             gc.freeze()  # tens of thousands of long-lived counts: keep them out of every GC pass
 
