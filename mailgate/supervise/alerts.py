@@ -1,10 +1,11 @@
 """Traffic thresholds: tell the administrator when a day's traffic or the protected addresses
 pass what the configuration allows (the limits a licence would set, as alerts).
 
-The supervisor calls ``TrafficWatch.check`` from its sweep. It reads only what the receivers
-appended to the journal since the last call (file offsets), so a check costs little however
-busy the day. Each threshold alerts at most once per day: a flag ``stats/alert-DAY-NAME``
-is written after the notice is queued (a crash in between can only repeat the notice).
+The supervisor calls ``TrafficWatch.check`` from its sweep; in a cluster the thresholds are the
+cluster's: each node adds its figures in Redis and one node alerts. It reads only what the
+receivers appended to the journal since the last call (file offsets), so a check costs little
+however busy the day. Each threshold alerts at most once per day: a flag ``stats/alert-DAY-
+NAME`` is written after the notice is queued (a crash in between can only repeat the notice).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from mailgate.config import Config
+from mailgate.runtime.cluster import LOCAL, Cluster
 from mailgate.scan import notify
 from mailgate.spool import Spool, journal
 
@@ -39,6 +41,8 @@ class TrafficWatch:
         self.messages: dict[str, int] = defaultdict(int)
         self.bytes: dict[str, int] = defaultdict(int)
         self.addresses: dict[str, set[str]] = defaultdict(set)
+        self.cluster: Cluster | None = None  # made at the first check of a clustered config
+        self.shared: dict[str, set[str]] = {}  # protected addresses already sent to Redis
 
     def wanted(self, config: Config) -> bool:
         return bool(
@@ -58,11 +62,19 @@ class TrafficWatch:
         today = journal.day_of(now)
         first = journal.day_of(now - config.address_window + 1)
         addresses = set().union(*(a for d, a in self.addresses.items() if first <= d <= today))
+        figures = (self.bytes[today], self.messages[today], len(addresses))
+        if config.cluster_redis:
+            figures = self._cluster_figures(config, today, first, figures)
         passed = []
-        for name, value, limit in (
-            ("DailyTrafficLimit", self.bytes[today], config.daily_traffic_limit),
-            ("DailyMessageLimit", self.messages[today], config.daily_message_limit),
-            ("ProtectedAddressLimit", len(addresses), config.protected_address_limit),
+        for name, value, limit in zip(
+            ("DailyTrafficLimit", "DailyMessageLimit", "ProtectedAddressLimit"),
+            figures,
+            (
+                config.daily_traffic_limit,
+                config.daily_message_limit,
+                config.protected_address_limit,
+            ),
+            strict=True,
         ):
             if limit and value > limit and self._alert(config, today, name, value, limit):
                 passed.append(name)
@@ -108,10 +120,51 @@ class TrafficWatch:
                 if config.is_protected(address.rpartition("@")[2]):
                     self.addresses[day].add(address.lower())
 
+    def _cluster_figures(self, config: Config, today: str, first: str, mine: tuple) -> tuple:
+        """(bytes, messages, addresses) of the whole cluster: this node publishes its own
+        day and its new protected addresses, and sums every node's. Its own figures when
+        Redis does not answer."""
+        if self.cluster is None:
+            self.cluster = Cluster(config)
+        cluster, node = self.cluster, self.cluster.node
+        fresh = {d: a - self.shared.get(d, set()) for d, a in self.addresses.items()}
+        days = sorted(d for d in self.addresses if first <= d <= today) or [today]
+        keep = int(config.address_window) + 2 * 86400
+
+        def share(client):
+            pipe = client.pipeline(transaction=False)
+            key = cluster.key("traffic", today)
+            pipe.hset(key, mapping={f"{node}:bytes": mine[0], f"{node}:messages": mine[1]})
+            pipe.expire(key, 3 * 86400)
+            for day, new in fresh.items():
+                if new:
+                    pipe.sadd(cluster.key("addresses", day), *sorted(new))
+                    pipe.expire(cluster.key("addresses", day), keep)
+            pipe.hgetall(key)
+            pipe.sunion([cluster.key("addresses", d) for d in days])
+            return pipe.execute()[-2:]
+
+        found = cluster.run(share)
+        if found is LOCAL:
+            return mine
+        for day, new in fresh.items():
+            self.shared.setdefault(day, set()).update(new)
+        traffic, addresses = found
+        total = defaultdict(int)
+        for field, value in traffic.items():
+            total[field.decode().rpartition(":")[2]] += int(value)
+        return total["bytes"], total["messages"], len(addresses)
+
     def _alert(self, config: Config, day: str, name: str, value: int, limit: int) -> bool:
         flag = self.spool.stats_path(f"alert-{day}-{name}")
         if flag.exists():
             return False
+        if self.cluster is not None:  # once per cluster: the node that sets the key tells
+            key = self.cluster.key("alert", day, name)
+            won = self.cluster.run(lambda c: c.set(key, self.cluster.node, nx=True, ex=172800))
+            if won is not LOCAL and not won:
+                flag.write_text(f"{value} > {limit} (told by another node)\n")
+                return False
         tell_administrator(
             self.spool, config, "threshold", "", threshold=name, value=str(value), limit=str(limit)
         )

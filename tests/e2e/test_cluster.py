@@ -323,3 +323,32 @@ def test_learning_on_one_node_changes_the_verdict_on_the_other(
         what="B's verdict to follow A's learning",
     )
     assert strength(before) < 0.95 <= strength(rule), (before, rule)
+
+
+def test_traffic_thresholds_are_the_clusters_and_alert_once(make_gateway, sink, redis_server):
+    node_a, node_b = two_nodes(
+        make_gateway,
+        redis_server,
+        "[smtpgw.notify]\nAdministrator=admin@company.com\n[smtpgw.admin]\nListen=\n"
+        "MetricsListen=\nDailyMessageLimit=3\n",
+    )
+    for i in range(2):  # two each: under the limit on either node, over it in the cluster
+        node_a.send(make_message(f"ta{i}@test"))
+        node_b.send(make_message(f"tb{i}@test"))
+    day = time.strftime("%Y-%m-%d")
+
+    def flags() -> list[str]:
+        found = []
+        for node in (node_a, node_b):
+            flag = node.spool / "stats" / f"alert-{day}-DailyMessageLimit"
+            if flag.exists():
+                found.append(flag.read_text())
+        return found
+
+    wait_for(lambda: len(flags()) == 2, timeout=60, what="both nodes to pass the threshold")
+    assert sorted("another node" in f for f in flags()) == [False, True]
+    notices = wait_for(
+        lambda: [r for r in sink.received if "traffic threshold" in (r.message["Subject"] or "")],
+        what="the notice",
+    )
+    assert len(notices) == 1 and b"DailyMessageLimit" in notices[0].content
