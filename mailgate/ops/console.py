@@ -162,6 +162,7 @@ def create_app(config: configmod.Config, serve_metrics: bool = True) -> Flask:
             chart=last24,
             peak=peak,
             totals=stats.Snapshot(spool).as_json(),
+            cluster=nodes.overview(cluster),
             metric_names={name: text for name, (_kind, text, _label) in stats.METRICS.items()},
         )
 

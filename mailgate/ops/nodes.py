@@ -75,6 +75,12 @@ def figures(cluster: Cluster) -> dict | None:
     return None if answer is LOCAL else answer
 
 
+def overview(cluster: Cluster) -> dict | None:
+    """``{"nodes": {node: statistics}, "sum": …}`` for the console (None: not clustered)."""
+    found = figures(cluster) if cluster.enabled else None
+    return {"nodes": found, "sum": summed(list(found.values()))} if found else None
+
+
 def summed(documents: list) -> object:
     """The sum of several statistics documents, number by number (other values: the first)."""
     first = documents[0]

@@ -272,6 +272,8 @@ def test_every_nodes_quarantine_is_seen_and_released_from_any_node(
     found = cluster_stats()
     received = [found["nodes"][n]["totals"]["received_messages"] for n in found["nodes"]]
     assert found["sum"]["totals"]["received_messages"] == sum(received) >= 2
+    status, _, body = client.request("/")
+    assert status == 200 and b'id="cluster"' in body and b"node-b.test" in body
     status, _, body = client.request("/metrics")
     assert status == 200 and b'mailgate_received_messages_total{node="node-a.test"}' in body
 
