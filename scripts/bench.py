@@ -12,9 +12,11 @@ the same with the spam filter on as well (network tests off: no DNS here). A sum
 side by side. ``--pass-through``, ``--av`` or ``--full`` runs only that one. The direct
 smtp-source → smtp-sink rate and bare aiosmtpd's are measured once, before the runs.
 
-``--unique`` sends unique mail instead (``bench_unique``: every message distinct, a tenth with
-a random zip, so no cache flatters the figures) with its own client, and measures a plain
-Postfix relay with the same mail and client first, so each run prints its ratio to Postfix.
+``--nodes N`` measures N gateways sharing one redis-server beside one gateway alone
+(``bench_nodes``). ``--unique`` sends unique mail instead (``bench_unique``: every message
+distinct, a tenth with a random zip, so no cache flatters the figures) with its own client, and
+measures a plain Postfix relay with the same mail and client first, so each run prints its
+ratio to Postfix.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+import bench_nodes
 import bench_unique
 
 from mailgate.spool import id_time
@@ -526,7 +529,24 @@ def main() -> int:
         help="with --unique: send at this rate rather than as fast as possible (latency "
         "below the peak, e.g. half of it)",
     )
+    parser.add_argument(
+        "--nodes",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N gateways sharing one redis-server beside one alone (bench_nodes: unique mail "
+        "from outside TrustedNetworks, the filters off, the rate limits on)",
+    )
     args = parser.parse_args()
+    if args.nodes:
+        sink_port = free_port()
+        sink = start_sink(sink_port)
+        try:
+            wait_port(sink_port)
+            return bench_nodes.main(args, sink_port, sys.modules[__name__])
+        finally:
+            sink.terminate()
+            sink.wait()
     if args.rate and not args.unique:
         parser.error("--rate goes with --unique")
     if args.unique:
