@@ -16,7 +16,7 @@ from mailgate.cli.common import (
     check_days,
 )
 from mailgate.config import Config
-from mailgate.ops import nodes, searching
+from mailgate.ops import nodes
 from mailgate.runtime.cluster import Cluster
 from mailgate.spool import STATUS_RE, InvalidQueueID, NotFound, Spool, quarantine
 
@@ -34,7 +34,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
         check_days(args.since, args.until)
         if args.status and not STATUS_RE.match(args.status):
             raise CommandError(f"invalid status {args.status!r}", EXIT_USAGE)
-        rows, note = searching.quarantined_everywhere(
+        rows, note = nodes.quarantined_everywhere(
             config,
             spool,
             Cluster(config),

@@ -33,7 +33,7 @@ from werkzeug.serving import WSGIRequestHandler, make_server
 
 from mailgate import config as configmod
 from mailgate.config import passwords
-from mailgate.ops import logins, nodes, pages, report, searching, track
+from mailgate.ops import logins, nodes, pages, report, track
 from mailgate.runtime import log as logmod
 from mailgate.runtime import stats
 from mailgate.runtime.cluster import Cluster
@@ -212,7 +212,7 @@ def create_app(config: configmod.Config, serve_metrics: bool = True) -> Flask:
         text = request.args.get("q", "").strip().lower()
         wanted = pages.checked_status(status) if status else None
         statuses = sorted({s for s, _ in spool.quarantined()})
-        rows, note = searching.quarantined_everywhere(current(), spool, cluster, wanted)
+        rows, note = nodes.quarantined_everywhere(current(), spool, cluster, wanted)
         rows = [row for row in rows if not text or pages.matches(text, row)]
         rows.sort(key=lambda r: r["quarantined_at"], reverse=True)
         return render_template(
@@ -255,9 +255,8 @@ def create_app(config: configmod.Config, serve_metrics: bool = True) -> Flask:
             if node and not re.fullmatch(r"[A-Za-z0-9._-]{1,100}", node):
                 abort(400, "bad node name")
             if node and node != cluster.node:
-                done.append(
-                    f"node {node}: " + nodes.request(cluster, node, action, status, queue_id)
-                )
+                answer = nodes.request(cluster, node, action, status, queue_id)
+                done.append(f"node {node}: {answer}")
                 continue
             entry = pages.quarantined(spool, status, queue_id)
             if entry is None:
@@ -284,9 +283,10 @@ def create_app(config: configmod.Config, serve_metrics: bool = True) -> Flask:
                 abort(400, "a day is YYYY-MM-DD")
         if args["queue_id"]:
             pages.checked_id(args["queue_id"])
-        rows, note = searching.archived(
+        rows, note = nodes.archived_everywhere(
             current(),
             spool,
+            cluster,
             kind if kind in ARCHIVES else None,
             **{k: v or None for k, v in args.items()},
         )
@@ -319,9 +319,10 @@ def create_app(config: configmod.Config, serve_metrics: bool = True) -> Flask:
             since = report.parse_since(since_text)
         except configmod.BadValue:
             abort(400, "since is 1d, 12h... or YYYY-MM-DD")
-        found, note = searching.tracked(
+        found, note = nodes.tracked_everywhere(
             current(),
             spool,
+            cluster,
             since,
             args["sender"] or None,
             args["recipient"] or None,

@@ -271,7 +271,9 @@ def run(config: configmod.Config, snapshot: Path | None = None) -> int:
     log.info("index_ready", built=built, seconds=round(time.monotonic() - started, 2))
     cluster = Cluster(config)
     if cluster.enabled:
-        threading.Thread(target=nodes.serve, args=(cluster, spool, stop, log), daemon=True).start()
+        threading.Thread(
+            target=nodes.serve, args=(config, cluster, spool, stop, log), daemon=True
+        ).start()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: (stop.set(), changes.wake.set()))
     signal.signal(signal.SIGHUP, lambda *_: logmod.reopen())

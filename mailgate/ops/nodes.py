@@ -15,15 +15,21 @@ from __future__ import annotations
 
 import json
 import secrets
+import sqlite3
 import threading
+import time
 
+from mailgate.config import Config
+from mailgate.ops import searching
 from mailgate.runtime.cluster import LOCAL, Cluster
-from mailgate.spool import STATUS_RE, NotFound, Spool, check_id, quarantine
+from mailgate.spool import STATUS_RE, NotFound, Spool, check_id, quarantine, search
 
 PUBLISHED_TTL = 86400
 HEARTBEAT_TTL = 60
 REPLY_TTL = 120
 ACTIONS = ("release", "delete")
+SEARCHES = ("archive", "track")
+MAX_ROWS = 1000  # per node and search: what a console page shows
 
 
 def publish(cluster: Cluster, rows: list[dict]) -> bool:
@@ -135,6 +141,106 @@ def request(
     return answer[1].decode("utf-8", "replace")
 
 
+def ask_all(cluster: Cluster, search: str, filters: dict, timeout: float = 5.0):
+    """Run ``search`` (``archive`` or ``track``) with ``filters`` on every other live node:
+    ([rows, each with its ``node``], [nodes that did not answer in time])."""
+    reply = cluster.key("reply", secrets.token_hex(8))
+    order = json.dumps({"action": search, "filters": filters, "reply": reply})
+
+    def send(client):
+        alive = []
+        for raw in sorted(client.smembers(cluster.key("nodes"))):
+            node = raw.decode("utf-8", "replace")
+            if node != cluster.node and client.exists(cluster.key("node", node)):
+                client.rpush(cluster.key("requests", node), order)
+                alive.append(node)
+        return alive
+
+    asked = cluster.run(send)
+    if asked is LOCAL:
+        return [], ["(Redis)"]
+    rows, waiting = [], set(asked)
+    deadline = time.monotonic() + timeout
+    while waiting and (left := deadline - time.monotonic()) > 0:
+        wait = max(1, int(left))
+        got = cluster.run(lambda c, t=wait: c.blpop([reply], timeout=t), blocking=True)
+        if got is LOCAL or got is None:
+            break
+        answer = json.loads(got[1])
+        waiting.discard(answer.get("node"))
+        rows += [{**row, "node": answer.get("node")} for row in answer.get("rows", [])]
+    return rows, sorted(waiting)
+
+
+def _search(config: Config, spool: Spool, order: dict) -> str:
+    """The rows of a search another node asked for, as JSON (at most ``MAX_ROWS``)."""
+    filters = {k: v for k, v in (order.get("filters") or {}).items() if isinstance(v, str)}
+    if order["action"] == "archive":
+        kind = filters.pop("kind", None)
+        rows, _note = searching.archived(config, spool, kind, **filters)
+    else:
+        since = float((order.get("filters") or {}).get("since") or 0)
+        rows, _note = searching.tracked(
+            config, spool, since, filters.get("sender"), filters.get("recipient"), filters.get("id")
+        )
+    return json.dumps({"rows": rows[-MAX_ROWS:]})
+
+
+def quarantined_everywhere(
+    config: Config, spool: Spool, cluster: Cluster, status: str | None = None, **filters
+):
+    """(rows of this node's quarantine and, clustered, every other node's, each naming its
+    ``node``; notes). The other nodes' rows come from what their indexers published."""
+    rows, note = searching.quarantined(config, spool, status, **filters)
+    if not cluster.enabled:
+        return rows, note
+    theirs, trouble = others(cluster)
+    since, until = filters.get("since"), filters.get("until")
+    for row in theirs:
+        day = search.day_of(row["quarantined_at"])
+        if (status and row["status"] != status) or (since and day < since):
+            continue
+        if until and day > until:
+            continue
+        wanted = {k: filters.get(k) for k in ("sender", "recipient", "subject")}
+        if search.matches(row, **wanted):
+            rows.append(row)
+    for row in rows:
+        row.setdefault("node", cluster.node)
+    return rows, "; ".join(n for n in (note, trouble) if n) or None
+
+
+def archived_everywhere(
+    config: Config, spool: Spool, cluster: Cluster, kind: str | None = None, **filters
+):
+    """(this node's archive rows and, clustered, every other live node's; a note)."""
+    rows, note = searching.archived(config, spool, kind, **filters)
+    if not cluster.enabled:
+        return rows, note
+    asked = {k: v for k, v in {**filters, "kind": kind}.items() if v}
+    theirs, silent = ask_all(cluster, "archive", asked)
+    return _everywhere(cluster, rows, theirs, note, silent)
+
+
+def tracked_everywhere(config: Config, spool: Spool, cluster: Cluster, since: float, *filters):
+    """(this node's tracked messages and, clustered, every other live node's; a note)."""
+    found, note = searching.tracked(config, spool, since, *filters)
+    if not cluster.enabled:
+        return found, note
+    sender, recipient, queue_id = [*filters, None, None, None][:3]
+    asked = {"since": str(since), "sender": sender, "recipient": recipient, "id": queue_id}
+    theirs, silent = ask_all(cluster, "track", {k: v for k, v in asked.items() if v})
+    return _everywhere(cluster, found, theirs, note, silent)
+
+
+def _everywhere(cluster: Cluster, mine: list, theirs: list, note, silent: list):
+    for row in mine:
+        row.setdefault("node", cluster.node)
+    if silent:
+        note = "; ".join(x for x in (note, f"no answer from {', '.join(silent)}") if x)
+    return mine + theirs, note
+
+
 def carry_out(spool: Spool, order: dict) -> str:
     """One request from another node, on this node's quarantine: the line to answer."""
     action, status, queue_id = order.get("action"), order.get("status", ""), order.get("id", "")
@@ -154,7 +260,7 @@ def carry_out(spool: Spool, order: dict) -> str:
     return f"{queue_id}: deleted from quarantine/{status}"
 
 
-def serve(cluster: Cluster, spool: Spool, stop: threading.Event, log) -> None:
+def serve(config: Config, cluster: Cluster, spool: Spool, stop: threading.Event, log) -> None:
     """The indexer's thread answering the other nodes' requests until ``stop``."""
     queue = cluster.key("requests", cluster.node)
     while not stop.is_set():
@@ -166,8 +272,13 @@ def serve(cluster: Cluster, spool: Spool, stop: threading.Event, log) -> None:
             continue
         try:
             order = json.loads(found[1])
-            answer = carry_out(spool, order)
-        except (ValueError, TypeError, AttributeError, OSError) as exc:
+            if order.get("action") in SEARCHES:
+                answer = json.dumps(
+                    {**json.loads(_search(config, spool, order)), "node": cluster.node}
+                )
+            else:
+                answer = carry_out(spool, order)
+        except (ValueError, TypeError, AttributeError, KeyError, OSError, sqlite3.Error) as exc:
             order, answer = {}, f"failed: {exc}"
         log.info("cluster_request", action=order.get("action"), qid=order.get("id"), answer=answer)
         reply = order.get("reply")

@@ -11,8 +11,7 @@ import sqlite3
 from collections.abc import Callable
 
 from mailgate.config import Config
-from mailgate.ops import index, nodes, track
-from mailgate.runtime.cluster import Cluster
+from mailgate.ops import index, track
 from mailgate.spool import Spool, archive, journal, search
 
 FALLBACK = "the search index is not ready ({why}); searched the files instead"
@@ -51,30 +50,6 @@ def quarantined(config: Config, spool: Spool, status: str | None = None, **filte
         lambda db: index.quarantine(db, status, **filters),
         lambda: list(search.quarantined(spool, status, **filters)),
     )
-
-
-def quarantined_everywhere(
-    config: Config, spool: Spool, cluster: Cluster, status: str | None = None, **filters
-):
-    """(rows of this node's quarantine and, clustered, every other node's, each naming its
-    ``node``; notes). The other nodes' rows come from what their indexers published."""
-    rows, note = quarantined(config, spool, status, **filters)
-    if not cluster.enabled:
-        return rows, note
-    theirs, trouble = nodes.others(cluster)
-    since, until = filters.get("since"), filters.get("until")
-    for row in theirs:
-        day = search.day_of(row["quarantined_at"])
-        if (status and row["status"] != status) or (since and day < since):
-            continue
-        if until and day > until:
-            continue
-        wanted = {k: filters.get(k) for k in ("sender", "recipient", "subject")}
-        if search.matches(row, **wanted):
-            rows.append(row)
-    for row in rows:
-        row.setdefault("node", cluster.node)
-    return rows, "; ".join(n for n in (note, trouble) if n) or None
 
 
 def tracked(

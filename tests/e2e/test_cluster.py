@@ -222,6 +222,7 @@ def test_every_nodes_quarantine_is_seen_and_released_from_any_node(
     shared = (
         f"[smtpgw.cluster]\nRedis=redis://127.0.0.1:{redis_server.port}/0\n"
         "[smtpgw.index]\nEnabled=yes\n[smtpgw.scan]\nMode=protection\n"
+        "[smtpgw.archive]\nReceived=yes\n"
     )
     node_a = make_gateway(
         shared + "[smtpgw.network]\nHostname=node-a.test\n"
@@ -274,6 +275,11 @@ def test_every_nodes_quarantine_is_seen_and_released_from_any_node(
     assert found["sum"]["totals"]["received_messages"] == sum(received) >= 2
     status, _, body = client.request("/")
     assert status == 200 and b'id="cluster"' in body and b"node-b.test" in body
+    # the archive and tracking pages of A ask B too
+    status, _, body = client.request(f"/archive?queue_id={first}")
+    assert status == 200 and first.encode() in body and b"on node-b.test" in body
+    status, _, body = client.request(f"/track?id={first}")
+    assert status == 200 and f"{first} (on node-b.test)".encode() in body
     status, _, body = client.request("/metrics")
     assert status == 200 and b'mailgate_received_messages_total{node="node-a.test"}' in body
 
