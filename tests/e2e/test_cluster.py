@@ -13,12 +13,14 @@ import socket
 import subprocess
 import threading
 import time
+import types
 
 import pytest
 from mimebuild import EICAR, multipart, part
 from support import free_port, make_message, wait_for
 
 from mailgate.config import passwords
+from mailgate.runtime.cluster import Cluster
 
 REDIS = shutil.which("redis-server") or "/usr/bin/redis-server"
 
@@ -360,3 +362,99 @@ def test_traffic_thresholds_are_the_clusters_and_alert_once(make_gateway, sink, 
         what="the notice",
     )
     assert len(notices) == 1 and b"DailyMessageLimit" in notices[0].content
+
+
+def test_redis_by_unix_socket_tls_and_sentinel(tmp_path, redis_server):
+    """Every address form of [smtpgw.cluster] Redis reaches a real server."""
+
+    def config(url: str):
+        return types.SimpleNamespace(
+            cluster_prefix="t",
+            cluster_node="n",
+            hostname="n",
+            cluster_retry_after=1.0,
+            cluster_redis=url,
+            cluster_timeout=2.0,
+        )
+
+    def works(url: str) -> bool:
+        cluster = Cluster(config(url))
+        try:
+            return cluster.count_in_window(cluster.key("probe", url), 60.0) == 1
+        finally:
+            cluster.close()
+
+    socket_path = tmp_path / "redis.sock"
+    sentinel_port, tls_port = free_port(), free_port()
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            tmp_path / "key.pem",
+            "-out",
+            tmp_path / "cert.pem",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    (tmp_path / "sentinel.conf").write_text(
+        f"port {sentinel_port}\nbind 127.0.0.1\n"
+        f"sentinel monitor mymaster 127.0.0.1 {redis_server.port} 1\n"
+    )
+    servers = [
+        subprocess.Popen(
+            [REDIS, "--port", "0", "--unixsocket", str(socket_path), "--save", ""],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        ),
+        subprocess.Popen(
+            [REDIS, str(tmp_path / "sentinel.conf"), "--sentinel"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        ),
+        subprocess.Popen(
+            [
+                REDIS,
+                "--port",
+                "0",
+                "--tls-port",
+                str(tls_port),
+                "--save",
+                "",
+                "--tls-cert-file",
+                str(tmp_path / "cert.pem"),
+                "--tls-key-file",
+                str(tmp_path / "key.pem"),
+                "--tls-ca-cert-file",
+                str(tmp_path / "cert.pem"),
+                "--tls-auth-clients",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        ),
+    ]
+    try:
+        wait_for(lambda: works(f"unix://{socket_path}?db=0"), 10, "redis on a unix socket")
+        wait_for(
+            lambda: works(f"sentinel://127.0.0.1:{sentinel_port}/mymaster/0"),
+            20,
+            "the master named by the sentinel",
+        )
+        url = f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={tmp_path / 'cert.pem'}"
+        wait_for(lambda: works(url), 10, "redis over TLS")
+    finally:
+        for server in servers:
+            server.terminate()
+            server.wait()
