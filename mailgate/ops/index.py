@@ -268,6 +268,29 @@ def _copies(db, place: str, where: list[str], args: list, narrowing: str) -> Ite
         yield _summary(place, found)
 
 
+def _search(db, place: str, kind, sender, recipient, subject, since, until, queue_id=None):
+    """The copies of ``place`` matching every filter given, in the file walk's order."""
+    where, args = [], []
+    for clause, value in (
+        ("kind = ?", kind),
+        ("day >= ?", since),
+        ("day <= ?", until),
+        ("id = ?", queue_id),
+    ):
+        if value:
+            where.append(clause)
+            args.append(value)
+    narrowing = _narrowing(
+        [
+            ("subject", subject),
+            ("addresses", _longest_literal(sender)),
+            ("addresses", _longest_literal(recipient)),
+        ]
+    )
+    rows = _copies(db, place, where, args, narrowing)
+    return [r for r in rows if matches(r, sender, recipient, subject)]
+
+
 def archive(
     db: sqlite3.Connection,
     kind: str | None = None,
@@ -279,23 +302,7 @@ def archive(
     queue_id: str | None = None,
 ) -> list[dict]:
     """What ``spool.archive.search`` would answer, in its order."""
-    where, args = [], []
-    for clause, value in (("kind = ?", kind), ("day >= ?", since), ("day <= ?", until)):
-        if value:
-            where.append(clause)
-            args.append(value)
-    if queue_id:
-        where.append("id = ?")
-        args.append(queue_id)
-    narrowing = _narrowing(
-        [
-            ("subject", subject),
-            ("addresses", _longest_literal(sender)),
-            ("addresses", _longest_literal(recipient)),
-        ]
-    )
-    rows = _copies(db, "archive", where, args, narrowing)
-    return [r for r in rows if matches(r, sender, recipient, subject)]
+    return _search(db, "archive", kind, sender, recipient, subject, since, until, queue_id)
 
 
 def quarantine(
@@ -308,20 +315,7 @@ def quarantine(
     until: str | None = None,
 ) -> list[dict]:
     """What ``spool.search.quarantined`` would answer, in its order."""
-    where, args = [], []
-    for clause, value in (("kind = ?", status), ("day >= ?", since), ("day <= ?", until)):
-        if value:
-            where.append(clause)
-            args.append(value)
-    narrowing = _narrowing(
-        [
-            ("subject", subject),
-            ("addresses", _longest_literal(sender)),
-            ("addresses", _longest_literal(recipient)),
-        ]
-    )
-    rows = _copies(db, "quarantine", where, args, narrowing)
-    return [r for r in rows if matches(r, sender, recipient, subject)]
+    return _search(db, "quarantine", status, sender, recipient, subject, since, until)
 
 
 def events(
