@@ -31,7 +31,7 @@ from mailgate.runtime import log as logmod
 from mailgate.runtime import stats
 from mailgate.runtime.cluster import Cluster
 from mailgate.spool import ARCHIVES, Spool, archive, quarantine
-from mailgate.spool.search import day_of
+from mailgate.spool.journal import day_of
 
 FULL_SYNC = 300.0
 HEARTBEAT = 20.0  # clustered: the node's heartbeat, well within nodes.HEARTBEAT_TTL

@@ -195,16 +195,7 @@ def quarantined_everywhere(
     if not cluster.enabled:
         return rows, note
     theirs, trouble = others(cluster)
-    since, until = filters.get("since"), filters.get("until")
-    for row in theirs:
-        day = search.day_of(row["quarantined_at"])
-        if (status and row["status"] != status) or (since and day < since):
-            continue
-        if until and day > until:
-            continue
-        wanted = {k: filters.get(k) for k in ("sender", "recipient", "subject")}
-        if search.matches(row, **wanted):
-            rows.append(row)
+    rows += [r for r in theirs if search.quarantine_row_matches(r, status, **filters)]
     for row in rows:
         row.setdefault("node", cluster.node)
     return rows, "; ".join(n for n in (note, trouble) if n) or None

@@ -9,10 +9,10 @@ filter is a case-insensitive substring; days are ``YYYY-MM-DD``, inclusive.
 from __future__ import annotations
 
 import fnmatch
-import time
 from collections.abc import Iterator
 
 from mailgate.spool import Spool, quarantine
+from mailgate.spool.journal import day_of
 
 
 def matches(
@@ -27,8 +27,20 @@ def matches(
     return not (subject and subject.lower() not in row["subject"].lower())
 
 
-def day_of(when: float) -> str:
-    return time.strftime("%Y-%m-%d", time.localtime(when))
+def quarantine_row_matches(
+    row: dict,
+    status: str | None = None,
+    sender: str | None = None,
+    recipient: str | None = None,
+    subject: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+) -> bool:
+    """A quarantine summary against every filter (the day is the one it was quarantined)."""
+    day = day_of(row["quarantined_at"])
+    if (status and row["status"] != status) or (since and day < since) or (until and day > until):
+        return False
+    return matches(row, sender, recipient, subject)
 
 
 def quarantined(
@@ -46,8 +58,5 @@ def quarantined(
             row = quarantine.summary(found, entry)
         except (OSError, ValueError):
             continue  # released or deleted while we looked
-        day = day_of(row["quarantined_at"])
-        if (since and day < since) or (until and day > until):
-            continue
-        if matches(row, sender, recipient, subject):
+        if quarantine_row_matches(row, status, sender, recipient, subject, since, until):
             yield row
