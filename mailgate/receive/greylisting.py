@@ -15,13 +15,13 @@ never both count a first attempt), else, and whenever Redis does not answer, in
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import hashlib
 import sqlite3
 import threading
 import time
 
 from mailgate.config import Config
+from mailgate.message.domains import address_listed
 from mailgate.receive.anvil import AccessList, network_of
 from mailgate.runtime.cluster import LOCAL, Cluster
 
@@ -136,9 +136,7 @@ class Greylisting:
             return True
         if spf is not None and spf.result == "pass" and spf.identity == "mailfrom":
             return True
-        sender = sender.lower()
-        domain = sender.rpartition("@")[2]
-        return any(fnmatch.fnmatchcase(sender if "@" in m else domain, m) for m in self.white)
+        return address_listed(sender, self.white)
 
     async def refusal(self, session, envelope, address: str) -> str | None:
         ip = session.peer[0]

@@ -15,7 +15,6 @@ re-reads it when its mtime changes.
 
 from __future__ import annotations
 
-import fnmatch
 import gc
 import gzip
 import hashlib
@@ -30,7 +29,7 @@ from pathlib import Path
 import filelock
 
 from mailgate.config import Config, in_networks, parse_networks
-from mailgate.message.domains import registered_domain
+from mailgate.message.domains import address_listed, registered_domain
 from mailgate.runtime.cluster import Cluster
 from mailgate.runtime.dnsbl import Checker
 from mailgate.scan.av.avdb import REJECTED, UPDATED
@@ -219,14 +218,6 @@ class Spamtest:
 
     # ------------------------------------------------------------ lists
 
-    @staticmethod
-    def _listed(address: str, masks: list[str]) -> bool:
-        address = address.lower()
-        domain = address.rpartition("@")[2]
-        return any(
-            fnmatch.fnmatchcase(address if "@" in m else domain, m) for m in masks if address
-        )
-
     def _lists(self, envelope: dict) -> tuple[str, str] | None:
         """White and black lists, of the sender, the recipients and the client (the one that
         connected: lists name the hosts an administrator knows)."""
@@ -234,14 +225,14 @@ class Spamtest:
         sender = envelope.get("mail_from", "")
         rcpts = [r["address"] for r in envelope.get("recipients", [])]
         if (
-            self._listed(sender, self.white_senders)
-            or any(self._listed(r, self.white_rcpts) for r in rcpts)
+            address_listed(sender, self.white_senders)
+            or any(address_listed(r, self.white_rcpts) for r in rcpts)
             or in_networks(client_ip, self.white_nets)
         ):
             return "whitelisted", "WHITELISTED"
         if (
-            self._listed(sender, self.black_senders)
-            or any(self._listed(r, self.black_rcpts) for r in rcpts)
+            address_listed(sender, self.black_senders)
+            or any(address_listed(r, self.black_rcpts) for r in rcpts)
             or in_networks(client_ip, self.black_nets)
         ):
             return "blacklisted", "BLACKLISTED"
