@@ -66,6 +66,7 @@ class Cluster:
         self.down_until = 0.0
         self.down = False
         self.fallbacks = 0
+        self.last_error = ""  # why Redis last failed this node, for the administrator's notice
         self.lock = threading.Lock()
         self.log = logmod.get()
 
@@ -91,11 +92,12 @@ class Cluster:
                 self.down_until = time.monotonic() + self.retry_after
                 first = not self.down
                 self.down = True
+                self.last_error = str(exc) or type(exc).__name__
             if first:
                 self.log.error(
                     "cluster_unavailable",
                     node=self.node,
-                    error=str(exc) or type(exc).__name__,
+                    error=self.last_error,
                     note=f"using this node's own state; asking again every {self.retry_after:g} s",
                 )
             self._fell_back()

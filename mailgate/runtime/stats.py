@@ -162,6 +162,11 @@ def _read_history(path: Path) -> Samples:
     return samples
 
 
+def live_count(spool: Spool, name: str) -> int:
+    """One counter of ``METRICS`` summed over this run's processes."""
+    return int(summarize(_read_live(spool.stats_path("live"))).get(name, 0))
+
+
 def fold(spool: Spool) -> None:
     """Add the previous run's live files to the history and start a new run (supervisor only).
 

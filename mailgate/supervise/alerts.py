@@ -17,6 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from mailgate.config import Config
+from mailgate.runtime import stats
 from mailgate.runtime.cluster import LOCAL, Cluster
 from mailgate.scan import notify
 from mailgate.spool import Spool, journal
@@ -214,3 +215,70 @@ class CorruptWatch:
         except (LookupError, ValueError):
             return "gone again"
         return " ".join((entry.read_reason() or "no reason.txt (moved there by hand?)").split())
+
+
+class ClusterWatch:
+    """A node that works alone because Redis failed is told to the Administrator, once per
+    outage, and once more when the node shares again (the workers only log it).
+
+    An outage is what this node saw: the supervisor's own ping failed, or a worker answered a
+    call alone since the last check (``cluster_fallbacks`` grew), which catches an outage
+    shorter than a sweep. It is over at the first check where both are quiet again.
+    """
+
+    def __init__(self, spool: Spool, log):
+        self.spool = spool
+        self.log = log
+        self.cluster: Cluster | None = None
+        self.seen = 0  # cluster_fallbacks of this run at the last check
+        self.since: float | None = None  # when the current outage was noticed
+
+    def check(self, config: Config, now: float | None = None) -> str | None:
+        """``"down"`` or ``"back"`` when a notice was queued, else None."""
+        if not config.cluster_redis:
+            return None
+        if self.cluster is None:
+            self.cluster = Cluster(config)
+        now = time.time() if now is None else now
+        answered = self.cluster.run(lambda client: client.ping()) is not LOCAL
+        fallbacks = stats.live_count(self.spool, "cluster_fallbacks")
+        calls, self.seen = max(fallbacks - self.seen, 0), fallbacks
+        if (not answered or calls) and self.since is None:
+            self.since = now
+            error = self.cluster.last_error if not answered else "a worker's call failed"
+            self.log.error("cluster_alert", node=self.cluster.node, error=error, calls=calls)
+            tell_administrator(
+                self.spool,
+                config,
+                "cluster-down",
+                "",
+                node=self.cluster.node,
+                redis=redact(config.cluster_redis),
+                error=error,
+                calls=str(calls),
+            )
+            return "down"
+        if answered and not calls and self.since is not None:
+            minutes = f"{(now - self.since) / 60:.1f}"
+            self.since = None
+            self.log.info("cluster_alert_over", node=self.cluster.node, minutes=minutes)
+            tell_administrator(
+                self.spool,
+                config,
+                "cluster-back",
+                "",
+                node=self.cluster.node,
+                redis=redact(config.cluster_redis),
+                minutes=minutes,
+            )
+            return "back"
+        return None
+
+
+def redact(url: str) -> str:
+    """``url`` without the password a Redis address may carry."""
+    scheme, sep, rest = url.partition("://")
+    place, slash, path = rest.partition("/")
+    if "@" not in place:
+        return url
+    return f"{scheme}{sep}***@{place.rpartition('@')[2]}{slash}{path}"

@@ -4,9 +4,10 @@ Every sweep: claims whose owner is gone but was never our child to reap (a worke
 earlier supervisor, still finishing its message when this one started, then killed), or whose
 hand-back failed when the worker died (a full disk), go back to their queue; what was left in
 tmp/ by a dead writer, or untouched there for ``TMP_MAX_AGE``, goes; archived days and journal
-days past their retention go; the traffic thresholds are checked and what arrived in corrupt/
-is reported (``alerts``). Each chore logs what it did. A chore that fails on a storage error
-is logged and tried again at the next sweep; none can stop the supervisor.
+days past their retention go; the traffic thresholds are checked, and what arrived in
+corrupt/ is reported, as is a node working alone while Redis fails (``alerts``). Each chore
+logs what it did. A chore that fails on a storage error is logged and tried again at the next
+sweep; none can stop the supervisor.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class Housekeeping:
         self.log = log
         self.traffic = alerts.TrafficWatch(spool)
         self.corrupt = alerts.CorruptWatch(spool, log)
+        self.cluster = alerts.ClusterWatch(spool, log)
 
     def recover(self, config: Config) -> None:
         """At start: what a previous run left claimed or half written."""
@@ -57,6 +59,7 @@ class Housekeeping:
 
     def _alerts(self, config: Config, children: set[int]) -> None:
         self.corrupt.check(config)
+        self.cluster.check(config)
         for threshold in self.traffic.check(config):
             self.log.warning(
                 "threshold_passed", threshold=threshold, notified=config.administrator or None

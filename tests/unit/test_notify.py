@@ -15,6 +15,7 @@ from mailgate.message.headers import header_field
 from mailgate.message.xtext import xtext_encode
 from mailgate.scan import notify
 from mailgate.send import dsn
+from mailgate.supervise import alerts
 
 TEMPLATE = "Subject: Virus in ${subject}\nX-Object: ${object_name}\n\nFound in ${subject}.\n"
 hostile = st.lists(
@@ -71,3 +72,23 @@ def test_the_header_api_refuses_a_value_that_would_start_a_field():
         with pytest.raises(ValueError):
             header_field("X-Test", value)
     assert header_field("X-Test", "plain") == b"X-Test: plain\r\n"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:s3cret@redis.example:6379/0",
+        "rediss://user:s3cret@redis.example/1",
+        "unix://:s3@cret@/run/redis/redis.sock?db=2",
+        "redis://user:s3cret@[::1]:6379",
+    ],
+)
+def test_the_redis_address_in_a_notice_carries_no_password(url):
+    shown = alerts.redact(url)
+    assert "s3" not in shown and "cret" not in shown and "***@" in shown
+    assert shown.split("***@")[1] == url.rpartition("@")[2]
+
+
+def test_a_redis_address_without_password_is_shown_as_is():
+    for url in ("redis://127.0.0.1:6379/0", "sentinel://a:26379,b:26379/mymaster/0"):
+        assert alerts.redact(url) == url
