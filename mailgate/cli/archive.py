@@ -1,4 +1,7 @@
-"""``mailgate archive``: list, search, show, export and expire archived mail."""
+"""``mailgate archive``: list, search, show, export and expire archived mail.
+
+In a cluster ``list`` and ``search`` also ask every other live node (rows name their
+``node``); ``show``, ``export`` and ``expire`` are about this node's own archive."""
 
 from __future__ import annotations
 
@@ -9,8 +12,9 @@ import time
 
 from mailgate.cli.common import EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, CommandError, check_days
 from mailgate.config import Config
-from mailgate.ops import index, searching
+from mailgate.ops import index, nodes
 from mailgate.ops.indexer import Indexer
+from mailgate.runtime.cluster import Cluster
 from mailgate.spool import InvalidQueueID, Spool, archive, check_id
 
 
@@ -33,16 +37,17 @@ def run(args: argparse.Namespace, config: Config) -> int:
                 "until": args.until,
                 "queue_id": args.queue_id,
             }
-        rows, note = searching.archived(config, spool, args.kind, **filters)
+        rows, note = nodes.archived_everywhere(config, spool, Cluster(config), args.kind, **filters)
         if note:
             print(f"mailgate: {note}", file=sys.stderr)
         if args.json:
             print(json.dumps(rows, indent=1))
         else:
             for row in rows:
+                node = f"  (on {row['node']})" if row.get("node") else ""
                 print(
                     f"{row['id']}  {row['kind']:<8} {row['date']}  {row['sender'] or '<>'} -> "
-                    f"{', '.join(row['recipients'])}  {row['subject']!r}"
+                    f"{', '.join(row['recipients'])}  {row['subject']!r}{node}"
                 )
         return EXIT_OK
     try:

@@ -9,7 +9,7 @@ import sys
 
 from mailgate.cli.common import EXIT_BUSY, EXIT_CONFIG, EXIT_OK, EXIT_USAGE, CommandError
 from mailgate.config import BadValue, Config
-from mailgate.ops import nodes, report, searching, track
+from mailgate.ops import nodes, report, track
 from mailgate.runtime import stats
 from mailgate.runtime.cluster import Cluster
 from mailgate.spool import Spool
@@ -78,8 +78,14 @@ def track_command(args: argparse.Namespace, config: Config) -> int:
         since = report.parse_since(args.since)
     except BadValue as exc:
         raise CommandError(f"--since: {exc}", EXIT_USAGE) from None
-    found, note = searching.tracked(
-        config, Spool(config.spool_path), since, args.sender, args.recipient, args.queue_id
+    found, note = nodes.tracked_everywhere(
+        config,
+        Spool(config.spool_path),
+        Cluster(config),
+        since,
+        args.sender,
+        args.recipient,
+        args.queue_id,
     )
     if note:
         print(f"mailgate: {note}", file=sys.stderr)

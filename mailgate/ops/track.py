@@ -105,8 +105,9 @@ def detail(event: dict) -> str:
 def render(found: list[dict]) -> str:
     lines = []
     for message in found:
+        node = f"  (on {message['node']})" if message.get("node") else ""
         lines.append(
-            f"{message['id']}  from <{message['from']}> to {', '.join(message['to']) or '?'}"
+            f"{message['id']}  from <{message['from']}> to {', '.join(message['to']) or '?'}{node}"
         )
         for event in message["events"]:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event.get("t", 0)))

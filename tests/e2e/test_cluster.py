@@ -167,8 +167,16 @@ def flood(gw, count: int, failures: list) -> None:
             failures.append(repr(exc))
 
 
+def notices(sink, subject: str) -> list:
+    return [r for r in sink.received if subject in (r.message["Subject"] or "")]
+
+
 def test_redis_stopped_mid_flood_delays_and_loses_nothing(make_gateway, sink, redis_server):
-    node_a, node_b = two_nodes(make_gateway, redis_server, "[smtpgw.limits]\nConnectionRate=1000\n")
+    node_a, node_b = two_nodes(
+        make_gateway,
+        redis_server,
+        "[smtpgw.limits]\nConnectionRate=1000\n[smtpgw.notify]\nAdministrator=admin@company.com\n",
+    )
     failures: list = []
     threads = [threading.Thread(target=flood, args=(n, 40, failures)) for n in (node_a, node_b)]
     for thread in threads:
@@ -183,8 +191,9 @@ def test_redis_stopped_mid_flood_delays_and_loses_nothing(make_gateway, sink, re
     for thread in threads:
         thread.join(120)
     assert failures == []
-    sink.wait_count(80)
-    assert len(set(sink.ids())) == 80  # every message once
+    wait_for(lambda: len({i for i in sink.ids() if "flood-" in i}) >= 80, what="the flood")
+    flooded = [i for i in sink.ids() if "flood-" in i]
+    assert len(flooded) == len(set(flooded)) == 80  # every message once
 
     def resumed() -> bool:  # the next connections find Redis again
         node_a.send(make_message(f"after-{time.time()}@test"), source="127.0.0.2")
@@ -192,6 +201,11 @@ def test_redis_stopped_mid_flood_delays_and_loses_nothing(make_gateway, sink, re
 
     wait_for(resumed, what="node A sharing again")
     assert stats(node_a).get("cluster_fallbacks", 0) + stats(node_b).get("cluster_fallbacks", 0) > 0
+    # the administrator hears of it once per node and outage, and again when it is over
+    wait_for(lambda: len(notices(sink, "shares the cluster's state again")) == 2, timeout=60)
+    down = notices(sink, "works alone")
+    assert sorted(r.message["Subject"].split()[1] for r in down) == ["node-a.test", "node-b.test"]
+    assert all(b"redis://127.0.0.1:" in r.content for r in down)
 
 
 def mail_reply(gw, source: str, sender: str) -> int:
@@ -282,6 +296,11 @@ def test_every_nodes_quarantine_is_seen_and_released_from_any_node(
     assert status == 200 and first.encode() in body and b"on node-b.test" in body
     status, _, body = client.request(f"/track?id={first}")
     assert status == 200 and f"{first} (on node-b.test)".encode() in body
+    # and so do the command line's archive search and track
+    rows = json.loads(node_a.cli("archive", "search", "--id", first, "--json", check=True).stdout)
+    assert [(r["id"], r["node"]) for r in rows] == [(first, "node-b.test")]
+    tracked = node_a.cli("track", "--id", first, check=True).stdout
+    assert "(on node-b.test)" in tracked and "quarantined" in tracked
     status, _, body = client.request("/metrics")
     assert status == 200 and b'mailgate_received_messages_total{node="node-a.test"}' in body
 
