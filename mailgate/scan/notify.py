@@ -44,6 +44,11 @@ VARIABLES = {
     "value": "traffic alerts: the figure that passed it",
     "limit": "traffic alerts: the configured limit",
     "reason": "corrupt/ alerts: why the message was put aside",
+    "node": "cluster alerts: this node's name in the cluster",
+    "redis": "cluster alerts: the Redis address, without its password",
+    "error": "cluster alerts: why Redis failed",
+    "calls": "cluster alerts: calls answered alone since the last check",
+    "minutes": "cluster alerts: how long the node worked alone",
 }
 KINDS = ("admin", "sender", "recipient")
 _HEADER_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]*:")
