@@ -268,8 +268,10 @@ class Gateway:
         if "MinFreeDisk" not in extra:
             # the default (1% of the file system) could refuse mail on a nearly full test disk
             sections["smtpgw.limits"] = ["MinFreeDisk=8M"]
-        if "[smtpgw.process]" not in extra:
-            sections["smtpgw.process"] = ["User="]  # tmp_path is root's; test_privileges drops
+        # the supervisor's chores (recovery, alerts) every second: tests wait for them
+        sections["smtpgw.process"] = [] if "SweepInterval" in extra else ["SweepInterval=1s"]
+        if "User=" not in extra:
+            sections["smtpgw.process"].append("User=")  # tmp_path is root's; privileges drop
         if "[smtpgw.admin]" not in extra:
             sections["smtpgw.admin"] = ["Listen=", "MetricsListen="]  # tests run side by side
         if "[smtpgw.spamtest]" not in extra:

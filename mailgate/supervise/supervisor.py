@@ -8,7 +8,7 @@ The supervisor touches a message only to recover the claims of a worker it has r
 
 At start it binds the ListenOn sockets (and, started as root, then becomes User: see
 ``privileges``), keeps them, and passes them to every receiver it starts; it folds the last
-run's counters into the history (``stats``); every ``SWEEP_INTERVAL`` it runs the
+run's counters into the history (``stats``); every ``SweepInterval`` it runs the
 housekeeping (``housekeeping``: claims of strangers, expiry, traffic thresholds).
 
 Invariants:
@@ -49,7 +49,6 @@ from mailgate.supervise.slot import Slot
 SIGNALS = (signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 STOP_TIMEOUT = 40.0
 STABLE_AFTER = 60.0
-SWEEP_INTERVAL = 10.0
 EXIT_ALREADY_RUNNING = 5
 EXIT_CANNOT_START = 8
 WORKER_ROLES = ("receiver", "scanner", "sender", "admin", "indexer")
@@ -342,7 +341,7 @@ class Supervisor:
             self._fit_slots()
             with contextlib.suppress(OSError):  # stdout on a full disk
                 print(ready.line(self.config, self._managed_clamd()), flush=True)
-            next_sweep = time.monotonic() + SWEEP_INTERVAL
+            next_sweep = time.monotonic() + self.config.sweep_interval
             while True:
                 pending = [s.restart_at for s in self.slots if s.process is None]
                 timeout = max(0.05, min([1.0, *(t - time.monotonic() for t in pending)]))
@@ -356,7 +355,7 @@ class Supervisor:
                 except OSError as exc:  # a full or failing disk is waited out, never fatal
                     self.log.error("supervisor_storage_failed", error=repr(exc))
                 if time.monotonic() >= next_sweep:
-                    next_sweep = time.monotonic() + SWEEP_INTERVAL
+                    next_sweep = time.monotonic() + self.config.sweep_interval
         finally:
             lock.release()
 

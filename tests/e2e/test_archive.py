@@ -20,7 +20,9 @@ def export(gw, queue_id: str, kind: str) -> bytes:
 
 
 def test_received_and_sent_copies_are_searchable_and_exported(make_gateway, sink):
-    gw = make_gateway("[smtpgw.archive]\nReceived=yes\nSent=yes\nRetention=2d\n").start()
+    gw = make_gateway(  # expiry is asked of the CLI here, not left to the supervisor's sweep
+        "[smtpgw.archive]\nReceived=yes\nSent=yes\nRetention=2d\n[smtpgw.process]\nSweepInterval=1h\n"
+    ).start()
     first = gw.send(make_message("a1@test", subject="Quarterly report"), sender="ann@example.org")
     second = gw.send(make_message("a2@test", subject="Lunch"), to="bob@company.com")
     sink.wait_count(2)

@@ -49,8 +49,9 @@ def same_answers(gw) -> bool:
 
 
 def test_index_follows_the_spool(make_gateway, sink):
-    gw = make_gateway(
+    gw = make_gateway(  # a day moved to 2000 by hand stays until the test expires it
         "[smtpgw.archive]\nReceived=yes\nSent=yes\n[smtpgw.index]\nEnabled=yes\n"
+        "[smtpgw.process]\nSweepInterval=1h\n"
     ).start()
     wait_for(lambda: gw.pids("indexer"), what="the indexer")
     wait_for(lambda: gw.spool.joinpath("index", "index.sqlite3").is_file(), what="the index")
