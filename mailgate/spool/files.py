@@ -46,12 +46,21 @@ def dump(envelope: dict) -> bytes:
     return json.dumps(envelope, separators=(",", ":")).encode("utf-8") + b"\n"
 
 
+def make_fresh_dir(work: str) -> None:
+    """Create the empty directory ``work``; what an earlier attempt left there goes first (the
+    common case, nothing there, costs one mkdir)."""
+    try:
+        os.mkdir(work, 0o700)
+    except FileExistsError:
+        shutil.rmtree(work, ignore_errors=True)
+        os.mkdir(work, 0o700)
+
+
 def write_entry(work: str, message: Content, envelope: dict, durable: bool = True) -> None:
     """Create the message directory ``work`` (any earlier attempt there goes first) with its
     two files, fsync'd with the directory when ``durable``. A write that fails (a full disk)
     leaves nothing behind, so no half message ever waits in tmp/ for a sweep."""
-    shutil.rmtree(work, ignore_errors=True)
-    os.mkdir(work, 0o700)
+    make_fresh_dir(work)
     try:
         write_file(f"{work}/{MESSAGE}", message, durable)
         write_file(f"{work}/{ENVELOPE}", dump(envelope), durable)
@@ -128,8 +137,7 @@ class MessageWriter:
     def __init__(self, work: str, queue: str):
         self.work, self.queue = work, queue
         self.queue_id = os.path.basename(work).partition("@")[0]
-        shutil.rmtree(work, ignore_errors=True)
-        os.mkdir(work, 0o700)
+        make_fresh_dir(work)
         self.fd: int | None = os.open(
             f"{work}/{MESSAGE}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600
         )

@@ -60,6 +60,21 @@ def test_enqueue_writes_message_and_envelope_in_incoming(spool):
     assert oct(os.stat(entry.message_path).st_mode & 0o777) == "0o600"
 
 
+def test_what_an_earlier_attempt_left_under_the_same_name_goes_first(spool):
+    qid = new_queue_id()
+    left = spool.state_dir("tmp") / f"{qid}@{os.getpid()}"
+    left.mkdir()
+    (left / "message.eml").write_bytes(b"half a message from a crashed attempt")
+    (left / "stray").write_bytes(b"x")
+    writer = spool.open_message(qid)
+    writer.write(b"Subject: whole\r\n\r\nbody\r\n")
+    writer.commit(envmod.new(qid, "a@example.org", [envmod.recipient("b@company.com")]))
+    entry = spool.find(qid)
+    assert sorted(os.listdir(entry.where)) == ["envelope.json", "message.eml"]
+    assert entry.read_message() == b"Subject: whole\r\n\r\nbody\r\n"
+    assert os.listdir(spool.state_dir("tmp")) == []
+
+
 def test_claim_is_exclusive(spool):
     qid = _enqueue(spool)
     first = spool.claim("incoming", qid)
