@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import struct
 import sys
 import time
 from collections import defaultdict
@@ -142,15 +143,26 @@ Samples = dict[tuple[str, str, tuple[tuple[str, str], ...]], float]
 
 
 def _read_live(live: Path) -> Samples:
-    """Every counter and histogram sample in ``live``, summed over the processes."""
+    """Every counter and histogram sample in ``live``, summed over the processes.
+
+    Read file by file: a worker that is starting has created its file but not sized it yet
+    (prometheus_client cannot read an empty file), and ``fold`` may remove one meanwhile; such
+    a file has nothing to count yet, or no more, and is passed over, never fatal to the reader
+    (the supervisor reads these at every sweep)."""
     from prometheus_client.multiprocess import MultiProcessCollector
 
-    files = [str(p) for p in live.glob("*.db") if p.name.startswith(("counter_", "histogram_"))]
     samples: Samples = defaultdict(float)
-    for family in MultiProcessCollector.merge(files, accumulate=True):
-        for sample in family.samples:
-            key = (family.name, sample.name, tuple(sorted(sample.labels.items())))
-            samples[key] += sample.value
+    for path in live.glob("*.db"):
+        if not path.name.startswith(("counter_", "histogram_")):
+            continue
+        try:
+            families = MultiProcessCollector.merge([str(path)], accumulate=True)
+        except (OSError, ValueError, struct.error):
+            continue
+        for family in families:
+            for sample in family.samples:
+                key = (family.name, sample.name, tuple(sorted(sample.labels.items())))
+                samples[key] += sample.value
     return samples
 
 

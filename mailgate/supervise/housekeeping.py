@@ -6,8 +6,8 @@ hand-back failed when the worker died (a full disk), go back to their queue; wha
 tmp/ by a dead writer, or untouched there for ``TMP_MAX_AGE``, goes; archived days and journal
 days past their retention go; the traffic thresholds are checked, and what arrived in
 corrupt/ is reported, as is a node working alone while Redis fails (``alerts``). Each chore
-logs what it did. A chore that fails on a storage error is logged and tried again at the next
-sweep; none can stop the supervisor.
+logs what it did. A chore that fails (a storage error, a file caught half written) is logged
+and tried again at the next sweep; none can stop the supervisor, which keeps the mail moving.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class Housekeeping:
         for chore in chores or (self._claims, self._tmp, self._expiry, self._alerts):
             try:
                 chore(config, children)
-            except OSError as exc:
+            except Exception as exc:  # a chore's failure waits for the next sweep, the mail not
                 self.log.error("sweep_failed", chore=chore.__name__.strip("_"), error=repr(exc))
 
     def _claims(self, config: Config, children: set[int]) -> None:

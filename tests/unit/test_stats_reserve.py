@@ -12,11 +12,13 @@ import sys
 import pytest
 
 from mailgate.runtime import stats
+from mailgate.spool import Spool
 
 PROBE = """
 import json, os, sys
 from mailgate.spool import Spool
 from mailgate.runtime import stats
+from mailgate.spool import Spool
 spool = Spool(sys.argv[1]); spool.create()
 stats.start(spool)
 metrics = stats.metrics()
@@ -60,3 +62,15 @@ def test_on_a_full_file_system_the_counters_stay_in_memory_instead_of_sigbus(tmp
         assert probe(small / "spool") == {"files": [], "allocated": True, "shared": False}
     finally:
         subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+def test_a_worker_still_creating_its_files_does_not_break_the_readers(tmp_path):
+    """A worker that has created its file but not sized it yet, or a histogram file cut short,
+    is passed over: the supervisor reads these files at every sweep and must not die of it."""
+    spool = Spool(tmp_path / "spool")
+    probe(spool.root)  # one worker's counts: scanned 1, one clean status
+    live = spool.stats_path("live")
+    (live / "counter_999991.db").touch()  # created, not yet allocated
+    (live / "histogram_999992.db").write_bytes(b"\x01")  # cut short
+    assert stats.live_count(spool, "scanned") == 1
+    assert stats.Snapshot(spool).as_json()["since_start"]["scanned"] == 1
