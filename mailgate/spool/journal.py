@@ -44,8 +44,10 @@ class Journal:
         self.day = ""
         self.fd: int | None = None
 
-    def write(self, event: str, queue_id: str, **fields) -> None:
-        now = time.time()
+    def write(self, event: str, queue_id: str, at: float | None = None, **fields) -> None:
+        """Append one event; ``at`` when it happened, if that was before now (an event
+        journaled after the step it records, which other processes may already follow)."""
+        now = time.time() if at is None else at
         line = json.dumps({"t": round(now, 3), "ev": event, "qid": queue_id, **fields})
         try:
             day = day_of(now)

@@ -67,10 +67,11 @@ def release(spool: Spool, status: str, entry: Entry) -> str:
             f"X-Mailgate-Released: from quarantine ({status}), original queue ID {entry.id}",
         ],
     )
+    released_at = time.time()  # the copy may be delivered before the event below is written
     spool.enqueue(message, fresh, state="ready")
     spool.remove(entry)
     journal = Journal(spool, "quarantine")
-    journal.write("released", entry.id, status=status, new_id=queue_id)
+    journal.write("released", entry.id, at=released_at, status=status, new_id=queue_id)
     journal.close()
     return queue_id
 
