@@ -247,32 +247,19 @@ class ClusterWatch:
             self.since = now
             error = self.cluster.last_error if not answered else "a worker's call failed"
             self.log.error("cluster_alert", node=self.cluster.node, error=error, calls=calls)
-            tell_administrator(
-                self.spool,
-                config,
-                "cluster-down",
-                "",
-                node=self.cluster.node,
-                redis=redact(config.cluster_redis),
-                error=error,
-                calls=str(calls),
-            )
+            self._tell(config, "down", self.cluster.node, error=error, calls=str(calls))
             return "down"
         if answered and not calls and self.since is not None:
             minutes = f"{(now - self.since) / 60:.1f}"
             self.since = None
             self.log.info("cluster_alert_over", node=self.cluster.node, minutes=minutes)
-            tell_administrator(
-                self.spool,
-                config,
-                "cluster-back",
-                "",
-                node=self.cluster.node,
-                redis=redact(config.cluster_redis),
-                minutes=minutes,
-            )
+            self._tell(config, "back", self.cluster.node, minutes=minutes)
             return "back"
         return None
+
+    def _tell(self, config: Config, state: str, node: str, **values: str) -> None:
+        values.update(node=node, redis=redact(config.cluster_redis))
+        tell_administrator(self.spool, config, f"cluster-{state}", "", **values)
 
 
 def redact(url: str) -> str:
