@@ -185,6 +185,12 @@ def main() -> int:
         f"spam caught {caught:.2%} (as spam {as_spam:.2%}); ham as spam {fp:.3%}, "
         f"ham as probable {ham_probable:.2%}"
     )
+    shipped = spamtest.THRESHOLDS["medium"][1] / scale  # the probable threshold that ships
+    print(
+        f"at the shipped probable threshold {spamtest.THRESHOLDS['medium'][1]}: spam caught "
+        f"{sum(m >= shipped for m in spams) / len(spams):.2%}, ham as probable "
+        f"{sum(shipped <= m < spam_margin for m in hams) / len(hams):.2%}"
+    )
     for name in sorted(scaled, key=lambda n: -abs(scaled[n])):
         print(f"  {name:28s} {scaled[name]:7.2f}")
     if args.write:

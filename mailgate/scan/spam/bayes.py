@@ -27,8 +27,6 @@ from dataclasses import dataclass, field
 from email.message import Message
 from pathlib import Path
 
-from mailgate.message.domains import registered_domain
-
 STRENGTH = 0.45
 UNKNOWN = 0.5
 MIN_STRENGTH = 0.1
@@ -53,7 +51,7 @@ _HTML_FEATURES = {
 TEXT_LIMIT = 256 * 1024  # bytes of each text part the filter reads
 
 _HEADER_WORDS = ("subject",)
-_HEADER_ADDRESSES = ("from", "reply-to", "return-path", "sender")
+_HEADER_ADDRESSES = ("from", "reply-to")
 _HEADER_WHOLE = ("x-mailer", "user-agent", "content-type", "x-priority", "mime-version")
 
 
@@ -128,9 +126,6 @@ def tokens(message: Message, header_text=None) -> set[str]:
     for name in _HEADER_WHOLE:
         value = decode(message.get(name)).lower()
         out.add(f"{name}:" + " ".join(value.split()[:2])[:40])
-    for received in message.get_all("received") or []:
-        for host in re.findall(r"from\s+([\w.-]+)", str(received))[:1]:
-            out.add("received:" + (registered_domain(host) or host.lower().strip(".")))
     out.add(f"header-count:{min(40, len(message.keys())) // 5}")
     for part in message.walk():
         ctype = part.get_content_type()
