@@ -18,7 +18,6 @@ PROBE = """
 import json, os, sys
 from mailgate.spool import Spool
 from mailgate.runtime import stats
-from mailgate.spool import Spool
 spool = Spool(sys.argv[1]); spool.create()
 stats.start(spool)
 metrics = stats.metrics()
