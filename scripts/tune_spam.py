@@ -7,9 +7,11 @@ regression, fitted with ham weighted more than spam (a false positive costs more
 penalty, and a weight of at least ``FLOOR`` for every rule but BAYES_* (a spam sign stays a
 spam sign). The weights are scaled so that the spam threshold of Intensity=medium (5.0) sits
 at the margin where the cross-validated ham false-positive rate is at most ``--fp``; the
-probable threshold is printed alongside. ``--write`` puts the weights into the rule files
-(layout and comments are kept; GTUBE keeps its weight). The thresholds come from nested
-cross-validation: weights fitted without the fold score the fold's messages.
+probable threshold printed alongside is the one that costs least out of fold, a tagged ham
+counting ``--ham-weight`` times a missed spam (rates, not counts). ``--write`` puts the
+weights into the rule files (layout and comments are kept; GTUBE keeps its weight). The
+thresholds come from nested cross-validation: weights fitted without the fold score the
+fold's messages.
 
 Folds are drawn by sender domain (``--folds-by sender``, the default): all messages whose From
 address is in one registered domain sit in the same fold. A newsletter's issues are alike, so
@@ -152,7 +154,6 @@ def main() -> int:
         "--folds-by", choices=("sender", "random"), default="sender", help="how folds are drawn"
     )
     parser.add_argument("--fp", type=float, default=0.001, help="ham false-positive rate")
-    parser.add_argument("--catch", type=float, default=0.99, help="spam caught at probable")
     parser.add_argument("--ham-weight", type=float, default=4.0)
     parser.add_argument("--l2", type=float, default=0.0005)
     parser.add_argument("--rounds", type=int, default=3000)
@@ -168,7 +169,13 @@ def main() -> int:
     spams = sorted(m for m, s in margins if s)
     allowed = int(len(hams) * args.fp)
     spam_margin = hams[len(hams) - 1 - allowed] + 1e-6
-    probable_margin = spams[int(len(spams) * (1 - args.catch))]
+    probable_margin = min(
+        (m for m in spams + hams if m < spam_margin),
+        key=lambda cut: (
+            args.ham_weight * sum(m >= cut for m in hams) / len(hams)
+            + sum(m < cut for m in spams) / len(spams)
+        ),
+    )
     scale = SPAM_AT / spam_margin if spam_margin > 0 else 1.0
     scaled = {f: round(v * scale, 2) for f, v in weights.items()}
     probable_at = round(probable_margin * scale, 2)
@@ -191,6 +198,13 @@ def main() -> int:
         f"{sum(m >= shipped for m in spams) / len(spams):.2%}, ham as probable "
         f"{sum(shipped <= m < spam_margin for m in hams) / len(hams):.2%}"
     )
+    print("out of fold, by probable threshold (spam caught / ham tagged, either status):")
+    for at in (-1.0, 0.0, 0.3, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0):
+        cut = at / scale
+        print(
+            f"  {at:5.1f}: {sum(m >= cut for m in spams) / len(spams):7.2%} "
+            f"{sum(m >= cut for m in hams) / len(hams):7.2%}"
+        )
     for name in sorted(scaled, key=lambda n: -abs(scaled[n])):
         print(f"  {name:28s} {scaled[name]:7.2f}")
     if args.write:

@@ -464,3 +464,38 @@ def test_only_the_start_of_a_huge_text_part_is_read():
     raw = b"Subject: long\r\n\r\nearlyword\r\n" + filler + b"lateword\r\n" + filler * 40
     tokens = bayes.tokens(email.message_from_bytes(raw))
     assert "earlyword" in tokens and "lateword" not in tokens
+
+
+@pytest.mark.parametrize("rule", ["-" * 10, "_" * 47, " " + "=" * 30 + "\t"])
+def test_a_list_footer_is_not_content_but_a_leading_rule_hides_nothing(rule):
+    """A list or provider footer (after a separator line near the end) gives no tokens: it
+    says who carried the message, and a model trained on one site learns it as ham. A
+    separator cannot hide the message itself: a footer longer than what precedes it, or
+    one further from the end than FOOTER_TAIL, is kept."""
+    body = "cheapest pills anywhere buy today\n" * 20
+    footer = "Fooproject talk mailing list\nhttps://lists.example.net/listinfo/fooproject\n"
+
+    def toks(text: str) -> set[str]:
+        raw = f"Subject: s\nContent-Type: text/plain\n\n{text}".encode()
+        return bayes.tokens(email.message_from_bytes(raw))
+
+    tail = toks(body + rule + "\n" + footer)
+    assert "pills" in tail and "fooproject" not in tail
+    assert not any(t.startswith("url:") for t in tail)
+    assert {"cheapest", "pills", "fooproject", "url:lists.example.net"} <= toks(
+        rule + "\n" + body + footer
+    )
+    far = "unrelated words\n" * (bayes.FOOTER_TAIL // 16 + 1)
+    assert "unrelated" in toks(body + rule + "\n" + far)
+
+
+def test_link_tokens_name_the_host_and_its_registered_domain():
+    raw = (
+        b"Subject: s\nContent-Type: text/plain\n\n"
+        b"see http://a.b.shop.example.co.uk/offer/now and http://user@198.51.100.7/x\n"
+    )
+    tokens = bayes.tokens(email.message_from_bytes(raw))
+    urls = {t for t in tokens if t.startswith("url")}
+    assert {"url:a.b.shop.example.co.uk", "url:example.co.uk", "url-suffix:co.uk"} <= urls
+    assert {"url-path:offer", "url-path:now"} <= urls
+    assert "url:co.uk" not in urls and "url:user" not in urls

@@ -42,7 +42,7 @@ from mailgate.scan.spam.shared import SharedTokens
 from mailgate.spool import Spool
 
 # (score needed for spam, for probable-spam) per Intensity.
-THRESHOLDS = {"low": (7.0, 2.0), "medium": (5.0, 0.3), "high": (4.0, 0.2)}
+THRESHOLDS = {"low": (7.0, 2.0), "medium": (5.0, 1.6), "high": (4.0, 0.2)}
 _LINK = re.compile(r"(?is)<a\s[^>]*href\s*=\s*[\"']?([^\"'\s>]+)[^>]*>(.*?)</a>")
 _URL = re.compile(r"(?i)\bhttps?://[^\s\"'<>()]+")
 _TAG = re.compile(r"(?s)<[^>]*>")
