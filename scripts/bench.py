@@ -14,9 +14,9 @@ smtp-source → smtp-sink rate and bare aiosmtpd's are measured once, before the
 
 ``--nodes N`` measures N gateways sharing one redis-server beside one gateway alone
 (``bench_nodes``). ``--unique`` sends unique mail instead (``bench_unique``: every message
-distinct, a tenth with a random zip, so no cache flatters the figures) with its own client, and
-measures a plain Postfix relay with the same mail and client first, so each run prints its
-ratio to Postfix.
+distinct, a tenth with a random zip, so no cache flatters the figures; ``--size-mix`` for
+sizes from 2 KB to 5 MB instead of 5 KB each) with its own client, and measures a plain Postfix
+relay with the same mail and client first, so each run prints its ratio to Postfix.
 """
 
 from __future__ import annotations
@@ -417,8 +417,9 @@ def report(run: Run, args: argparse.Namespace, direct_rate: float, discard_rate:
     per = max(1, run.delivered) / 1000
     per_session = "many messages" if args.reuse else "one message"
     what = MODES[run.mode] if not args.unique else f"{run.mode}, unique mail (10% zip)"
+    sizes = "2 KB-5 MB" if args.size_mix else f"{MESSAGE_SIZE // 1024} KB"
     print(
-        f"{what}: {args.messages} x {MESSAGE_SIZE // 1024} KB, {args.sessions} "
+        f"{what}: {args.messages} x {sizes}, {args.sessions} "
         f"sessions, {per_session} per session, "
         f"options: {' '.join(args.limit + args.set) or 'defaults'}"
     )
@@ -522,6 +523,12 @@ def main() -> int:
         "relay measured with the same mail and client beside it",
     )
     parser.add_argument(
+        "--size-mix",
+        action="store_true",
+        help="with --unique: sizes from 2 KB to 5 MB in the shares of bench_unique.SIZE_MIX "
+        "(median about 7 KB) instead of 5 KB each",
+    )
+    parser.add_argument(
         "--rate",
         type=float,
         default=0.0,
@@ -547,10 +554,10 @@ def main() -> int:
         finally:
             sink.terminate()
             sink.wait()
-    if args.rate and not args.unique:
-        parser.error("--rate goes with --unique")
+    if (args.rate or args.size_mix) and not args.unique:
+        parser.error("--rate and --size-mix go with --unique")
     if args.unique:
-        args.unique_mail = bench_unique.unique_messages(args.messages)
+        args.unique_mail = bench_unique.unique_messages(args.messages, mix=args.size_mix)
     chosen = [
         m
         for m, flag in (("pass-through", args.pass_through), ("av", args.av), ("full", args.full))

@@ -33,14 +33,47 @@ WORDS = (  # noqa: SIM905 (a sentence of words reads better than a list of 53 st
 ).split()
 
 
-def unique_messages(count: int, size: int = 5 * 1024, seed: int = 1) -> list[bytes]:
-    """``count`` distinct messages of about ``size`` bytes, a tenth with a random zip."""
-    rng = random.Random(seed)
+# (share, smallest, largest size in bytes): most business mail is a few KB of text, some
+# carries documents, a few carry large files; the shares follow published mail-size
+# distributions (median around 10 KB, a long tail), rounded.
+SIZE_MIX = (
+    (0.60, 2 * 1024, 10 * 1024),
+    (0.25, 10 * 1024, 100 * 1024),
+    (0.12, 100 * 1024, 1024 * 1024),
+    (0.03, 1024 * 1024, 5 * 1024 * 1024),
+)
+
+
+def message_sizes(count: int, size: int, mix: bool, rng: random.Random) -> list[int]:
+    """``size`` for every message, or sizes drawn from ``SIZE_MIX`` (log-uniform in a band)."""
+    if not mix:
+        return [size] * count
     out = []
-    for n in range(count):
-        words = [rng.choice(WORDS) for _ in range(size // 7)]
-        lines = [" ".join(words[i : i + 11]) for i in range(0, len(words), 11)]
-        text = "\r\n".join(lines)[: size - 600] + "\r\n"
+    for _ in range(count):
+        pick, acc, band = rng.random(), 0.0, SIZE_MIX[-1]
+        for entry in SIZE_MIX:
+            acc += entry[0]
+            if pick < acc:
+                band = entry
+                break
+        _share, low, high = band
+        out.append(int(low * (high / low) ** rng.random()))
+    return out
+
+
+def unique_messages(
+    count: int, size: int = 5 * 1024, seed: int = 1, mix: bool = False
+) -> list[bytes]:
+    """``count`` distinct messages of about ``size`` bytes (or of ``SIZE_MIX``'s sizes), a
+    tenth with a random zip. Text comes from a pool of random lines, drawn per message, so a
+    5 MB message costs milliseconds to make and still differs from every other."""
+    rng = random.Random(seed)
+    pool = [" ".join(rng.choice(WORDS) for _ in range(11)) for _ in range(2000)]
+    out = []
+    for n, target in enumerate(message_sizes(count, size, mix, rng)):
+        lines = rng.choices(pool, k=max(1, target // 75))
+        lines.insert(rng.randrange(len(lines) + 1), f"reference {rng.getrandbits(64):x}")
+        text = "\r\n".join(lines)[: max(200, target - 600)] + "\r\n"
         head = (
             f"From: <{rng.choice(WORDS)}{n}@example.org>\r\nTo: <user@company.com>\r\n"
             f"Subject: {' '.join(rng.choice(WORDS) for _ in range(4))} {n}\r\n"
@@ -58,7 +91,7 @@ def unique_messages(count: int, size: int = 5 * 1024, seed: int = 1) -> list[byt
             blob = base64.encodebytes(packed.getvalue()).decode().replace("\n", "\r\n")
             body = (
                 head + 'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b"\r\n\r\n'
-                f"--b\r\nContent-Type: text/plain\r\n\r\n{text[: size // 2]}\r\n"
+                f"--b\r\nContent-Type: text/plain\r\n\r\n{text[: len(text) // 2]}\r\n"
                 "--b\r\nContent-Type: application/zip\r\nContent-Transfer-Encoding: base64\r\n"
                 f'Content-Disposition: attachment; filename="figures-{n}.zip"\r\n\r\n'
                 f"{blob}--b--\r\n"

@@ -52,7 +52,7 @@ _HTML_FEATURES = {
     "comment": re.compile(r"<!--"),
     "hidden": re.compile(r"(?i)display\s*:\s*none|visibility\s*:\s*hidden"),
 }
-TEXT_LIMIT = 256 * 1024  # bytes of each text part the filter reads
+TEXT_LIMIT = 50_000  # bytes of each text part the filter reads (SpamAssassin's default)
 FOOTER_TAIL = 1000
 _SEPARATOR = re.compile(r"(?m)^[ \t]*(?:-{10,}|_{10,}|={10,})[ \t]*$")
 
