@@ -16,7 +16,8 @@ smtp-source → smtp-sink rate and bare aiosmtpd's are measured once, before the
 (``bench_nodes``). ``--unique`` sends unique mail instead (``bench_unique``: every message
 distinct, a tenth with a random zip, so no cache flatters the figures; ``--size-mix`` for
 sizes from 2 KB to 5 MB instead of 5 KB each) with its own client, and measures a plain Postfix
-relay with the same mail and client first, so each run prints its ratio to Postfix.
+relay with the same mail and client first, so each run prints its ratio to Postfix, and
+amavisd-new + clamd (+ SpamAssassin for the full run) where installed (``bench_amavis``).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+import bench_amavis
 import bench_nodes
 import bench_unique
 
@@ -462,6 +464,13 @@ def report(run: Run, args: argparse.Namespace, direct_rate: float, discard_rate:
         if peer.isdigit() and not args.rate:  # a paced run says nothing of the peak
             ratio = f" (mailgate {run.rate / float(peer):.2f} of it)"
         print(f"plain Postfix relay, same unique mail and client: {peer} msg/s{ratio}")
+        amavis = args.amavis_rates.get(run.mode)
+        if amavis:
+            spam = " + SpamAssassin" if run.mode == "full" else ""
+            times = ""
+            if amavis.replace(".", "", 1).isdigit() and not args.rate:
+                times = f" (mailgate {run.rate / float(amavis):.1f} times it)"
+            print(f"amavisd-new + clamd{spam}, same mail and client: {amavis} msg/s{times}")
     print(f"direct smtp-source -> smtp-sink: {direct_rate:.0f} msg/s")
     print(f"ratio mailgate/direct: {run.rate / direct_rate:.3f}")
     print(
@@ -581,6 +590,11 @@ def main() -> int:
             args.postfix_rate = bench_unique.postfix_rate(
                 peer_port, sink_port, args.unique_mail, args.sessions, wait_port
             )
+            args.amavis_rates = {}
+            if {"av", "full"} & set(modes) and not args.rate:
+                args.amavis_rates = bench_amavis.amavis_rates(
+                    free_port(), sink_port, args.unique_mail, args.sessions, wait_port
+                )
         for mode in modes:
             run = run_gateway(mode, args, sink_port)
             report(run, args, direct_rate, discard_rate)
