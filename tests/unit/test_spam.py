@@ -499,3 +499,23 @@ def test_link_tokens_name_the_host_and_its_registered_domain():
     assert {"url:a.b.shop.example.co.uk", "url:example.co.uk", "url-suffix:co.uk"} <= urls
     assert {"url-path:offer", "url-path:now"} <= urls
     assert "url:co.uk" not in urls and "url:user" not in urls
+
+
+@pytest.mark.parametrize(
+    "written",
+    [
+        "\uff56\uff49\uff41\uff47\uff52\uff41",  # fullwidth letters
+        "vi\u00adag\u00adra",  # soft hyphens
+        "v\u200bi\u200ca\u200dg\u2060r\ufeffa",  # zero-width space, joiners, word joiner, BOM
+        "\U0001d42f\U0001d422\U0001d41a\U0001d420\U0001d42b\U0001d41a",  # mathematical bold
+    ],
+)
+def test_a_word_spelled_to_slip_past_is_the_word_the_filter_knows(tmp_path, written):
+    """Compatibility forms and invisible characters are folded before the rules and the token
+    model read the text: the obfuscated word gives the token and fires the phrase rule."""
+    raw = (
+        "From: a@example.org\r\nSubject: pills\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        f"Content-Transfer-Encoding: 8bit\r\n\r\nbuy {written} now\r\n"
+    ).encode()
+    assert "viagra" in bayes.tokens(email.message_from_bytes(raw))
+    assert "PHRASE_VIAGRA" in check(checker(tmp_path), raw).rules

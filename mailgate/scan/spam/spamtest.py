@@ -124,7 +124,7 @@ def _facts(split: Split, envelope: dict, config: Config) -> Facts:
             text = html.unescape(_TAG.sub(" ", text))
         else:
             has_plain = True
-        texts.append(text)
+        texts.append(bayes.fold(text))
     raw_text = "\n".join(raws)
     judged = trust.boundary(envelope.get("client") or {}, received, config.is_trusted)
     return Facts(
