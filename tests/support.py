@@ -10,6 +10,7 @@ import contextlib
 import email
 import json
 import os
+import re
 import shutil
 import signal
 import smtplib
@@ -265,9 +266,18 @@ class Gateway:
             ],
             "smtpgw.path": ["SpoolDir=spool"],
         }
+        limits = sections["smtpgw.limits"] = []
         if "MinFreeDisk" not in extra:
             # the default (1% of the file system) could refuse mail on a nearly full test disk
-            sections["smtpgw.limits"] = ["MinFreeDisk=8M"]
+            limits.append("MinFreeDisk=8M")
+        # One scanner and one sender unless a test asks for more: a worker costs about half a
+        # second of CPU to start and the suite starts some 140 gateways; the tests about
+        # concurrent workers (crash, races, durable hand-offs, reload) ask for theirs.
+        limits += [
+            f"{role}=1"
+            for role in ("Scanners", "Senders")
+            if not re.search(rf"(?m)^\s*{role}\s*=", extra)
+        ]
         # the supervisor's chores (recovery, alerts) every second: tests wait for them
         sections["smtpgw.process"] = [] if "SweepInterval" in extra else ["SweepInterval=1s"]
         if "User=" not in extra:

@@ -27,7 +27,7 @@ KILLS_PER_ROLE = 4
 @pytest.mark.slow
 def test_no_acknowledged_message_is_lost_when_workers_are_killed(make_gateway, sink, capsys):
     gw = make_gateway(
-        "[smtpgw.limits]\nMaxAttempts=50\nRestartDelay=0.2s\n"
+        "[smtpgw.limits]\nScanners=2\nSenders=2\nMaxAttempts=50\nRestartDelay=0.2s\n"
         "MaxRestartDelay=1s\n[smtpgw.retry]\nRetryIntervals=1s"
     ).start()
     acked: set[str] = set()

@@ -20,6 +20,7 @@ GROUPS = (
     "Group=management *@management.company.com\nGroupAction=management spam deliver\n"
     "Group=sales *@sales.company.com\nGroupAction=sales spam mark\nSubjectPrefix=[SPAM]\n"
 )
+WORKERS = "[smtpgw.limits]\nScanners=2\nSenders=2\n"  # the default: two of each at work
 RECIPIENTS = ["boss@management.company.com", "rep@sales.company.com", "user@company.com"]
 
 
@@ -31,7 +32,7 @@ def gtube(msgid: str) -> bytes:
 def test_every_rename_into_spool_state_moves_only_fsynced_data(make_gateway, sink, tmp_path):
     trace = tmp_path / "trace" / "t"
     trace.parent.mkdir()
-    gw = make_gateway(GROUPS + "[smtpgw.retry]\nRetryIntervals=1s\n")
+    gw = make_gateway(GROUPS + WORKERS + "[smtpgw.retry]\nRetryIntervals=1s\n")
     gw.wrapper = command(trace)
     gw.start(wait=False)
     gw.wait_ready(timeout=180)
@@ -71,7 +72,7 @@ def test_split_copies_are_neither_lost_nor_doubled_when_the_scanner_died(
 ):
     """The scanner's state at its death is built by hand: copies staged inside the claim,
     the split recorded in the original's envelope (or not yet)."""
-    gw = make_gateway(GROUPS)
+    gw = make_gateway(GROUPS + WORKERS)
     spool = Spool(gw.spool)
     spool.create()
     qid = new_queue_id()
