@@ -502,20 +502,36 @@ def test_link_tokens_name_the_host_and_its_registered_domain():
 
 
 @pytest.mark.parametrize(
-    "written",
+    ("written", "technique"),
     [
-        "\uff56\uff49\uff41\uff47\uff52\uff41",  # fullwidth letters
-        "vi\u00adag\u00adra",  # soft hyphens
-        "v\u200bi\u200ca\u200dg\u2060r\ufeffa",  # zero-width space, joiners, word joiner, BOM
-        "\U0001d42f\U0001d422\U0001d41a\U0001d420\U0001d42b\U0001d41a",  # mathematical bold
+        ("\uff56\uff49\uff41\uff47\uff52\uff41", False),  # fullwidth (Japanese text has them)
+        ("vi\u00adag\u00adra", False),  # soft hyphens (&shy; hyphenation hints are legitimate)
+        ("v\u200bi\u200ca\u200dg\u2060r\ufeffa", True),  # zero-width space, joiners, BOM
+        ("vi&#8203;agra", True),  # the same as an HTML entity
+        ("\U0001d42f\U0001d422\U0001d41a\U0001d420\U0001d42b\U0001d41a", True),  # math bold
     ],
 )
-def test_a_word_spelled_to_slip_past_is_the_word_the_filter_knows(tmp_path, written):
+def test_a_word_spelled_to_slip_past_is_the_word_the_filter_knows(tmp_path, written, technique):
     """Compatibility forms and invisible characters are folded before the rules and the token
-    model read the text: the obfuscated word gives the token and fires the phrase rule."""
+    model read the text: the obfuscated word gives the token and fires the phrase rule. The
+    forms no legitimate Latin text uses also fire OBFUSCATED_LETTERS."""
     raw = (
-        "From: a@example.org\r\nSubject: pills\r\nContent-Type: text/plain; charset=utf-8\r\n"
-        f"Content-Transfer-Encoding: 8bit\r\n\r\nbuy {written} now\r\n"
+        "From: a@example.org\r\nSubject: pills\r\nContent-Type: text/html; charset=utf-8\r\n"
+        f"Content-Transfer-Encoding: 8bit\r\n\r\n<p>buy {written} now</p>\r\n"
     ).encode()
     assert "viagra" in bayes.tokens(email.message_from_bytes(raw))
-    assert "PHRASE_VIAGRA" in check(checker(tmp_path), raw).rules
+    rules = check(checker(tmp_path), raw).rules
+    assert "PHRASE_VIAGRA" in rules
+    assert ("OBFUSCATED_LETTERS" in rules) == technique
+
+
+def test_joiners_where_a_script_needs_them_are_not_obfuscation(tmp_path):
+    """Persian writes a zero-width non-joiner inside words, Indic scripts joiners, emoji
+    sequences a zero-width joiner: none of it is between Latin letters."""
+    persian = "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645"
+    text = f"{persian} \u0915\u094d\u200d\u0937 \U0001f468\u200d\U0001f469"
+    raw = (
+        "From: a@example.org\r\nSubject: hello\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        f"Content-Transfer-Encoding: 8bit\r\n\r\n{text}\r\n"
+    ).encode()
+    assert "OBFUSCATED_LETTERS" not in check(checker(tmp_path), raw).rules

@@ -64,6 +64,7 @@ def test_the_forgery_check_reads_only_what_was_written_outside():
         text="",
         raw_text="",
         html_only=False,
+        obfuscated=False,
         links=[],
         urls=[],
         mail_from="",

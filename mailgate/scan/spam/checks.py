@@ -28,6 +28,7 @@ class Facts:
     text: str
     raw_text: str
     html_only: bool
+    obfuscated: bool  # letters written to slip past a filter (spamtest's _OBFUSCATED)
     links: list[tuple[str, str]]
     urls: list[str]
     mail_from: str
@@ -215,6 +216,7 @@ CHECKS: dict[str, Callable[[Facts], bool]] = {
     "link_text_mismatch": _link_text_mismatch,
     "html_only": _html_only,
     "hidden_text": _hidden_text,
+    "obfuscated_letters": lambda f: f.obfuscated,
     "subject_encoded_unneeded": _subject_encoded_unneeded,
     "gtube": _gtube,
 }

@@ -46,6 +46,11 @@ THRESHOLDS = {"low": (7.0, 2.0), "medium": (5.0, 1.6), "high": (4.0, 0.2)}
 _LINK = re.compile(r"(?is)<a\s[^>]*href\s*=\s*[\"']?([^\"'\s>]+)[^>]*>(.*?)</a>")
 _URL = re.compile(r"(?i)\bhttps?://[^\s\"'<>()]+")
 _TAG = re.compile(r"(?s)<[^>]*>")
+# Zero-width characters between Latin letters (legitimate between letters of scripts that
+# need joiners, never in Latin words), or a run of mathematical alphanumeric letters.
+_OBFUSCATED = re.compile(
+    "[A-Za-z][\u200b\u200c\u200d\u2060\ufeff]+[A-Za-z]|[\U0001d400-\U0001d7ff]{3,}"
+)
 
 
 @dataclass
@@ -105,7 +110,7 @@ def _facts(split: Split, envelope: dict, config: Config) -> Facts:
     for name, value in trust.missing_fields(headers, envelope, config.is_trusted, config.hostname):
         headers[name.lower()] = value  # the scanner adds them: not evidence against the sender
     texts, raws = [], []
-    has_plain = has_html = False
+    has_plain = has_html = obfuscated = False
     links: list[tuple[str, str]] = []
     for obj in split.objects:
         if not obj.content_type.startswith("text/") or obj.name:
@@ -124,6 +129,7 @@ def _facts(split: Split, envelope: dict, config: Config) -> Facts:
             text = html.unescape(_TAG.sub(" ", text))
         else:
             has_plain = True
+        obfuscated = obfuscated or _OBFUSCATED.search(text) is not None
         texts.append(bayes.fold(text))
     raw_text = "\n".join(raws)
     judged = trust.boundary(envelope.get("client") or {}, received, config.is_trusted)
@@ -133,6 +139,7 @@ def _facts(split: Split, envelope: dict, config: Config) -> Facts:
         text="\n".join(texts),
         raw_text=raw_text,
         html_only=has_html and not has_plain,
+        obfuscated=obfuscated,
         links=links,
         urls=_URL.findall(raw_text),
         mail_from=envelope.get("mail_from", ""),
