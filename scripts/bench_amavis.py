@@ -72,30 +72,31 @@ def _config(home: Path, port: int, sink_port: int, clamd_socket: Path, spam: boo
 def _amavisd(port: int, sink_port: int, clamd_socket: Path, spam: bool):
     account = pwd.getpwnam(USER)
     top = Path(tempfile.mkdtemp(prefix="bench-amavis-"))
-    top.chmod(0o755)
-    home = top / "home"  # amavisd refuses a configuration in a directory it may write
-    for path in (home, home / "tmp", home / "db"):
-        path.mkdir()
-        os.chown(path, account.pw_uid, account.pw_gid)
-    conf = top / "amavisd.conf"
-    conf.write_text(_config(home, port, sink_port, clamd_socket, spam))
-    log = open(top / "stdout.log", "wb")  # noqa: SIM115 (closed below)
-    process = subprocess.Popen(
-        [str(AMAVISD), "-c", str(conf), "foreground"],
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
     try:
-        yield home
-    finally:
-        process.terminate()
+        top.chmod(0o755)
+        home = top / "home"  # amavisd refuses a configuration in a directory it may write
+        for path in (home, home / "tmp", home / "db"):
+            path.mkdir()
+            os.chown(path, account.pw_uid, account.pw_gid)
+        conf = top / "amavisd.conf"
+        conf.write_text(_config(home, port, sink_port, clamd_socket, spam))
+        with open(top / "stdout.log", "wb") as log:
+            process = subprocess.Popen(
+                [str(AMAVISD), "-c", str(conf), "foreground"],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+            yield home
+        finally:
+            process.terminate()
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+    finally:
         shutil.rmtree(top, ignore_errors=True)
 
 
@@ -108,6 +109,13 @@ def amavis_rates(port: int, sink_port: int, messages: list[bytes], sessions: int
         pwd.getpwnam(USER)
     except KeyError:
         return {"av": f"no user {USER}", "full": f"no user {USER}"}
+    try:
+        return _rates(port, sink_port, messages, sessions, wait_port)
+    except (OSError, RuntimeError) as exc:  # not root (chown), clamd would not start...
+        return {"av": f"could not start ({exc})", "full": f"could not start ({exc})"}
+
+
+def _rates(port: int, sink_port: int, messages: list[bytes], sessions: int, wait_port):
     rates = {}
     with clamd.temporary(SIGNATURES) as socket_path:
         # clamd's private directory and socket are its starter's (root's): amavis may connect
