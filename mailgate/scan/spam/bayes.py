@@ -59,9 +59,8 @@ _SEPARATOR = re.compile(r"(?m)^[ \t]*(?:-{10,}|_{10,}|={10,})[ \t]*$")
 
 # soft hyphen, combining grapheme joiner, Mongolian vowel separator, zero-width space and
 # joiners, word joiner, invisible operators, byte-order mark
-_INVISIBLE = dict.fromkeys(
-    map(ord, "\u00ad\u034f\u180e\u200b\u200c\u200d\u2060\u2061\u2062\u2063\u2064\ufeff")
-)
+_INVISIBLE_CHARS = "\u00ad\u034f\u180e\u200b\u200c\u200d\u2060\u2061\u2062\u2063\u2064\ufeff"
+_INVISIBLE = re.compile(f"[{_INVISIBLE_CHARS}]+")
 
 _HEADER_WORDS = ("subject",)
 _HEADER_ADDRESSES = ("from", "reply-to")
@@ -72,9 +71,15 @@ def fold(text: str) -> str:
     """Text as a reader sees it: compatibility forms folded (NFKC: fullwidth letters,
     ligatures, mathematical alphabets become plain ones) and invisible characters removed
     (soft hyphen, zero-width space and joiners, BOM), so that a word written to slip past
-    a filter letter by letter is the word the rules and the token table know. Costs
-    nothing on ASCII text, about 0.07 ms for 50 KB of other text."""
-    return unicodedata.normalize("NFKC", text).translate(_INVISIBLE)
+    a filter letter by letter is the word the rules and the token table know. ASCII text is
+    returned as it is; NFKC costs about 0.07 ms for 50 KB of other text, and the invisible
+    characters are searched for only when ``in`` finds one."""
+    if text.isascii():
+        return text
+    text = unicodedata.normalize("NFKC", text)
+    if any(c in text for c in _INVISIBLE_CHARS):
+        text = _INVISIBLE.sub("", text)
+    return text
 
 
 def _words(text: str, prefix: str = "") -> Iterable[str]:
