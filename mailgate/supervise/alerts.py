@@ -35,14 +35,27 @@ def tell_administrator(spool: Spool, config: Config, status: str, about: str, **
     notify.queue(spool, config, "admin", status, [config.administrator], values, about)
 
 
+class SharedCluster:
+    """The supervisor's one link to the cluster's Redis, made at the first chore that needs it
+    (the traffic and the cluster watches share it)."""
+
+    def __init__(self) -> None:
+        self._cluster: Cluster | None = None
+
+    def __call__(self, config: Config) -> Cluster:
+        if self._cluster is None:
+            self._cluster = Cluster(config)
+        return self._cluster
+
+
 class TrafficWatch:
-    def __init__(self, spool: Spool):
+    def __init__(self, spool: Spool, cluster: SharedCluster | None = None):
         self.spool = spool
         self.offsets: dict[Path, int] = {}
         self.messages: dict[str, int] = defaultdict(int)
         self.bytes: dict[str, int] = defaultdict(int)
         self.addresses: dict[str, set[str]] = defaultdict(set)
-        self.cluster: Cluster | None = None  # made at the first check of a clustered config
+        self.cluster = cluster or SharedCluster()
         self.shared: dict[str, set[str]] = {}  # protected addresses already sent to Redis
 
     def wanted(self, config: Config) -> bool:
@@ -125,9 +138,8 @@ class TrafficWatch:
         """(bytes, messages, addresses) of the whole cluster: this node publishes its own
         day and its new protected addresses, and sums every node's. Its own figures when
         Redis does not answer."""
-        if self.cluster is None:
-            self.cluster = Cluster(config)
-        cluster, node = self.cluster, self.cluster.node
+        cluster = self.cluster(config)
+        node = cluster.node
         fresh = {d: a - self.shared.get(d, set()) for d, a in self.addresses.items()}
         days = sorted(d for d in self.addresses if first <= d <= today) or [today]
         keep = int(config.address_window) + 2 * 86400
@@ -160,9 +172,10 @@ class TrafficWatch:
         flag = self.spool.stats_path(f"alert-{day}-{name}")
         if flag.exists():
             return False
-        if self.cluster is not None:  # once per cluster: the node that sets the key tells
-            key = self.cluster.key("alert", day, name)
-            won = self.cluster.run(lambda c: c.set(key, self.cluster.node, nx=True, ex=172800))
+        if config.cluster_redis:  # once per cluster: the node that sets the key tells
+            cluster = self.cluster(config)
+            key = cluster.key("alert", day, name)
+            won = cluster.run(lambda c: c.set(key, cluster.node, nx=True, ex=172800))
             if won is not LOCAL and not won:
                 flag.write_text(f"{value} > {limit} (told by another node)\n")
                 return False
@@ -226,10 +239,10 @@ class ClusterWatch:
     shorter than a sweep. It is over at the first check where both are quiet again.
     """
 
-    def __init__(self, spool: Spool, log):
+    def __init__(self, spool: Spool, log, cluster: SharedCluster | None = None):
         self.spool = spool
         self.log = log
-        self.cluster: Cluster | None = None
+        self.cluster = cluster or SharedCluster()
         self.seen = 0  # cluster_fallbacks of this run at the last check
         self.since: float | None = None  # when the current outage was noticed
 
@@ -237,23 +250,22 @@ class ClusterWatch:
         """``"down"`` or ``"back"`` when a notice was queued, else None."""
         if not config.cluster_redis:
             return None
-        if self.cluster is None:
-            self.cluster = Cluster(config)
+        cluster = self.cluster(config)
         now = time.time() if now is None else now
-        answered = self.cluster.run(lambda client: client.ping()) is not LOCAL
+        answered = cluster.run(lambda client: client.ping()) is not LOCAL
         fallbacks = stats.live_count(self.spool, "cluster_fallbacks")
         calls, self.seen = max(fallbacks - self.seen, 0), fallbacks
         if (not answered or calls) and self.since is None:
             self.since = now
-            error = self.cluster.last_error if not answered else "a worker's call failed"
-            self.log.error("cluster_alert", node=self.cluster.node, error=error, calls=calls)
-            self._tell(config, "down", self.cluster.node, error=error, calls=str(calls))
+            error = cluster.last_error if not answered else "a worker's call failed"
+            self.log.error("cluster_alert", node=cluster.node, error=error, calls=calls)
+            self._tell(config, "down", cluster.node, error=error, calls=str(calls))
             return "down"
         if answered and not calls and self.since is not None:
             minutes = f"{(now - self.since) / 60:.1f}"
             self.since = None
-            self.log.info("cluster_alert_over", node=self.cluster.node, minutes=minutes)
-            self._tell(config, "back", self.cluster.node, minutes=minutes)
+            self.log.info("cluster_alert_over", node=cluster.node, minutes=minutes)
+            self._tell(config, "back", cluster.node, minutes=minutes)
             return "back"
         return None
 

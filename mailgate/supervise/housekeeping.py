@@ -25,9 +25,10 @@ class Housekeeping:
     def __init__(self, spool: Spool, log):
         self.spool = spool
         self.log = log
-        self.traffic = alerts.TrafficWatch(spool)
+        redis = alerts.SharedCluster()
+        self.traffic = alerts.TrafficWatch(spool, redis)
         self.corrupt = alerts.CorruptWatch(spool, log)
-        self.cluster = alerts.ClusterWatch(spool, log)
+        self.cluster = alerts.ClusterWatch(spool, log, redis)
 
     def recover(self, config: Config) -> None:
         """At start: what a previous run left claimed or half written."""
