@@ -3,6 +3,7 @@ lists, presets, training, learning and token table updates."""
 
 from __future__ import annotations
 
+import base64
 import email
 import importlib.util
 import json
@@ -523,6 +524,15 @@ def test_a_word_spelled_to_slip_past_is_the_word_the_filter_knows(tmp_path, writ
     rules = check(checker(tmp_path), raw).rules
     assert "PHRASE_VIAGRA" in rules
     assert ("OBFUSCATED_LETTERS" in rules) == technique
+
+
+def test_a_subject_spelled_to_slip_past_is_a_sign_too(tmp_path):
+    subject = "=?utf-8?b?" + base64.b64encode("cheap v\u200bi\u200bagra".encode()).decode() + "?="
+    raw = f"From: a@example.org\r\nSubject: {subject}\r\n\r\nhello there\r\n".encode()
+    assert "subject:viagra" in bayes.tokens(email.message_from_bytes(raw), mime.decode_words)
+    assert "OBFUSCATED_LETTERS" in check(checker(tmp_path), raw).rules
+    plain = raw.replace(subject.encode(), b"cheap viagra")
+    assert "OBFUSCATED_LETTERS" not in check(checker(tmp_path), plain).rules
 
 
 def test_joiners_where_a_script_needs_them_are_not_obfuscation(tmp_path):

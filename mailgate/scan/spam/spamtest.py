@@ -127,7 +127,8 @@ def _facts(split: Split, envelope: dict, config: Config) -> Facts:
     for name, value in trust.missing_fields(headers, envelope, config.is_trusted, config.hostname):
         headers[name.lower()] = value  # the scanner adds them: not evidence against the sender
     texts, raws = [], []
-    has_plain = has_html = obfuscated = False
+    has_plain = has_html = False
+    obfuscated = _obfuscated(headers.get("subject", ""))
     links: list[tuple[str, str]] = []
     for obj in split.objects:
         if not obj.content_type.startswith("text/") or obj.name:
