@@ -28,7 +28,7 @@ class Facts:
     text: str
     raw_text: str
     html_only: bool
-    obfuscated: bool  # letters written to slip past a filter (spamtest's _OBFUSCATED)
+    obfuscated: bool  # letters written to slip past a filter (``spamtest._obfuscated``)
     links: list[tuple[str, str]]
     urls: list[str]
     mail_from: str
