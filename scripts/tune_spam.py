@@ -24,6 +24,7 @@ of unseen senders.
 from __future__ import annotations
 
 import argparse
+import bisect
 import math
 import random
 import re
@@ -146,6 +147,11 @@ def out_of_fold_margins(rows, fold: list[int], args) -> list[tuple[float, bool]]
     return margins
 
 
+def at_least(ordered: list[float], cut: float) -> int:
+    """How many of the sorted margins ``ordered`` reach ``cut``."""
+    return len(ordered) - bisect.bisect_left(ordered, cut)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("corpus", type=Path, help="a training corpus with ham/ and spam/")
@@ -172,8 +178,8 @@ def main() -> int:
     probable_margin = min(
         (m for m in spams + hams if m < spam_margin),
         key=lambda cut: (
-            args.ham_weight * sum(m >= cut for m in hams) / len(hams)
-            + sum(m < cut for m in spams) / len(spams)
+            args.ham_weight * at_least(hams, cut) / len(hams)
+            + (len(spams) - at_least(spams, cut)) / len(spams)
         ),
     )
     scale = SPAM_AT / spam_margin if spam_margin > 0 else 1.0
@@ -195,15 +201,15 @@ def main() -> int:
     shipped = spamtest.THRESHOLDS["medium"][1] / scale  # the probable threshold that ships
     print(
         f"at the shipped probable threshold {spamtest.THRESHOLDS['medium'][1]}: spam caught "
-        f"{sum(m >= shipped for m in spams) / len(spams):.2%}, ham as probable "
-        f"{sum(shipped <= m < spam_margin for m in hams) / len(hams):.2%}"
+        f"{at_least(spams, shipped) / len(spams):.2%}, ham as probable "
+        f"{(at_least(hams, shipped) - at_least(hams, spam_margin)) / len(hams):.2%}"
     )
     print("out of fold, by probable threshold (spam caught / ham tagged, either status):")
     for at in (-1.0, 0.0, 0.3, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0):
         cut = at / scale
         print(
-            f"  {at:5.1f}: {sum(m >= cut for m in spams) / len(spams):7.2%} "
-            f"{sum(m >= cut for m in hams) / len(hams):7.2%}"
+            f"  {at:5.1f}: {at_least(spams, cut) / len(spams):7.2%} "
+            f"{at_least(hams, cut) / len(hams):7.2%}"
         )
     for name in sorted(scaled, key=lambda n: -abs(scaled[n])):
         print(f"  {name:28s} {scaled[name]:7.2f}")
