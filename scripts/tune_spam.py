@@ -1,17 +1,17 @@
 """Fit the spam rule weights on a training corpus, the way SpamAssassin's re-scoring does.
 
-Only the training split is used (``CORPUS/ham``, ``CORPUS/spam``). The token model is trained
-in K folds so that each message is scored by a model that never saw it; every rule of
-``data/spamtest/*.conf`` (the BAYES_* ranges included) is then a binary feature of a logistic
-regression, fitted with ham weighted more than spam (a false positive costs more), an L2
-penalty, and a weight of at least ``FLOOR`` for every rule but BAYES_* (a spam sign stays a
-spam sign). The weights are scaled so that the spam threshold of Intensity=medium (5.0) sits
-at the margin where the cross-validated ham false-positive rate is at most ``--fp``; the
-probable threshold printed alongside is the one that costs least out of fold, a tagged ham
-counting ``--ham-weight`` times a missed spam (rates, not counts). ``--write`` puts the
-weights into the rule files (layout and comments are kept; GTUBE keeps its weight). The
-thresholds come from nested cross-validation: weights fitted without the fold score the
-fold's messages.
+Only the training split is used (``CORPUS/ham``, ``CORPUS/spam``). The token model and the
+character model (``grams``) are trained in K folds so that each message is scored by models
+that never saw it; every rule of ``data/spamtest/*.conf`` (the BAYES_* and GRAMS_* ranges
+included) is then a binary feature of a logistic regression, fitted with ham weighted more
+than spam (a false positive costs more), an L2 penalty, and a weight of at least ``FLOOR``
+for every rule but the models' ranges (a spam sign stays a spam sign). The weights are
+scaled so that the spam threshold of Intensity=medium (5.0) sits at the margin where the
+cross-validated ham false-positive rate is at most ``--fp``; the probable threshold printed
+alongside is the one that costs least out of fold, a tagged ham counting ``--ham-weight``
+times a missed spam (rates, not counts). ``--write`` puts the weights into the rule files
+(layout and comments are kept; GTUBE keeps its weight). The thresholds come from nested
+cross-validation: weights fitted without the fold score the fold's messages.
 
 Folds are drawn by sender domain (``--folds-by sender``, the default): all messages whose From
 address is in one registered domain sit in the same fold. A newsletter's issues are alike, so
@@ -34,13 +34,14 @@ from pathlib import Path
 from mailgate import config as configmod
 from mailgate.scan import mime
 from mailgate.scan.mime import decode_words
-from mailgate.scan.spam import bayes, spamtest
+from mailgate.scan.spam import bayes, grams, spamtest
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXED = {"GTUBE"}
 # Every rule but the token model's ranges is a sign of spam by design: its weight may shrink
 # to FLOOR (so it still shows in X-Spam-Status) but not turn into a sign of ham.
 FLOOR = 0.05
+MODELS = ("BAYES_", "GRAMS_")  # the content models' ranges: signs of ham at their low end
 SPAM_AT = 5.0
 
 
@@ -89,6 +90,7 @@ def features(
     data = load(corpus / "ham", False) + load(corpus / "spam", True)
     random.Random(7).shuffle(data)
     fold = assign_folds(data, folds, by)
+    features_of = [spamtest.grams_of(split, config) for _n, split, _t, _s in data]
     rows: list = [None] * len(data)
     for k in range(folds):
         model = bayes.Model()
@@ -97,6 +99,9 @@ def features(
                 model.learn(toks, is_spam)
         model.counts = {t: c for t, c in model.counts.items() if sum(c) >= bayes.MIN_SAVED}
         checker.model = model
+        checker.grams = grams.Model.train(
+            [(features_of[i], row[3]) for i, row in enumerate(data) if fold[i] != k]
+        )
         for i, (name, split, _t, is_spam) in enumerate(data):
             if fold[i] == k:
                 verdict = checker.check(split, {"mail_from": "", "recipients": []})
@@ -124,7 +129,7 @@ def fit(rows, ham_weight: float, l2: float, rounds: int) -> tuple[dict[str, floa
                 grad[f] += err
         for f in names:
             w[f] -= rate * (grad[f] / total + l2 * w[f])
-            if not f.startswith("BAYES_"):
+            if not f.startswith(MODELS):
                 w[f] = max(w[f], FLOOR)
         bias -= rate * gbias / total
     return w, bias

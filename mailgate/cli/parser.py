@@ -151,7 +151,7 @@ def build() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         metavar="DIR",
-        help="where to write tokens.tsv.gz (default: [smtpgw.spamtest] Database)",
+        help="where to write tokens.tsv.gz and grams.tsv.gz (default: [smtpgw.spamtest] Database)",
     )
 
     learn = command(

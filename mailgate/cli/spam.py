@@ -8,7 +8,8 @@ from collections import Counter
 from mailgate.cli.common import EXIT_OK, EXIT_USAGE, CommandError
 from mailgate.config import Config
 from mailgate.runtime.cluster import Cluster
-from mailgate.scan.spam import bayes, learning
+from mailgate.scan import mime
+from mailgate.scan.spam import bayes, grams, learning, spamtest
 from mailgate.spool import Spool
 
 
@@ -17,15 +18,23 @@ def train(args: argparse.Namespace, config: Config) -> int:
     if missing:
         raise CommandError(f"no such directory: {', '.join(missing)}", EXIT_USAGE)
     model = bayes.Model()
+    examples: list[tuple[frozenset[str], bool]] = []
     for folders, is_spam in ((args.ham, False), (args.spam, True)):
         for folder in folders:
             for raw in learning.messages(folder):
-                model.learn(learning.tokens_of(raw), is_spam)
+                split = mime.split(raw)
+                try:
+                    model.learn(bayes.tokens(split.message, mime.decode_words), is_spam)
+                    examples.append((spamtest.grams_of(split, config), is_spam))
+                finally:
+                    split.close()
     target_dir = args.output or config.shipped("spam_database", "spamdb")
     target = model.save(target_dir)
+    characters = grams.Model.train(examples).save(target_dir)
     print(
         f"{target}: trained on {model.nham} ham and {model.nspam} spam, "
-        f"{target.stat().st_size // 1024} KiB"
+        f"{target.stat().st_size // 1024} KiB; {characters.name} "
+        f"{characters.stat().st_size // 1024} KiB"
     )
     return EXIT_OK
 

@@ -17,7 +17,7 @@ from support import spam_envelope as envelope
 
 from mailgate import config as configmod
 from mailgate.scan import mime
-from mailgate.scan.spam import bayes, checks, spamtest
+from mailgate.scan.spam import bayes, checks, grams, spamtest
 from mailgate.scan.spam import rules as spamrules
 from mailgate.spool import Spool
 
@@ -339,6 +339,7 @@ def test_train_then_classify_a_small_corpus(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "trained on 300 ham and 150 spam" in result.stdout
     spam = checker(tmp_path, f"Database={out}\n")
+    assert spam.grams.weights == grams.Model.load(out / grams.MODEL_FILE).weights  # its own
     right = 0
     unseen = [(p, False) for p in ham[1000:1100]] + [(p, True) for p in spam_files[500:550]]
     for path, is_spam in unseen:

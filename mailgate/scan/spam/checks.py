@@ -38,6 +38,7 @@ class Facts:
     inside: int = 0  # newest Received fields (ours excluded) written by our trusted side
     our_names: set[str] = field(default_factory=set)
     bayes: float | None = None  # None: the token model found no clue either way
+    grams: float | None = None  # the character model's spam probability; None: no model
 
     @cached_property
     def folded_text(self) -> str:

@@ -10,6 +10,7 @@ Tests:
     rawbody =~ /REGEX/i         the decoded text, HTML tags included
     phrase TEXT                 the text contains TEXT (case-insensitive; words, not regex)
     bayes LOW HIGH              the token model's spam probability is in [LOW, HIGH)
+    grams LOW HIGH              the character model's (``grams``) probability is in [LOW, HIGH)
     check NAME                  a built-in check (see ``CHECKS``)
 
 The rule name is what an administrator sees in ``X-Spam-Status: tests=NAME(WEIGHT)``; a weight
@@ -167,15 +168,17 @@ def parse_rule(line: str) -> Rule:
         phrase = r"\s+".join(re.escape(w) for w in words)
         pattern = re.compile(r"(?i)\b" + phrase + r"\b")
         return Rule(name, weight, lambda f: bool(pattern.search(f.text)), phrase)
-    if kind == "bayes":
+    if kind in ("bayes", "grams"):
         try:
             low, high = (float(x) for x in rest.split())
         except ValueError:
-            raise RuleError(f"expected 'bayes LOW HIGH', got {rest.strip()!r}") from None
+            raise RuleError(f"expected '{kind} LOW HIGH', got {rest.strip()!r}") from None
         if not 0.0 <= low < high <= 1.0:
             raise RuleError(f"need 0 <= LOW < HIGH <= 1, got {low} {high}")
         if high == 1.0:
             high = 1.0000001
+        if kind == "grams":
+            return Rule(name, weight, lambda f: f.grams is not None and low <= f.grams < high)
         return Rule(name, weight, lambda f: f.bayes is not None and low <= f.bayes < high)
     if kind == "check":
         check = CHECKS.get(rest.strip())
@@ -183,7 +186,9 @@ def parse_rule(line: str) -> Rule:
             known = ", ".join(sorted(CHECKS))
             raise RuleError(f"unknown check {rest.strip()!r} (known: {known})")
         return Rule(name, weight, check)
-    raise RuleError(f"unknown test {kind!r} (header, missing, body, rawbody, phrase, bayes, check)")
+    raise RuleError(
+        f"unknown test {kind!r} (header, missing, body, rawbody, phrase, bayes, grams, check)"
+    )
 
 
 def load(path: Path) -> tuple[list[Rule], list[str]]:

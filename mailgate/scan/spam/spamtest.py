@@ -28,13 +28,13 @@ from pathlib import Path
 
 import filelock
 
-from mailgate.config import Config, in_networks, parse_networks
+from mailgate.config import Config, data_path, in_networks, parse_networks
 from mailgate.message.domains import address_listed, registered_domain
 from mailgate.runtime.cluster import Cluster
 from mailgate.runtime.dnsbl import Checker
 from mailgate.scan.av.avdb import REJECTED, UPDATED
 from mailgate.scan.mime import Split, decode_words
-from mailgate.scan.spam import bayes, trust
+from mailgate.scan.spam import bayes, grams, trust
 from mailgate.scan.spam import rules as spamrules
 from mailgate.scan.spam.authrules import auth_rules
 from mailgate.scan.spam.checks import Facts
@@ -213,6 +213,7 @@ class Spamtest:
         cluster = Cluster(config) if spool is not None and config.cluster_redis else None
         self.shared = SharedTokens(cluster) if cluster is not None else None
         self._load_model()
+        self.grams = _load_grams(config)
 
     # ------------------------------------------------------------ the token model
 
@@ -280,6 +281,9 @@ class Spamtest:
         tokens = bayes.tokens(split.message, decode_words)
         probability, clues = self.model.score(tokens)
         facts.bayes = probability if clues else None
+        if self.grams is not None:
+            found = grams.of(grams.text_of(facts.headers, facts.text))
+            facts.grams = grams.probability(self.grams.margin(found))
         rules: dict[str, float] = {}
         for rule in self.rules:
             try:
@@ -303,6 +307,24 @@ class Spamtest:
         else:
             status = "clean"
         return SpamVerdict(status, score, spam_at, rules, tokens)
+
+
+def _load_grams(config: Config) -> grams.Model | None:
+    """The character model beside the token table that ships (``Database``), else the
+    package's; None when neither loads (then no ``GRAMS_*`` rule fires)."""
+    for folder in (config.shipped("spam_database", "spamdb"), data_path("spamdb")):
+        try:
+            return grams.Model.load(folder / grams.MODEL_FILE)
+        except (OSError, ValueError, EOFError, gzip.BadGzipFile):
+            continue
+    return None
+
+
+def grams_of(split: Split, config: Config) -> frozenset[str]:
+    """The character model's features of a message, as ``Spamtest.check`` computes them
+    (for training: ``mailgate train``, ``scripts/tune_spam.py``)."""
+    facts = _facts(split, {"mail_from": "", "recipients": []}, config)
+    return grams.of(grams.text_of(facts.headers, facts.text))
 
 
 def ensure_seeded(spool: Spool, shipped: Path) -> Path:
