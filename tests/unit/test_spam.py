@@ -546,3 +546,21 @@ def test_joiners_where_a_script_needs_them_are_not_obfuscation(tmp_path):
         f"Content-Transfer-Encoding: 8bit\r\n\r\n{text}\r\n"
     ).encode()
     assert "OBFUSCATED_LETTERS" not in check(checker(tmp_path), raw).rules
+
+
+def test_links_are_found_in_any_case_and_text_without_one_gives_none(tmp_path):
+    spam = checker(tmp_path)
+    for link in ("HTTP://Promo.Example.COM/Offer", "Www.promo.example.com/offer"):
+        raw = make_message("u@test").replace(b"Hello from the tests.", f"see {link}".encode())
+        split = mime.split(raw)
+        assert "url:promo.example.com" in bayes.tokens(split.message, mime.decode_words), link
+        verdict = spam.check(split, envelope())
+        assert verdict.tokens >= {"url:example.com", "url-suffix:com"}, link
+    facts = spamtest._facts(
+        mime.split(make_message("u@test").replace(b"Hello", b"HTTPS://x.example/ Hello")),
+        envelope(),
+        spam.config,
+    )
+    assert facts.urls == ["HTTPS://x.example/"]
+    plain = mime.split(make_message("u@test").replace(b"Hello", b"h t t p www no link"))
+    assert not any(t.startswith("url") for t in bayes.tokens(plain.message, mime.decode_words))

@@ -102,7 +102,13 @@ def _words(text: str, prefix: str = "") -> Iterable[str]:
 
 def _url_tokens(text: str) -> Iterable[str]:
     """The host of every link, its registered domain (Public Suffix List) and public suffix,
-    and the words of its path: a spammer's throw-away hosts share the domain they bought."""
+    and the words of its path: a spammer's throw-away hosts share the domain they bought.
+
+    Text without "http" or "www." (in any case) has none; that test costs a few µs where the
+    pattern, whose case-insensitive alternation has no literal to jump to, costs 60 µs on 5 KB."""
+    lowered = text.lower()
+    if "http" not in lowered and "www." not in lowered:
+        return
     for m in _URL.finditer(text):
         rest = m.group(1).lower()
         authority = re.split(r"[/?#]", rest, maxsplit=1)[0]

@@ -159,7 +159,7 @@ def _facts(split: Split, envelope: dict, config: Config) -> Facts:
         html_only=has_html and not has_plain,
         obfuscated=obfuscated,
         links=links,
-        urls=_URL.findall(raw_text),
+        urls=_URL.findall(raw_text) if "http" in raw_text.lower() else [],  # 5 µs, not 30
         mail_from=envelope.get("mail_from", ""),
         helo=judged.helo,
         client_ip=judged.ip,
