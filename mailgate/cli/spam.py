@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from array import array
 from collections import Counter
 
 from mailgate.cli.common import EXIT_OK, EXIT_USAGE, CommandError
@@ -18,7 +19,7 @@ def train(args: argparse.Namespace, config: Config) -> int:
     if missing:
         raise CommandError(f"no such directory: {', '.join(missing)}", EXIT_USAGE)
     model = bayes.Model()
-    examples: list[tuple[frozenset[str], bool]] = []
+    examples: list[tuple[array, bool]] = []
     for folders, is_spam in ((args.ham, False), (args.spam, True)):
         for folder in folders:
             for raw in learning.messages(folder):

@@ -144,3 +144,11 @@ def test_a_database_without_a_character_model_falls_back_to_the_package(tmp_path
     own.save(tmp_path / "db")
     mine = _checker(tmp_path, f"Database={tmp_path / 'db'}\n")
     assert mine.grams.weights == grams.Model.load(tmp_path / "db" / grams.MODEL_FILE).weights
+
+
+def test_a_corpus_is_held_two_bytes_a_bucket_and_trains_the_same(tmp_path):
+    assert grams.BUCKETS < 1 << 16
+    sets = examples()
+    packed = [(grams.packed(found), is_spam) for found, is_spam in sets]
+    assert all(p.itemsize == 2 and sorted(p) == sorted(f) for (p, _), (f, _) in zip(packed, sets))
+    assert grams.Model.train(packed).weights == grams.Model.train(sets).weights

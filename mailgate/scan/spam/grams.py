@@ -34,7 +34,7 @@ import os
 import random
 import sys
 from array import array
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from itertools import repeat
 from operator import mod
@@ -75,6 +75,11 @@ def of(text: str) -> frozenset[int]:
     return frozenset(map(mod, numbers, repeat(BUCKETS)))
 
 
+def packed(buckets: Iterable[int]) -> array:
+    """``buckets`` two bytes each (``BUCKETS`` < 2**16): how a training corpus is held."""
+    return array("H", buckets)
+
+
 def probability(margin: float) -> float:
     return 1.0 / (1.0 + math.exp(-max(-MARGIN_LIMIT, min(MARGIN_LIMIT, margin))))
 
@@ -93,7 +98,7 @@ class Model:
     def margin(self, buckets: Iterable[int]) -> float:
         return sum(map(self.weights.__getitem__, buckets))
 
-    def step(self, buckets: frozenset[int], is_spam: bool, rate: float = RATE) -> None:
+    def step(self, buckets: Collection[int], is_spam: bool, rate: float = RATE) -> None:
         """One online gradient step of the log loss on one message."""
         error = (1.0 if is_spam else 0.0) - probability(self.margin(buckets))
         if abs(error) < SURE:
@@ -104,9 +109,9 @@ class Model:
             weights[bucket] += change
 
     @classmethod
-    def train(cls, examples: list[tuple[frozenset[int], bool]], epochs: int = EPOCHS) -> Model:
-        """Fit on ``examples`` (buckets, is spam): ``epochs`` passes in a fixed shuffled
-        order, so the same mail gives the same table."""
+    def train(cls, examples: list[tuple[Collection[int], bool]], epochs: int = EPOCHS) -> Model:
+        """Fit on ``examples`` (distinct buckets, is spam): ``epochs`` passes in a fixed
+        shuffled order, so the same mail gives the same table."""
         model, order = cls(), list(examples)
         shuffle = random.Random(SEED).shuffle
         for _ in range(epochs):

@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import socket
+from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -320,11 +321,12 @@ def _load_grams(config: Config) -> grams.Model | None:
     return None
 
 
-def grams_of(split: Split, config: Config) -> frozenset[str]:
-    """The character model's features of a message, as ``Spamtest.check`` computes them
-    (for training: ``mailgate train``, ``scripts/tune_spam.py``)."""
+def grams_of(split: Split, config: Config) -> array:
+    """The character model's features of a message, as ``Spamtest.check`` computes them, for
+    training (``mailgate train``, ``scripts/tune_spam.py``): packed two bytes a bucket, so a
+    corpus of 100,000 messages holds 400 MB of them rather than the 12 GB of as many sets."""
     facts = _facts(split, {"mail_from": "", "recipients": []}, config)
-    return grams.of(grams.text_of(facts.headers, facts.text))
+    return grams.packed(grams.of(grams.text_of(facts.headers, facts.text)))
 
 
 def ensure_seeded(spool: Spool, shipped: Path) -> Path:
