@@ -150,5 +150,8 @@ def test_a_corpus_is_held_two_bytes_a_bucket_and_trains_the_same(tmp_path):
     assert grams.BUCKETS < 1 << 16
     sets = examples()
     packed = [(grams.packed(found), is_spam) for found, is_spam in sets]
-    assert all(p.itemsize == 2 and sorted(p) == sorted(f) for (p, _), (f, _) in zip(packed, sets))
+    assert all(
+        p.itemsize == 2 and sorted(p) == sorted(f)
+        for (p, _), (f, _) in zip(packed, sets, strict=True)
+    )
     assert grams.Model.train(packed).weights == grams.Model.train(sets).weights

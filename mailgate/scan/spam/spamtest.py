@@ -3,7 +3,8 @@
 The score is a sum of named rules with their weights, as SpamAssassin's tests or rspamd's
 symbols: the header and body rules of ``spamrules`` (``data/spamtest/rules.conf``), the typical
 terms and phrases (``data/spamtest/phrases.conf``), the token model of ``bayes`` (one of the
-``BAYES_*`` rules by its probability), and DNS block lists (``dnsbl``). Black and white lists
+``BAYES_*`` rules by its probability), the character model of ``grams`` (one of the
+``GRAMS_*`` rules), and DNS block lists (``dnsbl``). Black and white lists
 decide before any scoring: a whitelisted message is ``whitelisted`` whatever it says, a
 blacklisted one ``blacklisted``. Otherwise the score against the thresholds of the Intensity
 gives ``spam``, ``probable-spam`` or ``clean``.
