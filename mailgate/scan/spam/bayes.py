@@ -283,29 +283,14 @@ class Model:
     # ---------------------------------------------------------------- storage
 
     def save(self, directory: Path, min_count: int = MIN_SAVED) -> Path:
-        """Write the model (tokens seen fewer than ``min_count`` times are left out) beside
-        the old one, fsync it, rename it over, fsync the directory: a crash leaves the old
-        table or the new, both whole."""
-        directory.mkdir(parents=True, exist_ok=True)
-        target = directory / MODEL_FILE
-        tmp = directory / (MODEL_FILE + ".tmp")
-        with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=9) as z:
-            lines = [f"#mailgate-tokens\t{self.nspam}\t{self.nham}\n"]
-            for tok in sorted(self.counts):
-                spam, ham = self.counts[tok]
-                if spam + ham >= min_count and "\t" not in tok and "\n" not in tok:
-                    lines.append(f"{tok}\t{spam}\t{ham}\n")
-            z.write("".join(lines).encode("utf-8", "replace"))
-            z.close()
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp, target)
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        return target
+        """Write the model (tokens seen fewer than ``min_count`` times are left out) with
+        ``save_table``."""
+        lines = [f"#mailgate-tokens\t{self.nspam}\t{self.nham}\n"]
+        for tok in sorted(self.counts):
+            spam, ham = self.counts[tok]
+            if spam + ham >= min_count and "\t" not in tok and "\n" not in tok:
+                lines.append(f"{tok}\t{spam}\t{ham}\n")
+        return save_table(directory / MODEL_FILE, "".join(lines).encode("utf-8", "replace"))
 
     @classmethod
     def load(cls, directory: Path) -> Model:
@@ -321,6 +306,25 @@ class Model:
                 tok, spam, ham = line.rstrip("\n").rsplit("\t", 2)
                 counts[tok] = [int(spam), int(ham)]
         return model
+
+
+def save_table(target: Path, data: bytes) -> Path:
+    """Write ``data`` gzip'd beside ``target``, fsync it, rename it over ``target``, fsync the
+    directory: a crash leaves the old table or the new, both whole. Readable by all (mode as
+    the umask allows): a shipped table is read by the service user."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    with open(tmp, "wb") as raw:
+        raw.write(gzip.compress(data, compresslevel=9, mtime=0))
+        raw.flush()
+        os.fsync(raw.fileno())
+    os.replace(tmp, target)
+    fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return target
 
 
 def _chi2q(x2: float, v: int) -> float:

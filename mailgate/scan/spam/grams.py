@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import gzip
 import math
-import os
 import random
 import sys
 from array import array
@@ -39,6 +38,8 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from operator import mod
 from pathlib import Path
+
+from mailgate.scan.spam.bayes import save_table
 
 MODEL_FILE = "grams.tsv.gz"
 VERSION = "2"
@@ -121,23 +122,10 @@ class Model:
         return model
 
     def save(self, directory: Path) -> Path:
-        """Write beside, fsync, rename over, fsync the directory (as ``bayes.Model.save``)."""
-        directory.mkdir(parents=True, exist_ok=True)
-        target, tmp = directory / MODEL_FILE, directory / (MODEL_FILE + ".tmp")
+        """Write the weights of at least ``PRUNE`` with ``bayes.save_table``."""
         lines = [f"#mailgate-grams\t{VERSION}\t{BUCKETS}\n"]
         lines += [f"{i}\t{w:.5f}\n" for i, w in enumerate(self.weights) if abs(w) >= PRUNE]
-        with open(tmp, "wb") as raw:
-            with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=9, mtime=0) as z:
-                z.write("".join(lines).encode("ascii"))
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp, target)
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        return target
+        return save_table(directory / MODEL_FILE, "".join(lines).encode("ascii"))
 
     @classmethod
     def load(cls, path: Path) -> Model:
