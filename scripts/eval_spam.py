@@ -6,8 +6,8 @@
    never saw: how the filter fares on mail from another year. (The rule weights are the
    shipped ones, fitted on the whole training split, so the rules are not blind to the newer
    part; the two models are.)
-2. Held-out split (CORPUS, default ``../shared/corpus/test``): the shipped token table, or
-   ``--database DIR``.
+2. Held-out split (CORPUS, default ``../shared/corpus/test``): the shipped token table and
+   character model, or those of ``--database DIR``.
 3. SpamAssassin (its stock rules and Bayes, through Mail::SpamAssassin in one Perl process)
    on both: trained on the same older part and scoring the same newer part, then trained on
    the whole training split and scoring the held-out split; when it is installed.

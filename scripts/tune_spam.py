@@ -38,7 +38,7 @@ from mailgate.scan.spam import bayes, grams, spamtest
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXED = {"GTUBE"}
-# Every rule but the token model's ranges is a sign of spam by design: its weight may shrink
+# Every rule but the content models' ranges is a sign of spam by design: its weight may shrink
 # to FLOOR (so it still shows in X-Spam-Status) but not turn into a sign of ham.
 FLOOR = 0.05
 MODELS = ("BAYES_", "GRAMS_")  # the content models' ranges: signs of ham at their low end

@@ -37,6 +37,12 @@ def test_reads_at_most_read_bytes_of_any_input():
     assert time.process_time() - started < 0.5  # bounded work on 10 MB, not a time goal
     assert 0 < len(found) <= grams.READ - grams.GRAM + 1
     assert all(0 <= b < grams.BUCKETS for b in found)
+    huge = {name: "y" * 1_000_000 for name in grams.HEADERS}
+    started = time.process_time()
+    for _ in range(20):
+        grams.text_of(huge, "")
+    assert time.process_time() - started < 0.5  # each header cut to READ before folding
+    assert len(grams.text_of(huge, "")) == grams.READ
     assert grams.of("abc") == frozenset() and grams.of("") == frozenset()
     assert len(grams.of("abcdef")) == 3 and len(grams.of("abcdabcdabcd")) == 4  # once each
     assert grams.of("abcd") == grams.of("xabcd") - grams.of("xabc")  # position does not matter

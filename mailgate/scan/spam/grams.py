@@ -57,7 +57,7 @@ _UINT32 = next(code for code in "IL" if array(code).itemsize == 4)
 def text_of(headers: Mapping[str, str], text: str) -> str:
     """What the model reads: the headers that describe a message's author and form (not the
     relays, which say whose mailbox it reached), then its text, with whitespace folded."""
-    lines = [f"{name}: {headers[name]}" for name in HEADERS if headers.get(name)]
+    lines = [f"{name}: {headers[name][:READ]}" for name in HEADERS if headers.get(name)]
     head = " ".join(" ".join(lines).split())[:READ]
     body = " ".join(text[: 2 * READ].split())
     return f"{head}\n{body}"[:READ]
