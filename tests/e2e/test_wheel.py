@@ -54,6 +54,15 @@ def test_installed_wheel_checks_config_relays_and_quarantines_eicar(installed, t
     gw = Gateway(tmp_path / "gw", free_port(), sink.port_number, python=str(installed))
     check = gw.cli("check-config", check=True)
     assert check.stdout.strip() == f"{gw.conf}: OK"
+    offer, conf = tmp_path / "offer.eml", tmp_path / "spam.conf"
+    offer.write_bytes(make_message(subject="Lowest prices, order now!!!", msgid="o@test"))
+    conf.write_text(f"[smtpgw.path]\nSpoolDir={tmp_path / 'spam-spool'}\n")
+    scan = [str(installed), "-m", "mailgate", "scan", "--json", "--no-network", "-c", str(conf)]
+    scanned = subprocess.run([*scan, str(offer)], capture_output=True, text=True, cwd="/")
+    assert scanned.returncode == 0, scanned.stderr
+    rules = json.loads(scanned.stdout)["spam"]["rules"]
+    assert any(r.startswith("BAYES_") for r in rules), rules  # the shipped token table
+    assert any(r.startswith("GRAMS_") for r in rules), rules  # and character model, loaded
     gw.start()
     try:
         gw.send(make_message(subject="from the wheel", msgid="wheel@test"))
