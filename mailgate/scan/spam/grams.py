@@ -76,6 +76,12 @@ def of(text: str) -> frozenset[int]:
     return frozenset(map(mod, numbers, repeat(BUCKETS)))
 
 
+def features(headers: Mapping[str, str], text: str) -> frozenset[int]:
+    """The model's features of a message: the buckets of what ``text_of`` reads. Scoring and
+    training both call this, so they read the same thing."""
+    return of(text_of(headers, text))
+
+
 def packed(buckets: Iterable[int]) -> array:
     """``buckets`` two bytes each (``BUCKETS`` < 2**16): how a training corpus is held."""
     return array("H", buckets)

@@ -284,7 +284,7 @@ class Spamtest:
         probability, clues = self.model.score(tokens)
         facts.bayes = probability if clues else None
         if self.grams is not None:
-            found = grams.of(grams.text_of(facts.headers, facts.text))
+            found = grams.features(facts.headers, facts.text)
             facts.grams = grams.probability(self.grams.margin(found))
         rules: dict[str, float] = {}
         for rule in self.rules:
@@ -327,7 +327,7 @@ def grams_of(split: Split, config: Config) -> array:
     training (``mailgate train``, ``scripts/tune_spam.py``): packed two bytes a bucket, so a
     corpus of 100,000 messages holds 400 MB of them rather than the 12 GB of as many sets."""
     facts = _facts(split, {"mail_from": "", "recipients": []}, config)
-    return grams.packed(grams.of(grams.text_of(facts.headers, facts.text)))
+    return grams.packed(grams.features(facts.headers, facts.text))
 
 
 def ensure_seeded(spool: Spool, shipped: Path) -> Path:
