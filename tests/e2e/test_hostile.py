@@ -8,7 +8,7 @@ import socket
 import time
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from support import RawSession, free_port, wait_for
 
@@ -75,8 +75,12 @@ commands = st.one_of(
     st.sampled_from(
         [b"RSET", b"NOOP", b"VRFY a", b"HELP", b"STARTTLS", b"AUTH PLAIN x", b"BDAT 10", b"QUIT"]
     ),
-    st.binary(max_size=60).map(lambda b: b.replace(b"\r\n", b"")),
+    # one line: a line feed inside would make two commands and two replies, and ``talk`` reads
+    # one reply per line (arbitrary bytes, line feeds included: the test after this one)
+    st.binary(max_size=60).map(lambda b: b.replace(b"\n", b"")),
 )
+# aiosmtpd hangs up after the fifth unrecognised command of a session, with this reply
+GOODBYE = b"502 5.5.1 Too many unrecognized commands"
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +126,7 @@ def talk(port: int, dialogue: list) -> bytes:
             while reply[3:4] == b"-":
                 reply = f.readline()
             out += reply
-            if not reply or reply.startswith(b"221") or reply.startswith(b"421"):
+            if not reply or reply.startswith((b"221", b"421", GOODBYE)):
                 break
     return out
 
@@ -131,6 +135,7 @@ def talk(port: int, dialogue: list) -> bytes:
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(dialogue=st.lists(commands, max_size=12))
+@example(dialogue=[b"Q", b"1J", b"G", b"1J", b"Q", b"NOOP", b"RSET"])  # hung up on, then quiet
 def test_random_dialogues_never_crash_and_every_250_is_on_disk(held_gateway, dialogue):
     pid = held_gateway.pids("receiver")
     try:
