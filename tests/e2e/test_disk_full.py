@@ -124,8 +124,15 @@ def _flood_fill_and_free(gw, sink) -> None:
     ballast.unlink()
     sink.rcpt_replies["user@company.com"] = []
     wait_for(lambda: set(acked) <= set(sink.ids()), 120, "every acknowledged message delivered")
-    code, text = send(gw.port, "after@test", 1000)
-    assert code == 250, (code, text)
+    # The receiver looks at the disk at most every Storage.CACHE_SECONDS: the delivery can
+    # finish inside that half second after the last refusal, so the first MAIL may still see it.
+    replies = []
+    wait_for(
+        lambda: replies.append(send(gw.port, "after@test", 1000)) or replies[-1][0] == 250,
+        10,
+        "mail accepted again by itself",
+    )
+    assert {code for code, _ in replies} <= {250, 452}, replies
     wait_for(lambda: "<after@test>" in sink.ids(), 60, "mail after the disk was freed")
     wait_for(lambda: not gw.queue(), 60, "an empty queue")
 
