@@ -8,13 +8,16 @@ Invariants:
 - "Since start" is what ``stats/live/`` holds: the supervisor folds the files of the previous
   run into ``stats/history.json`` before any worker starts, so totals = history + live and
   nothing counted is ever lost by a restart (a worker killed mid-message keeps what it wrote).
+- A dead worker's files are retired by the supervisor: their sums go into
+  ``stats/retired.json`` (part of "since start") and the files go, so a worker that keeps
+  dying costs no 2 MiB of spool per restart. Readers take the retired sums and skip the live
+  files of the pids it names, so a reader racing a retirement counts a worker once.
 - Queue depths are not counted but read from the spool when asked, so they cannot drift.
 - Only counter and histogram samples are folded; every labelled metric has one label.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import struct
@@ -142,18 +145,19 @@ def rejected(reason: str) -> None:
 Samples = dict[tuple[str, str, tuple[tuple[str, str], ...]], float]
 
 
-def _read_live(live: Path) -> Samples:
-    """Every counter and histogram sample in ``live``, summed over the processes.
+def _read_files(paths: list[Path]) -> dict[str, Samples]:
+    """The counter and histogram samples of metric files, by the pid in their names.
 
     Read file by file: a worker that is starting has created its file but not sized it yet
-    (prometheus_client cannot read an empty file), and ``fold`` may remove one meanwhile; such
-    a file has nothing to count yet, or no more, and is passed over, never fatal to the reader
-    (the supervisor reads these at every sweep)."""
+    (prometheus_client cannot read an empty file), and ``fold`` or ``retire`` may remove one
+    meanwhile; such a file has nothing to count yet, or no more, and is passed over, never
+    fatal to the reader (the supervisor reads these at every sweep)."""
     from prometheus_client.multiprocess import MultiProcessCollector
 
-    samples: Samples = defaultdict(float)
-    for path in live.glob("*.db"):
-        if not path.name.startswith(("counter_", "histogram_")):
+    by_pid: dict[str, Samples] = defaultdict(lambda: defaultdict(float))
+    for path in paths:
+        kind, _, pid = path.stem.partition("_")
+        if kind not in RESERVED_KINDS:
             continue
         try:
             families = MultiProcessCollector.merge([str(path)], accumulate=True)
@@ -162,25 +166,84 @@ def _read_live(live: Path) -> Samples:
         for family in families:
             for sample in family.samples:
                 key = (family.name, sample.name, tuple(sorted(sample.labels.items())))
-                samples[key] += sample.value
+                by_pid[pid][key] += sample.value
+    return by_pid
+
+
+def _add(into: Samples, *more: Samples) -> Samples:
+    for samples in more:
+        for key, value in samples.items():
+            into[key] += value
+    return into
+
+
+def _parse(rows: list) -> Samples:
+    samples: Samples = defaultdict(float)
+    for family, name, labels, value in rows:
+        samples[(family, name, tuple(tuple(x) for x in labels))] += value
     return samples
+
+
+def _rows(samples: Samples) -> list:
+    return [[f, n, [list(x) for x in labels], v] for (f, n, labels), v in sorted(samples.items())]
+
+
+def _write(path: Path, document: object) -> None:
+    write_file_replacing(path.with_suffix(".new"), json.dumps(document).encode())
+    os.replace(path.with_suffix(".new"), path)
 
 
 def _read_history(path: Path) -> Samples:
-    samples: Samples = defaultdict(float)
-    with contextlib.suppress(FileNotFoundError):
-        for family, name, labels, value in json.loads(path.read_text()):
-            samples[(family, name, tuple(tuple(x) for x in labels))] += value
-    return samples
+    try:
+        return _parse(json.loads(path.read_text()))
+    except FileNotFoundError:
+        return defaultdict(float)
+
+
+def _read_retired(path: Path) -> tuple[Samples, list[str]]:
+    """The sums of this run's dead workers and the pids whose files may still be in live/."""
+    try:
+        document = json.loads(path.read_text())
+    except FileNotFoundError:
+        return defaultdict(float), []
+    return _parse(document["rows"]), [str(pid) for pid in document["pending"]]
+
+
+def _this_run(spool: Spool) -> Samples:
+    """Since start: the live files (read first) and the retired sums, each worker once."""
+    by_pid = _read_files(list(spool.stats_path("live").glob("*.db")))
+    retired, pending = _read_retired(spool.stats_path("retired.json"))
+    return _add(retired, *(samples for pid, samples in by_pid.items() if pid not in pending))
+
+
+def retire(spool: Spool, pid: int) -> None:
+    """Move a dead worker's counts out of its files into ``retired.json`` (supervisor only).
+
+    The sums and the pid are written before the files go and the pid is struck off after,
+    so a crash in between counts the worker at most twice in the history, and a reader
+    counts it once whichever step it sees.
+    """
+    live = spool.stats_path("live")
+    paths = [path for kind in RESERVED_KINDS if (path := live / f"{kind}_{pid}.db").exists()]
+    if not paths:
+        return
+    path = spool.stats_path("retired.json")
+    total, pending = _read_retired(path)
+    _add(total, *_read_files(paths).values())
+    _write(path, {"rows": _rows(total), "pending": [*pending, str(pid)]})
+    for dead in paths:
+        dead.unlink(missing_ok=True)
+    _write(path, {"rows": _rows(total), "pending": pending})
 
 
 def live_count(spool: Spool, name: str) -> int:
     """One counter of ``METRICS`` summed over this run's processes."""
-    return int(summarize(_read_live(spool.stats_path("live"))).get(name, 0))
+    return int(summarize(_this_run(spool)).get(name, 0))
 
 
 def fold(spool: Spool) -> None:
-    """Add the previous run's live files to the history and start a new run (supervisor only).
+    """Add the previous run (live files, retired sums) to the history; start a new run
+    (supervisor only).
 
     The history is written (and renamed into place) before the live files go, so a crash in
     between can at worst count the previous run twice, never lose it.
@@ -188,17 +251,11 @@ def fold(spool: Spool) -> None:
     live = spool.stats_path("live")
     live.mkdir(parents=True, exist_ok=True, mode=0o700)
     history = spool.stats_path("history.json")
-    total = _read_history(history)
-    for key, value in _read_live(live).items():
-        total[key] += value
-    rows = [[f, n, [list(x) for x in labels], v] for (f, n, labels), v in sorted(total.items())]
-    write_file_replacing(history.with_suffix(".new"), json.dumps(rows).encode())
-    os.replace(history.with_suffix(".new"), history)
+    _write(history, _rows(_add(_read_history(history), _this_run(spool))))
     for path in live.glob("*.db"):
         path.unlink(missing_ok=True)
-    started = spool.stats_path("started")
-    write_file_replacing(started.with_suffix(".new"), str(time.time()).encode())
-    os.replace(started.with_suffix(".new"), started)
+    spool.stats_path("retired.json").unlink(missing_ok=True)
+    _write(spool.stats_path("started"), time.time())
 
 
 def queue_depths(spool: Spool) -> dict[str, int]:
@@ -209,7 +266,7 @@ class Snapshot:
     """What the counters say now: ``since_start`` (this run) and ``totals`` (every run)."""
 
     def __init__(self, spool: Spool):
-        self.live = _read_live(spool.stats_path("live"))
+        self.live = _this_run(spool)
         self.totals = _read_history(spool.stats_path("history.json"))
         for key, value in self.live.items():
             self.totals[key] += value

@@ -17,8 +17,9 @@ and delivery status, client, times, attempts, history). Its state is the directo
     spamdb/                 the spam filter's token table (``tokens.tsv.gz``) and its origin.
     control/                files an administrator drops to control ``mailgate run``.
     archive/<kind>/<day>/ID copies of received and of sent mail (kind ``received``/``sent``).
-    stats/                  counters of every process (``live/``, ``history.json``) and the
-                            per-day journal of message events (``journal/<day>/``).
+    stats/                  counters of every process (``live/``, ``retired.json``,
+                            ``history.json``) and the per-day journal of message events
+                            (``journal/<day>/``).
     log/                    ``mailgate.log``, every process's log events.
 
 Invariants:

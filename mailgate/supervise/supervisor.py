@@ -180,6 +180,10 @@ class Supervisor:
                 )
             for queue_id, state in moved:
                 self.log.warning("claim_recovered", qid=queue_id, to=state, child=proc.pid)
+            try:
+                stats.retire(self.spool, proc.pid)
+            except OSError as exc:
+                self.log.error("statistics_not_retired", child=proc.pid, error=repr(exc))
             expected = self.stopping or slot.retired
             (self.log.info if expected else self.log.error)(
                 "worker_exited", worker=slot.name, child=proc.pid, code=proc.returncode

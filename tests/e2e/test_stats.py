@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import smtplib
 import urllib.error
@@ -83,6 +84,15 @@ def test_counters_are_summed_over_processes_and_kept_across_a_restart(make_gatew
         what="the statistics event",
     )[0]
     assert "'received_messages': 4" in line
+
+    # a dead worker's counts outlive its files, which the supervisor retires
+    scanner = gw.pids("scanner")[0]
+    os.kill(scanner, signal.SIGKILL)
+    live = gw.spool / "stats" / "live"
+    wait_for(lambda: not list(live.glob(f"*_{scanner}.db")), what="the dead scanner's files gone")
+    wait_for(lambda: gw.pids("scanner") not in ([], [scanner]), what="a new scanner")
+    after = stats(gw)
+    assert (after["totals"], after["since_start"]) == (totals, totals)
 
     assert gw.stop() == 0
     gw.start()
