@@ -178,6 +178,8 @@ def _add(into: Samples, *more: Samples) -> Samples:
 
 
 def _parse(rows: list) -> Samples:
+    if not isinstance(rows, list):
+        raise TypeError(f"rows must be a list, not {type(rows).__name__}")
     samples: Samples = defaultdict(float)
     for family, name, labels, value in rows:
         samples[(family, name, tuple(tuple(x) for x in labels))] += value
@@ -193,19 +195,35 @@ def _write(path: Path, document: object) -> None:
     os.replace(path.with_suffix(".new"), path)
 
 
-def _read_history(path: Path) -> Samples:
+def _load(path: Path, shape, set_aside: bool) -> object:
+    """``shape`` of the JSON document at ``path`` (None if there is none). A damaged one (cut
+    short, edited by hand) counts as none and is logged; the supervisor (``set_aside``)
+    renames it to ``NAME.corrupt-TIME`` first, so what it writes next keeps the evidence."""
     try:
-        return _parse(json.loads(path.read_text()))
+        return shape(json.loads(path.read_bytes()))
     except FileNotFoundError:
-        return defaultdict(float)
+        return None
+    except (ValueError, TypeError, KeyError) as exc:
+        aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+        if set_aside:
+            os.replace(path, aside)
+        note = str(aside) if set_aside else "left in place"
+        logmod.get().error(
+            "statistics_file_corrupt", path=str(path), error=repr(exc)[:200], note=note
+        )
+        return None
 
 
-def _read_retired(path: Path) -> tuple[Samples, list[str]]:
+def _read_history(path: Path, set_aside: bool = False) -> Samples:
+    return _load(path, _parse, set_aside) or defaultdict(float)
+
+
+def _read_retired(path: Path, set_aside: bool = False) -> tuple[Samples, list[str]]:
     """The sums of this run's dead workers and the pids whose files may still be in live/."""
-    try:
-        document = json.loads(path.read_text())
-    except FileNotFoundError:
-        return defaultdict(float), []
+    return _load(path, _retired_shape, set_aside) or (defaultdict(float), [])
+
+
+def _retired_shape(document: dict) -> tuple[Samples, list[str]]:
     return _parse(document["rows"]), [str(pid) for pid in document["pending"]]
 
 
@@ -228,7 +246,7 @@ def retire(spool: Spool, pid: int) -> None:
     if not paths:
         return
     path = spool.stats_path("retired.json")
-    total, pending = _read_retired(path)
+    total, pending = _read_retired(path, set_aside=True)
     _add(total, *_read_files(paths).values())
     _write(path, {"rows": _rows(total), "pending": [*pending, str(pid)]})
     for dead in paths:
@@ -251,7 +269,8 @@ def fold(spool: Spool) -> None:
     live = spool.stats_path("live")
     live.mkdir(parents=True, exist_ok=True, mode=0o700)
     history = spool.stats_path("history.json")
-    _write(history, _rows(_add(_read_history(history), _this_run(spool))))
+    _read_retired(spool.stats_path("retired.json"), set_aside=True)
+    _write(history, _rows(_add(_read_history(history, set_aside=True), _this_run(spool))))
     for path in live.glob("*.db"):
         path.unlink(missing_ok=True)
     spool.stats_path("retired.json").unlink(missing_ok=True)

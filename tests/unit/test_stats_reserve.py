@@ -131,3 +131,23 @@ def test_a_reader_between_the_steps_of_a_retirement_counts_the_worker_once(tmp_p
     for name, data in files.items():
         (live / name).write_bytes(data)
     assert counts(spool) == (2, 2, 2)  # after the sums were written, before the files went
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [b'[["mailgate_scanned_total", "mailgate_scanned_to', b"{}", b"[[1, 2]]", b"\xff\xfe"],
+)
+def test_a_damaged_statistics_file_is_logged_and_set_aside_never_fatal(tmp_path, damage):
+    """history.json or retired.json cut short or edited by hand: readers count without it,
+    the supervisor renames it aside (the evidence stays) and starts it afresh."""
+    spool = Spool(tmp_path / "spool")
+    probe(spool.root)
+    for name in ("history.json", "retired.json"):
+        spool.stats_path(name).write_bytes(damage)
+    assert counts(spool) == (1, 1, 1)
+    assert spool.stats_path("history.json").read_bytes() == damage  # a reader changes nothing
+
+    stats.fold(spool)
+    aside = sorted(p.name.split(".corrupt-")[0] for p in (spool.root / "stats").glob("*.corrupt-*"))
+    assert aside == ["history.json", "retired.json"]
+    assert counts(spool) == (0, 1, 0)
