@@ -8,6 +8,7 @@ and the ``Config`` field's type is the parser's return annotation.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -233,8 +234,13 @@ def parse_path(text: str) -> str:
     return text.strip()
 
 
+@functools.lru_cache(maxsize=4096)
 def client_address(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """A client's address as a comparable object (IPv4-mapped IPv6 unwrapped); None if bad."""
+    """A client's address as a comparable object (IPv4-mapped IPv6 unwrapped); None if bad.
+
+    Remembered for the last 4,096 addresses: a session asks about its client's address at
+    every check (trust, relay, rates, HELO), six to seven times per message, and parsing it
+    is most of what those checks cost."""
     try:
         addr = ipaddress.ip_address(ip)
     except ValueError:
