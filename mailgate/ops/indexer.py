@@ -40,6 +40,7 @@ FULL_SYNC = 300.0
 HEARTBEAT = 20.0  # clustered: the node's heartbeat, well within nodes.HEARTBEAT_TTL
 SETTLE = 0.25
 JOURNAL_POLL = 1.0  # seconds between two reads of the journal: what `track` may lag behind
+JOURNAL_CHUNK = 4 << 20  # bytes of a journal file read at once (a line is far shorter)
 BATCH = 1000  # rows per transaction while building: readers see progress, memory stays flat
 
 
@@ -158,21 +159,37 @@ class Indexer:
         return added
 
     def _read_on(self, day: str, path: Path, name: str) -> int:
+        """Index what one journal file gained since the offset stored for it, complete lines
+        only, ``JOURNAL_CHUNK`` bytes at a time: a day's file of a busy node runs to hundreds
+        of megabytes, and a rebuild reads it from the start."""
         row = self.db.execute(
             "SELECT offset FROM journal_files WHERE day=? AND file=?", (day, name)
         ).fetchone()
         offset = row[0] if row else 0
+        added = 0
         try:
             with open(path, "rb") as handle:
-                handle.seek(offset)
-                data = handle.read()
+                while True:
+                    handle.seek(offset)
+                    data = handle.read(JOURNAL_CHUNK)
+                    end = data.rfind(b"\n") + 1  # a line still being written waits
+                    if not end and len(data) == JOURNAL_CHUNK:
+                        end = len(data)  # no line is that long: a fragment, passed over
+                    if end:
+                        added += self._index_lines(day, name, offset, data[:end])
+                        offset += end
+                    if len(data) < JOURNAL_CHUNK:
+                        return added
         except OSError:
-            return 0
-        end = data.rfind(b"\n") + 1  # a line still being written waits for the next pass
+            return added
+
+    def _index_lines(self, day: str, name: str, offset: int, data: bytes) -> int:
+        """Add the events of the whole lines ``data`` read at ``offset``, then move the
+        file's offset past them, in one transaction."""
         added = 0
         with self.db:
             pos = offset
-            for raw in data[:end].splitlines(keepends=True):
+            for raw in data.splitlines(keepends=True):
                 try:
                     event = json.loads(raw)
                 except ValueError:
@@ -187,7 +204,8 @@ class Indexer:
                     added += 1
                 pos += len(raw)
             self.db.execute(
-                "INSERT OR REPLACE INTO journal_files VALUES (?,?,?)", (day, name, offset + end)
+                "INSERT OR REPLACE INTO journal_files VALUES (?,?,?)",
+                (day, name, offset + len(data)),
             )
         return added
 

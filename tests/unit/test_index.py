@@ -13,7 +13,7 @@ import time
 import pytest
 from support import mailgate
 
-from mailgate.ops import index, track
+from mailgate.ops import index, indexer, track
 from mailgate.ops.indexer import Indexer
 from mailgate.spool import Spool, archive, journal, new_queue_id, quarantine, search
 from mailgate.spool import envelope as envmod
@@ -37,6 +37,30 @@ def make_message(rng: random.Random, number: int) -> tuple[bytes, dict]:
     message = (head + f"Message-ID: <{number}@test>\r\n\r\nbody {number}\r\n").encode()
     env = envmod.new(new_queue_id(), sender, [envmod.recipient(r) for r in rcpts])
     return message, env
+
+
+def test_the_journal_is_read_a_chunk_at_a_time_and_an_overlong_line_is_passed_over(
+    spool, monkeypatch
+):
+    """A rebuild reads each day's journal files from the start: never a whole file at once
+    (hundreds of megabytes on a busy node), and a line longer than a chunk (none is) cannot
+    stop the reading there."""
+    monkeypatch.setattr(indexer, "JOURNAL_CHUNK", 1024)
+    reader = Indexer(spool)
+    reader.open()
+    assert index.counts(reader.db)["events"] == 360
+    compare(spool, reader.db)
+
+    log = journal.Journal(spool, "sender-9")
+    log.write("delivered", "BEFORE", to=["a@company.com"], replies=[])
+    log.write("delivered", "OVERLONG", to=["x" * 3000 + "@company.com"], replies=[])
+    for number in range(5):
+        log.write("delivered", f"AFTER{number}", to=["a@company.com"], replies=[])
+    log.close()
+    assert reader.sync_journal() == 6
+    qids = {q for (q,) in reader.db.execute("SELECT qid FROM events WHERE file LIKE 'sender-9-%'")}
+    assert qids == {"BEFORE", *(f"AFTER{n}" for n in range(5))}
+    assert reader.sync_journal() == 0
 
 
 @pytest.fixture
