@@ -5,9 +5,10 @@ Workers never talk to each other, so each one writes its own numbers into memory
 (``mailgate stats``, the metrics endpoint, the supervisor's SIGUSR1) adds up every file.
 
 Invariants:
-- "Since start" is what ``stats/live/`` holds: the supervisor folds the files of the previous
-  run into ``stats/history.json`` before any worker starts, so totals = history + live and
-  nothing counted is ever lost by a restart (a worker killed mid-message keeps what it wrote).
+- "Since start" is what ``stats/live/`` and ``stats/retired.json`` hold: the supervisor folds
+  the previous run's into ``stats/history.json`` before any worker starts, so totals = history
+  + this run and nothing counted is ever lost by a restart (a worker killed mid-message keeps
+  what it wrote).
 - A dead worker's files are retired by the supervisor: their sums go into
   ``stats/retired.json`` (part of "since start") and the files go, so a worker that keeps
   dying costs no 2 MiB of spool per restart. Readers take the retired sums and skip the live
@@ -227,10 +228,10 @@ def _retired_shape(document: dict) -> tuple[Samples, list[str]]:
     return _parse(document["rows"]), [str(pid) for pid in document["pending"]]
 
 
-def _this_run(spool: Spool) -> Samples:
+def _this_run(spool: Spool, set_aside: bool = False) -> Samples:
     """Since start: the live files (read first) and the retired sums, each worker once."""
     by_pid = _read_files(list(spool.stats_path("live").glob("*.db")))
-    retired, pending = _read_retired(spool.stats_path("retired.json"))
+    retired, pending = _read_retired(spool.stats_path("retired.json"), set_aside)
     return _add(retired, *(samples for pid, samples in by_pid.items() if pid not in pending))
 
 
@@ -269,8 +270,8 @@ def fold(spool: Spool) -> None:
     live = spool.stats_path("live")
     live.mkdir(parents=True, exist_ok=True, mode=0o700)
     history = spool.stats_path("history.json")
-    _read_retired(spool.stats_path("retired.json"), set_aside=True)
-    _write(history, _rows(_add(_read_history(history, set_aside=True), _this_run(spool))))
+    this_run = _this_run(spool, set_aside=True)
+    _write(history, _rows(_add(_read_history(history, set_aside=True), this_run)))
     for path in live.glob("*.db"):
         path.unlink(missing_ok=True)
     spool.stats_path("retired.json").unlink(missing_ok=True)
