@@ -152,6 +152,17 @@ def test_a_database_without_a_character_model_falls_back_to_the_package(tmp_path
     assert mine.grams.weights == grams.Model.load(tmp_path / "db" / grams.MODEL_FILE).weights
 
 
+def test_a_damaged_character_model_in_the_database_is_logged_and_the_shipped_one_used(
+    tmp_path, capsys
+):
+    (tmp_path / "db").mkdir()
+    (tmp_path / "db" / grams.MODEL_FILE).write_bytes(gzip.compress(b"#mailgate-grams\t1\t7\n"))
+    spam = _checker(tmp_path, f"Database={tmp_path / 'db'}\n")
+    assert spam.grams is not None and spam.grams.weights == _checker(tmp_path).grams.weights
+    logged = capsys.readouterr().out
+    assert "spam_model_unreadable" in logged and str(tmp_path / "db") in logged
+
+
 def test_a_corpus_is_held_two_bytes_a_bucket_and_trains_the_same(tmp_path):
     assert grams.BUCKETS < 1 << 16
     sets = examples()

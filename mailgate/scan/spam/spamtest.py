@@ -32,6 +32,7 @@ import filelock
 
 from mailgate.config import Config, data_path, in_networks, parse_networks
 from mailgate.message.domains import address_listed, registered_domain
+from mailgate.runtime import log as logmod
 from mailgate.runtime.cluster import Cluster
 from mailgate.runtime.dnsbl import Checker
 from mailgate.scan.av.avdb import REJECTED, UPDATED
@@ -313,12 +314,18 @@ class Spamtest:
 
 def _load_grams(config: Config) -> grams.Model | None:
     """The character model beside the token table that ships (``Database``), else the
-    package's; None when neither loads (then no ``GRAMS_*`` rule fires)."""
-    for folder in (config.shipped("spam_database", "spamdb"), data_path("spamdb")):
+    package's; None when neither loads (then no ``GRAMS_*`` rule fires). A table that is
+    there but cannot be read (damaged, another version) is logged, never passed over quietly:
+    the administrator who trained it would otherwise not know it is not in use."""
+    folders = (config.shipped("spam_database", "spamdb"), data_path("spamdb"))
+    for folder in dict.fromkeys(folders):
+        path = folder / grams.MODEL_FILE
         try:
-            return grams.Model.load(folder / grams.MODEL_FILE)
-        except (OSError, ValueError, EOFError, gzip.BadGzipFile):
+            return grams.Model.load(path)
+        except FileNotFoundError:
             continue
+        except (OSError, ValueError, EOFError) as exc:
+            logmod.get().error("spam_model_unreadable", path=str(path), error=repr(exc)[:200])
     return None
 
 
