@@ -277,6 +277,7 @@ class Run:
     peak_kib: int
     cpu: dict[str, tuple[float, float]]
     scanners: dict[str, int]
+    stage_ms: dict[str, list[float]]  # each message's CPU per scanner stage, from its log line
 
     @property
     def rate(self) -> float:
@@ -391,6 +392,12 @@ def run_gateway(mode: str, args: argparse.Namespace, sink_port: int) -> Run:
             for key, value in re.findall(r"(\w+)=(\d+)(?:\s|$)", line):
                 if key != "pid":
                     scanners[key] = scanners.get(key, 0) + int(value)
+    stage_ms: dict[str, list[float]] = {stage: [] for stage in STAGES}
+    stage_pattern = re.compile(r"\b(mime|av|spam)_ms=([\d.]+)")
+    for line in lines:
+        if "event='scanned'" in line:
+            for stage, value in stage_pattern.findall(line):
+                stage_ms[stage].append(float(value))
     times: dict[str, dict[str, float]] = {"queued": {}, "done": {}}
     pattern = re.compile(r"ts='([^']+)'.*?event='(queued|done)' qid='([^']+)'")
     for line in lines:
@@ -409,7 +416,17 @@ def run_gateway(mode: str, args: argparse.Namespace, sink_port: int) -> Run:
         print(
             f"bench: only {len(latencies)} deliveries matched; log kept in {work}", file=sys.stderr
         )
-    return Run(mode, len(latencies), accept_seconds, total_seconds, latencies, peak, cpu, scanners)
+    return Run(
+        mode,
+        len(latencies),
+        accept_seconds,
+        total_seconds,
+        latencies,
+        peak,
+        cpu,
+        scanners,
+        stage_ms,
+    )
 
 
 STAGES = {"mime": "MIME parsing", "av": "anti-virus (mailgate's side)", "spam": "spam verdict"}
@@ -443,8 +460,11 @@ def report(run: Run, args: argparse.Namespace, direct_rate: float, discard_rate:
     stages = {k: run.scanners.get(f"cpu_{k}_us", 0) / 1000 / per / 1000 for k in STAGES}
     if any(stages.values()):
         print(
-            "scanner CPU per message by stage: "
-            + ", ".join(f"{name} {stages[key]:.2f} ms" for key, name in STAGES.items())
+            "scanner CPU per message by stage, median (mean): "
+            + ", ".join(
+                f"{name} {statistics.median(run.stage_ms[key] or [0.0]):.2f} ({stages[key]:.2f}) ms"
+                for key, name in STAGES.items()
+            )
         )
     if run.mode != "pass-through":
         hits, lookups = run.ichecker

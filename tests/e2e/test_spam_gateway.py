@@ -4,6 +4,7 @@ re-read on SIGHUP, our own Received header."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import smtplib
 import subprocess
@@ -36,6 +37,16 @@ def test_gtube_end_to_end_is_quarantined_and_outside_headers_are_not_trusted(mak
     assert "X-Spam-Level" in msg
     assert msg["X-Mailgate-Virus-Status"] == "clean"
     assert msg["X-Untrusted-Mailgate-Virus-Status"] == "clean"
+
+    # each scanned line names the CPU its stages took (scripts/bench takes medians of them)
+    def scanned() -> list[str]:
+        return [line for line in gw.log().splitlines() if "event='scanned'" in line]
+
+    wait_for(lambda: len(scanned()) == 2, what="both scanned lines")
+    for line in scanned():
+        cpu = dict(re.findall(r"\b(mime|av|spam)_ms=([\d.]+)", line))
+        assert set(cpu) == {"mime", "av", "spam"}, line
+        assert 0 < float(cpu["mime"]) + float(cpu["spam"]) < 10_000, line
 
 
 def test_groups_split_a_message_into_differently_treated_copies(make_gateway, sink):
