@@ -56,13 +56,13 @@ ROLES = {
     "admin": "mailgate.ops.console",
     "indexer": "mailgate.ops.indexer",
 }
-# commands that act on the spool: run as the spool's owner when started by root
+# commands that act on the spool: run as the spool's owner when started by root (``learn``
+# too, after it has started its readers of users' folders: cli.spam.learn)
 SPOOL_COMMANDS = (
     "queue",
     "quarantine",
     "archive",
     "update",
-    "learn",
     "index",
     "report",
     "stats",

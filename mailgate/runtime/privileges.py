@@ -16,20 +16,24 @@ Invariants:
 - ``drop`` sets the supplementary groups, the group and then the user, and verifies that root
   cannot be regained.
 - CLI commands run by root on a spool owned by User act as User (``act_as_spool_owner``), so
-  nothing they write is unreadable to the workers.
+  nothing they write is unreadable to the workers; what such a command reads from users'
+  folders is read with the folder owner's rights (``read_as_owner``), never with root's.
 """
 
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import pwd
 import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NoReturn
 
 LISTEN_FDS_ENV = "MAILGATE_LISTEN_FDS"
 
@@ -133,6 +137,74 @@ def act_as_spool_owner(user: str, spool_root: Path) -> None:
         return
     if owner == acct.uid:
         drop(acct)
+
+
+class ReaderFailed(Exception):
+    """A ``read_as_owner`` child could not produce what it was asked; the message says why."""
+
+
+def read_as_owner(path: Path, produce: Callable[[Path], Iterable[Any]]) -> Iterator[Any]:
+    """What ``produce(path)`` yields, read with the rights of ``path``'s owner when this
+    process is root (else simply here).
+
+    A command run by root on a user's folder (``mailgate learn ~alice/Maildir/.Junk``)
+    must not read it as root: a link she plants there would reach any file. So a child
+    forked now becomes the owner of ``path`` as given (a symlink counts as its own owner's),
+    runs ``produce`` and sends its items back as JSON lines over a pipe; the caller may give
+    up root before iterating. A root-owned ``path`` is read as root. An exception in the
+    child comes back as ``ReaderFailed`` when the iteration reaches it."""
+    if os.geteuid() != 0:
+        return iter(produce(path))
+    owner = os.lstat(path)
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_fd)
+        _produce_as(owner, path, produce, write_fd)
+    os.close(write_fd)
+    return _items_from(pid, read_fd)
+
+
+def _produce_as(owner: os.stat_result, path: Path, produce, write_fd: int) -> NoReturn:
+    status = 1
+    try:
+        with open(write_fd, "w", encoding="utf-8") as out:
+            try:
+                if owner.st_uid != 0:
+                    drop(_account_of(owner.st_uid, owner.st_gid))
+                for item in produce(path):
+                    out.write(json.dumps(["item", item]) + "\n")
+                status = 0
+            except Exception as exc:
+                out.write(json.dumps(["failed", str(exc)]) + "\n")
+    finally:
+        os._exit(status)
+
+
+def _items_from(pid: int, read_fd: int) -> Iterator[Any]:
+    try:
+        with open(read_fd, encoding="utf-8") as lines:
+            for line in lines:
+                kind, value = json.loads(line)
+                if kind == "failed":
+                    raise ReaderFailed(value)
+                yield value
+    finally:
+        _, status = os.waitpid(pid, 0)
+    if status:
+        raise ReaderFailed(f"the reading process ended with status {status:#x}")
+
+
+def _account_of(uid: int, gid: int) -> Account:
+    """The account of ``uid`` with its groups; one without a passwd entry (a user removed
+    since) is ``uid`` and ``gid`` with no other group."""
+    try:
+        entry = pwd.getpwuid(uid)
+    except KeyError:
+        return Account(str(uid), uid, gid, ())
+    return Account(
+        entry.pw_name, uid, entry.pw_gid, tuple(os.getgrouplist(entry.pw_name, entry.pw_gid))
+    )
 
 
 def bind(addresses: list[tuple[str, int]]) -> list[socket.socket]:

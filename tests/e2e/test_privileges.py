@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 from mimebuild import EICAR, TEXT, multipart, part
-from support import Gateway, make_message, wait_for
+from support import Gateway, mailgate, make_message, wait_for
+
+from mailgate.scan.spam import bayes
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root")
 
@@ -112,3 +114,38 @@ def test_symlinks_planted_in_the_spool_are_refused_not_followed_by_root(open_bas
     assert gw.process.wait(60) == 8
     assert "refusing to start" in gw.log() and "supervisor.lock" in gw.log()
     assert victim.read_text() == "precious\n"
+
+
+def test_learn_run_by_root_reads_a_users_folder_with_her_rights(open_base):
+    """``mailgate learn --spam ~alice/Maildir/.Junk`` run by root: her 0700 folder is read
+    (as her), a link she planted to a file only root may read is not followed, and the
+    spool's table stays the gateway user's."""
+    alice = pwd.getpwnam("nobody")
+    secret = open_base / "secret.eml"
+    secret.write_bytes(make_message("secret@test").replace(b"Hello", b"secretzorp"))
+    secret.chmod(0o600)
+    junk = open_base / "home" / "Junk"
+    for folder in ("cur", "new", "tmp"):
+        (junk / folder).mkdir(parents=True)
+    (junk / "cur" / "1:2,S").write_bytes(make_message("junk@test").replace(b"Hello", b"junkzorp"))
+    (junk / "cur" / "2:2,S").symlink_to(secret)
+    for path in (open_base / "home", junk, *junk.rglob("*")):
+        os.lchown(path, alice.pw_uid, alice.pw_gid)
+        if not path.is_symlink():
+            path.chmod(0o700)
+    spool = open_base / "spool"
+    spool.mkdir()
+    mailgate_user = pwd.getpwnam("mailgate")
+    os.chown(spool, mailgate_user.pw_uid, mailgate_user.pw_gid)
+    conf = open_base / "learn.conf"
+    conf.write_text(f"[smtpgw.path]\nSpoolDir={spool}\n{USER}")
+    conf.chmod(0o644)
+
+    learned = mailgate("learn", "-c", conf, "--spam", junk, timeout=60)
+    assert learned.returncode == 0, learned.stderr
+    assert "1 learned, 1 unreadable" in learned.stdout
+    assert f"{junk / 'cur' / '2:2,S'}: Permission denied (passed over)" in learned.stderr
+    table = bayes.Model.load(spool / "spamdb")
+    assert "junkzorp" in table.counts and "secretzorp" not in table.counts
+    for path in (spool / "spamdb").iterdir():
+        assert path.stat().st_uid == mailgate_user.pw_uid, path

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import gzip
 import mailbox
+import os
 from email.message import EmailMessage
 
+import pytest
 from support import mailgate
 
 from mailgate import config as configmod
+from mailgate.runtime import privileges
 from mailgate.scan.spam import bayes, learning, spamtest
 from mailgate.spool import Spool
 
@@ -73,6 +76,54 @@ def test_maildir_mbox_and_files_are_learned_then_forgotten_exactly(tmp_path):
     assert mailgate("learn", "-c", conf, "--spam", tmp_path / "nope").returncode == 2
 
 
+def test_what_is_not_a_message_file_is_passed_over_and_never_waited_on(tmp_path):
+    """A FIFO (or a link to one) in a folder would block a plain read for ever, a device
+    would never end, a huge file would fill memory: each is named and counted, the rest is
+    learned, and the command ends."""
+    conf, spool = setup(tmp_path)
+    conf.write_text(conf.read_text() + "[smtpgw.limits]\nMaxMessageSize=2K\n")
+    junk = mailbox.Maildir(tmp_path / "Junk")
+    junk.add(message(1, "cheap pills zorblax"))
+    cur = tmp_path / "Junk" / "cur"
+    os.mkfifo(cur / "fifo:2,S")
+    (cur / "link:2,S").symlink_to(cur / "fifo:2,S")
+    (cur / "null:2,S").symlink_to("/dev/zero")
+    (cur / "big:2,S").write_bytes(message(2, "huge " * 1000))
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "one.eml").write_bytes(message(3, "folder note"))
+    (folder / "sub").mkdir()  # a folder inside is not a message: not counted
+    os.mkfifo(folder / "pipe")
+    box = mailbox.mbox(tmp_path / "box.mbox")
+    box.add(message(4, "small note"))
+    box.add(message(5, "large " * 1000))
+    box.close()
+
+    runs = [
+        mailgate("learn", "-c", conf, "--spam", tmp_path / "Junk", timeout=60),
+        mailgate("learn", "-c", conf, "--ham", folder, timeout=60),
+        mailgate("learn", "-c", conf, "--ham", tmp_path / "box.mbox", timeout=60),
+    ]
+    assert [r.returncode for r in runs] == [0, 0, 0], [r.stderr for r in runs]
+    assert "1 learned, 4 unreadable" in runs[0].stdout
+    for name, why in (
+        ("fifo:2,S", "not a regular file"),
+        ("link:2,S", "not a regular file"),
+        ("null:2,S", "not a regular file"),
+        ("big:2,S", "larger than 2048 bytes"),
+    ):
+        assert f"{cur / name}: {why} (passed over)" in runs[0].stderr
+    assert "1 learned, 1 unreadable" in runs[1].stdout
+    assert f"{folder / 'pipe'}: not a regular file" in runs[1].stderr
+    assert "1 learned, 1 unreadable" in runs[2].stdout
+    assert "box.mbox message 2: larger than 2048 bytes" in runs[2].stderr
+    assert table(spool).counts["zorblax"][0] >= 1
+
+    os.mkfifo(tmp_path / "lone-fifo")
+    lone = mailgate("learn", "-c", conf, "--spam", tmp_path / "lone-fifo", timeout=60)
+    assert lone.returncode == 2 and "not a regular file; nothing learned" in lone.stderr
+
+
 def test_auto_learned_messages_are_merged_when_the_table_is_free(tmp_path):
     conf, spool_dir = setup(tmp_path)
     config = configmod.load(conf)
@@ -125,3 +176,19 @@ def test_what_is_sure_is_learned_and_trusted_ham_only_when_asked(tmp_path):
         ".ham",
         "spam",
     ]
+
+
+def test_a_reader_streams_every_item_back_and_reports_its_failure(tmp_path):
+    """``read_as_owner`` (a child process when run by root): many items in order, through a
+    pipe that fills many times over, then the producer's error with its message."""
+
+    def produce(path):
+        for n in range(20_000):
+            yield [str(path), n, "x" * 20]
+        raise ValueError("the folder broke")
+
+    got = []
+    with pytest.raises((privileges.ReaderFailed, ValueError), match="the folder broke"):
+        for item in privileges.read_as_owner(tmp_path, produce):
+            got.append(item)
+    assert got == [[str(tmp_path), n, "x" * 20] for n in range(20_000)]

@@ -3,11 +3,13 @@
 The spool's token table (``spamdb/tokens.tsv.gz``) changes in two ways:
 
 - ``mailgate learn --spam|--ham [--forget] PATH…`` reads single messages, directories of
-  them, Maildir folders and mbox files (Python's ``mailbox``), and applies them at once under
-  the table's lock. Every learned message is remembered by a digest of its tokens
-  (``spamdb/learned.sqlite3``), as sa-learn remembers what it learned: learning it again as
-  the same class does nothing, as the other class moves it over, and ``--forget`` takes it
-  back out exactly.
+  them, Maildir folders and mbox files (Python's ``mailbox``), regular files only and none
+  larger than ``MaxMessageSize``, and applies them at once under the table's lock. Run by
+  root, each PATH is read by a child process with the rights of the PATH's owner (a user's
+  Junk folder with hers), so a link she plants there reaches only what she can read. Every
+  learned message is remembered by a digest of its tokens (``spamdb/learned.sqlite3``), as
+  sa-learn remembers what it learned: learning it again as the same class does nothing, as
+  the other class moves it over, and ``--forget`` takes it back out exactly.
 - Auto-learning: a scanner whose verdict is beyond ``AutoLearnSpam`` or below
   ``AutoLearnHam`` (ham from TrustedNetworks only with ``AutoLearnTrustedHam``) writes the
   message's tokens to ``spamdb/autolearn/`` (one small durable file) and goes on scanning.
@@ -26,7 +28,9 @@ import hashlib
 import mailbox
 import os
 import sqlite3
+import stat
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import filelock
@@ -48,32 +52,102 @@ class NotMail(ValueError):
     """A path that is neither a message, a folder of messages, a Maildir nor an mbox."""
 
 
-def messages(path: Path) -> Iterator[bytes]:
+@dataclass(frozen=True)
+class Unreadable:
+    """An entry of a folder that is passed over, and why: not a regular file (a FIFO or a
+    device would block the reading or never end), larger than the largest message the
+    gateway accepts, or closed to whoever reads."""
+
+    where: str
+    why: str
+
+
+def messages(path: Path, largest: int) -> Iterator[bytes | Unreadable]:
     """The raw messages at ``path``: a Maildir (``cur``/``new``), an mbox file (it begins with
-    a ``From `` line), a directory of message files, or one message file."""
+    a ``From `` line), a directory of message files, or one message file.
+
+    Only regular files are read, each opened without blocking, and at most ``largest``
+    bytes of a message: what a user keeps in her own folders is read, never waited on. An
+    entry that cannot be read is yielded as ``Unreadable`` and the rest goes on; ``path``
+    itself unreadable raises ``NotMail``."""
     if path.is_dir():
-        if (path / "cur").is_dir() and (path / "new").is_dir():
-            box = mailbox.Maildir(path, factory=None, create=False)
-            for key in box.iterkeys():
-                with contextlib.closing(box.get_file(key)) as f:
-                    yield f.read()
-            return
-        for child in sorted(p for p in path.iterdir() if p.is_file()):
-            yield child.read_bytes()
+        maildir = (path / "cur").is_dir() and (path / "new").is_dir()
+        for folder in (path / "cur", path / "new") if maildir else (path,):
+            with os.scandir(folder) as found:
+                entries = sorted(
+                    (e for e in found if not e.name.startswith(".") and not _is_dir(e)),
+                    key=lambda e: e.name,
+                )
+            for entry in entries:
+                try:
+                    yield _read_regular(entry.path, largest)
+                except (OSError, NotMail) as exc:
+                    yield Unreadable(entry.path, _why(exc))
         return
-    if not path.is_file():
-        raise NotMail(f"no such file or directory: {path}")
-    with open(path, "rb") as f:
-        first = f.read(5)
-    if first == b"From ":
-        box = mailbox.mbox(path, factory=None, create=False)
+    try:
+        with _open_regular(path) as f:
+            first = f.read(5)
+    except (OSError, NotMail) as exc:
+        raise NotMail(_why(exc)) from None
+    if first != b"From ":
         try:
-            for key in box.iterkeys():
-                yield box.get_bytes(key)
-        finally:
-            box.close()
+            yield _read_regular(str(path), largest)
+        except (OSError, NotMail) as exc:
+            yield Unreadable(str(path), _why(exc))
         return
-    yield path.read_bytes()
+    box = mailbox.mbox(path, factory=None, create=False)
+    try:
+        for key in box.iterkeys():
+            with box.get_file(key) as f:
+                data = f.read(largest + 1)
+            if len(data) > largest:
+                yield Unreadable(f"{path} message {key + 1}", f"larger than {largest} bytes")
+            else:
+                yield data
+    finally:
+        box.close()
+
+
+def token_items(path: Path, largest: int) -> Iterator[list[str] | dict[str, str]]:
+    """What ``mailgate learn`` takes from the messages at ``path``, in a form that crosses a
+    pipe as JSON: each message's tokens, or ``{"where", "why"}`` of an entry passed over."""
+    for item in messages(path, largest):
+        if isinstance(item, Unreadable):
+            yield {"where": item.where, "why": item.why}
+        else:
+            yield sorted(tokens_of(item))
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def _open_regular(path: Path | str):
+    """``path`` open for reading if it is a regular file; opened with O_NONBLOCK so that a
+    FIFO cannot hold the reader, and checked on the open file, not on the name."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotMail("not a regular file")
+        return open(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _read_regular(path: str, largest: int) -> bytes:
+    with _open_regular(path) as f:
+        data = f.read(largest + 1)
+    if len(data) > largest:
+        raise NotMail(f"larger than {largest} bytes")
+    return data
+
+
+def _why(exc: Exception) -> str:
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
 
 
 def tokens_of(raw: bytes) -> set[str]:
