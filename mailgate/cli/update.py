@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -19,8 +20,16 @@ from mailgate.spool import Spool
 def run(args: argparse.Namespace, config: Config) -> int:
     spool = Spool(config.spool_path)
 
-    if not args.source.is_dir():
-        raise CommandError(f"no such directory: {args.source}", avdb.NO_SOURCE)
+    try:
+        os.listdir(args.source)
+    except (FileNotFoundError, NotADirectoryError):
+        raise CommandError(f"no such directory: {args.source}", avdb.NO_SOURCE) from None
+    except OSError as exc:  # run by root, the command is the spool's owner by now
+        raise CommandError(
+            f"cannot read {args.source}: {exc.strerror}; the command acts as the spool's "
+            "owner: put the new files where that user can read them",
+            avdb.NO_SOURCE,
+        ) from None
     if not args.watch:
         code = EXIT_OK
         for part_code, text in _update_once(spool, config, args.source):

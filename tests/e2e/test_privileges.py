@@ -149,3 +149,22 @@ def test_learn_run_by_root_reads_a_users_folder_with_her_rights(open_base):
     assert "junkzorp" in table.counts and "secretzorp" not in table.counts
     for path in (spool / "spamdb").iterdir():
         assert path.stat().st_uid == mailgate_user.pw_uid, path
+
+
+def test_update_from_a_folder_closed_to_the_spools_user_is_a_clear_error(open_base):
+    """Run by root, ``update`` acts as the spool's owner: a source only root can read is
+    exit 3 with the reason, not a traceback."""
+    source = open_base / "closed"
+    source.mkdir(mode=0o700)
+    (source / "local.hdb").write_text("44d88612fea8a8f36de82e1278abb02f:68:Test.Closed\n")
+    spool = open_base / "spool"
+    spool.mkdir()
+    user = pwd.getpwnam("mailgate")
+    os.chown(spool, user.pw_uid, user.pw_gid)
+    conf = open_base / "update.conf"
+    conf.write_text(f"[smtpgw.path]\nSpoolDir={spool}\n{USER}")
+    conf.chmod(0o644)
+    result = mailgate("update", "-c", conf, "--from", source, timeout=60)
+    assert result.returncode == 3, result.stderr
+    assert f"cannot read {source}: Permission denied" in result.stderr
+    assert "Traceback" not in result.stderr
