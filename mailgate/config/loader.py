@@ -17,6 +17,7 @@ import os
 import re
 import socket
 import ssl
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -138,11 +139,16 @@ def parse(text: str, path: Path) -> Config:
         problem(
             line_of("TLSCertificate") or line_of("TLSKey"), "TLSCertificate and TLSKey go together"
         )
-    for key, name in (("TLSCertificate", config.tls_certificate), ("TLSKey", config.tls_key)):
-        if name and not config.resolve(name).is_file():
-            problem(line_of(key), f"{key}: no such file {name!r}")
-    tls_files = (config.tls_certificate, config.tls_key)
-    if all(tls_files) and all(config.resolve(name).is_file() for name in tls_files):
+
+    def check_file(key: str, name: str) -> bool:
+        trouble = file_problem(config.resolve(name))
+        if trouble:
+            problem(line_of(key), f"{key}: {trouble} {name!r}")
+        return not trouble
+
+    tls = {"TLSCertificate": config.tls_certificate, "TLSKey": config.tls_key}
+    tls_readable = [check_file(key, name) for key, name in tls.items() if name]
+    if all(tls.values()) and all(tls_readable):
         try:
             tls_context(config)
         except (OSError, ssl.SSLError) as exc:
@@ -164,8 +170,8 @@ def parse(text: str, path: Path) -> Config:
     ):
         opt = next(o for o in TABLE if o.key == key)
         for source in getattr(config, opt.attr):
-            if source.item.startswith("file:") and not config.resolve(source.item[5:]).is_file():
-                problem(line_of(key), f"{key}: no such file {source.item[5:]!r}")
+            if source.item.startswith("file:"):
+                check_file(key, source.item[5:])
     try:
         for item in config.list_items(config.whitelist_networks + config.blacklist_networks):
             parse_networks(item)
@@ -176,8 +182,10 @@ def parse(text: str, path: Path) -> Config:
             + config.blacklist_recipients
         ):
             parse_masks(item)
-    except (BadValue, OSError) as exc:
+    except BadValue as exc:
         problem(line_of("WhitelistNetworks") or line_of("BlacklistNetworks"), str(exc))
+    except OSError:
+        pass  # a file that cannot be read was named above, with its line
     for key, sources in (("ClientAllow", config.client_allow), ("ClientDeny", config.client_deny)):
         try:
             for item in config.list_items(sources):
@@ -195,8 +203,16 @@ def parse(text: str, path: Path) -> Config:
             line_of("ClamdSocket") or line_of("SpoolDir"),
             f"clamd socket path too long for a unix socket: {config.clamd_socket_path}",
         )
-    if config.manage_clamd and config.av_enabled and not config.signatures_path.is_dir():
-        problem(line_of("Signatures"), f"Signatures: no such directory {config.signatures}")
+    if config.manage_clamd and config.av_enabled:
+        try:
+            os.listdir(config.signatures_path)
+        except (FileNotFoundError, NotADirectoryError):
+            problem(line_of("Signatures"), f"Signatures: no such directory {config.signatures}")
+        except OSError as exc:
+            problem(
+                line_of("Signatures"),
+                f"Signatures: cannot read {config.signatures}: {exc.strerror}",
+            )
     for key in config.dkim_keys:
         if not config.is_protected(key.domain):
             problem(line_of("SigningKey"), f"SigningKey: {key.domain} is not in ProtectedDomains")
@@ -207,6 +223,23 @@ def parse(text: str, path: Path) -> Config:
         problems.sort(key=lambda p: p[0])
         raise ConfigError([f"{path}:{lineno}: {message}" for lineno, message in problems])
     return config
+
+
+def file_problem(path: Path) -> str | None:
+    """Why ``path`` is not a regular file this process can read (``no such file``, ``cannot
+    read (…):``, ``not a regular file``); None when it is. Opened without blocking, so a FIFO
+    named by mistake is refused rather than waited on; run as User by ``mailgate run``'s
+    probe, it finds what root could read and the gateway's user cannot."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return "no such file"
+    except OSError as exc:
+        return f"cannot read ({exc.strerror}):"
+    try:
+        return None if stat.S_ISREG(os.fstat(fd).st_mode) else "not a regular file:"
+    finally:
+        os.close(fd)
 
 
 def signing_key_problem(path: Path) -> str | None:

@@ -92,7 +92,10 @@ def hand_over(root: Path, acct: Account) -> None:
 
 
 def probe(acct: Account, spool_root: Path, config_path: Path) -> None:
-    """Check, in a child running as ``acct``, that it can run mailgate and use the spool."""
+    """Check, in children running as ``acct``, that it can run mailgate, use the spool and
+    load the configuration as a worker will (``mailgate check-config``): a list, template or
+    key that root could read and ``acct`` cannot would otherwise stop every worker as it
+    starts, over and over, behind a supervisor that said it was ready."""
     check = (
         "import os, sys, mailgate\n"
         "spool, conf = sys.argv[1], sys.argv[2]\n"
@@ -120,6 +123,23 @@ def probe(acct: Account, spool_root: Path, config_path: Path) -> None:
             "mailgate, its spool and its configuration where that user can reach them "
             "(scripts/setup builds .venv on /usr/bin/python3), or set [smtpgw.process] "
             "User= to keep running as root"
+        )
+    checked = subprocess.run(
+        [sys.executable, "-m", "mailgate", "check-config", "-c", str(config_path)],
+        preexec_fn=lambda: drop(acct),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd="/",
+        check=False,
+    )
+    if checked.returncode != 0:
+        problems = [line for line in checked.stderr.splitlines() if line.strip()]
+        raise PrivilegeError(
+            f"user {acct.name!r} cannot use the configuration as it stands: "
+            + "; ".join(problems[-5:] or ["no reason given"])
+            + f". Make what it names readable by that user (e.g. chgrp {acct.name} and "
+            "chmod 640, and the folders on the way), or set [smtpgw.process] User="
         )
 
 

@@ -90,6 +90,27 @@ def test_a_missing_user_or_an_unreachable_spool_stops_the_start(open_base, tmp_p
     assert "user 'mailgate' cannot run the gateway" in hidden.log()
     assert "cannot use the spool" in hidden.log()
 
+    # a list root can read and the user cannot: every worker would die as it starts
+    closed = open_base / "closed"
+    closed.mkdir(mode=0o700)
+    (closed / "senders.txt").write_text("*@friend.example\n")
+    listed = Gateway(
+        open_base / "c",
+        privileged_port(),
+        sink.port_number,
+        USER + f"[smtpgw.spamtest]\nWhitelistSenders=file:{closed / 'senders.txt'}\n",
+    )
+    listed.start(wait=False)
+    assert listed.process.wait(60) == 8
+    line = next(
+        n for n, text in enumerate(listed.conf.read_text().splitlines(), 1) if "file:" in text
+    )
+    assert (
+        f"user 'mailgate' cannot use the configuration as it stands: {listed.conf}:{line}: "
+        f"WhitelistSenders: cannot read (Permission denied): '{closed / 'senders.txt'}'"
+    ) in listed.log()
+    assert "worker_spawned" not in listed.log()
+
 
 def test_symlinks_planted_in_the_spool_are_refused_not_followed_by_root(open_base, sink):
     """The mailgate user owns the spool, so it could plant links where root would write."""

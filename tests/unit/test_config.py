@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import subprocess
 import sys
 
@@ -60,6 +61,32 @@ def test_bounds_from_the_schema_are_errors_with_file_and_line(tmp_path):
     assert any(
         p.startswith(f"{path}:6: RetryIntervals: every interval") for p in caught.value.problems
     )
+
+
+def test_a_named_file_that_is_missing_not_a_file_or_unreachable_is_an_error_with_its_line(
+    tmp_path,
+):
+    """Never a traceback, never a wait on a FIFO: each named file's trouble, on its line."""
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "plain").write_text("x\n")
+    path = write(
+        tmp_path,
+        "[smtpgw.path]\nSpoolDir=spool\n[smtpgw.spamtest]\n"
+        f"WhitelistSenders=file:{tmp_path / 'fifo'}\n"
+        f"BlacklistSenders=file:{tmp_path / 'folder'}\n"
+        f"WhitelistNetworks=file:{tmp_path / 'plain' / 'below'}\n"
+        f"BlacklistNetworks=file:{tmp_path / 'absent'}\n",
+    )
+    with pytest.raises(configmod.ConfigError) as caught:
+        configmod.load(path)
+    assert caught.value.problems == [
+        f"{path}:4: WhitelistSenders: not a regular file: '{tmp_path / 'fifo'}'",
+        f"{path}:5: BlacklistSenders: not a regular file: '{tmp_path / 'folder'}'",
+        f"{path}:6: WhitelistNetworks: cannot read (Not a directory): "
+        f"'{tmp_path / 'plain' / 'below'}'",
+        f"{path}:7: BlacklistNetworks: no such file '{tmp_path / 'absent'}'",
+    ]
 
 
 def test_a_file_beside_the_configuration_overrides_the_shipped_one(tmp_path):
