@@ -213,6 +213,7 @@ def parse(text: str, path: Path) -> Config:
                 line_of("Signatures"),
                 f"Signatures: cannot read {config.signatures}: {exc.strerror}",
             )
+    _check_templates(config, line_of("Templates"), problem)
     for key in config.dkim_keys:
         if not config.is_protected(key.domain):
             problem(line_of("SigningKey"), f"SigningKey: {key.domain} is not in ProtectedDomains")
@@ -223,6 +224,27 @@ def parse(text: str, path: Path) -> Config:
         problems.sort(key=lambda p: p[0])
         raise ConfigError([f"{path}:{lineno}: {message}" for lineno, message in problems])
     return config
+
+
+def _check_templates(config: Config, lineno: int, problem: Callable[[int, str], None]) -> None:
+    """The administrator's notice templates (``Templates``, else ``templates/`` beside the
+    configuration when there is one) must be readable: a notice that cannot be written
+    stops the scan of the message it is about, again at every attempt."""
+    folder = config.resolve(config.templates) if config.templates else None
+    folder = folder or config.path.parent / "templates"
+    try:
+        names = sorted(os.listdir(folder))
+    except FileNotFoundError:
+        if config.templates:
+            problem(lineno, f"Templates: no such directory {config.templates!r}")
+        return
+    except OSError as exc:
+        problem(lineno, f"Templates: cannot read {str(folder)!r}: {exc.strerror}")
+        return
+    for name in names:
+        trouble = file_problem(folder / name) if name.endswith(".txt") else None
+        if trouble:
+            problem(lineno, f"Templates: {trouble} {str(folder / name)!r}")
 
 
 def file_problem(path: Path) -> str | None:

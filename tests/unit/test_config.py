@@ -87,6 +87,18 @@ def test_a_named_file_that_is_missing_not_a_file_or_unreachable_is_an_error_with
         f"'{tmp_path / 'plain' / 'below'}'",
         f"{path}:7: BlacklistNetworks: no such file '{tmp_path / 'absent'}'",
     ]
+    (tmp_path / "notices").mkdir()
+    (tmp_path / "notices" / "admin.txt").write_text("Subject: x\n\nbody\n")
+    os.mkfifo(tmp_path / "notices" / "sender.txt")
+    for folder, problem in (
+        ("notices", f"not a regular file: '{tmp_path / 'notices' / 'sender.txt'}'"),
+        ("absent", "no such directory 'absent'"),
+        ("plain", f"cannot read '{tmp_path / 'plain'}': Not a directory"),
+    ):
+        path = write(tmp_path, f"[smtpgw.notify]\nTemplates={folder}\n")
+        with pytest.raises(configmod.ConfigError) as caught:
+            configmod.load(path)
+        assert caught.value.problems == [f"{path}:2: Templates: {problem}"]
 
 
 def test_a_file_beside_the_configuration_overrides_the_shipped_one(tmp_path):
