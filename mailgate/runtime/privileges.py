@@ -104,18 +104,22 @@ def probe(acct: Account, spool_root: Path, config_path: Path) -> None:
         "if not os.access(conf, os.R_OK):\n"
         "    sys.exit(f'cannot read the configuration {conf} (needed for reloads)')\n"
     )
-    try:
-        result = subprocess.run(
-            [sys.executable, "-c", check, str(spool_root), str(config_path)],
-            preexec_fn=lambda: drop(acct),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd="/",
-            check=False,
-        )
-    except OSError as exc:
-        raise PrivilegeError(f"user {acct.name!r} cannot run {sys.executable}: {exc}") from None
+
+    def run_as_user(*argv: str) -> subprocess.CompletedProcess:
+        try:
+            return subprocess.run(
+                [sys.executable, *argv],
+                preexec_fn=lambda: drop(acct),
+                capture_output=True,
+                text=True,
+                timeout=120,
+                cwd="/",
+                check=False,
+            )
+        except OSError as exc:
+            raise PrivilegeError(f"user {acct.name!r} cannot run {sys.executable}: {exc}") from None
+
+    result = run_as_user("-c", check, str(spool_root), str(config_path))
     if result.returncode != 0:
         why = (result.stderr.strip().splitlines() or ["no reason given"])[-1]
         raise PrivilegeError(
@@ -124,15 +128,7 @@ def probe(acct: Account, spool_root: Path, config_path: Path) -> None:
             "(scripts/setup builds .venv on /usr/bin/python3), or set [smtpgw.process] "
             "User= to keep running as root"
         )
-    checked = subprocess.run(
-        [sys.executable, "-m", "mailgate", "check-config", "-c", str(config_path)],
-        preexec_fn=lambda: drop(acct),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd="/",
-        check=False,
-    )
+    checked = run_as_user("-m", "mailgate", "check-config", "-c", str(config_path))
     if checked.returncode != 0:
         problems = [line for line in checked.stderr.splitlines() if line.strip()]
         raise PrivilegeError(

@@ -137,6 +137,18 @@ def test_symlinks_planted_in_the_spool_are_refused_not_followed_by_root(open_bas
     assert victim.read_text() == "precious\n"
 
 
+def users_spool(base: Path) -> tuple[Path, Path]:
+    """A spool owned by the mailgate user, and a configuration (User=mailgate) naming it."""
+    spool = base / "spool"
+    spool.mkdir()
+    user = pwd.getpwnam("mailgate")
+    os.chown(spool, user.pw_uid, user.pw_gid)
+    conf = base / "users-spool.conf"
+    conf.write_text(f"[smtpgw.path]\nSpoolDir={spool}\n{USER}")
+    conf.chmod(0o644)
+    return spool, conf
+
+
 def test_learn_run_by_root_reads_a_users_folder_with_her_rights(open_base):
     """``mailgate learn --spam ~alice/Maildir/.Junk`` run by root: her 0700 folder is read
     (as her), a link she planted to a file only root may read is not followed, and the
@@ -154,13 +166,8 @@ def test_learn_run_by_root_reads_a_users_folder_with_her_rights(open_base):
         os.lchown(path, alice.pw_uid, alice.pw_gid)
         if not path.is_symlink():
             path.chmod(0o700)
-    spool = open_base / "spool"
-    spool.mkdir()
+    spool, conf = users_spool(open_base)
     mailgate_user = pwd.getpwnam("mailgate")
-    os.chown(spool, mailgate_user.pw_uid, mailgate_user.pw_gid)
-    conf = open_base / "learn.conf"
-    conf.write_text(f"[smtpgw.path]\nSpoolDir={spool}\n{USER}")
-    conf.chmod(0o644)
 
     learned = mailgate("learn", "-c", conf, "--spam", junk, timeout=60)
     assert learned.returncode == 0, learned.stderr
@@ -178,13 +185,7 @@ def test_update_from_a_folder_closed_to_the_spools_user_is_a_clear_error(open_ba
     source = open_base / "closed"
     source.mkdir(mode=0o700)
     (source / "local.hdb").write_text("44d88612fea8a8f36de82e1278abb02f:68:Test.Closed\n")
-    spool = open_base / "spool"
-    spool.mkdir()
-    user = pwd.getpwnam("mailgate")
-    os.chown(spool, user.pw_uid, user.pw_gid)
-    conf = open_base / "update.conf"
-    conf.write_text(f"[smtpgw.path]\nSpoolDir={spool}\n{USER}")
-    conf.chmod(0o644)
+    _spool, conf = users_spool(open_base)
     result = mailgate("update", "-c", conf, "--from", source, timeout=60)
     assert result.returncode == 3, result.stderr
     assert f"cannot read {source}: Permission denied" in result.stderr
