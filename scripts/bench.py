@@ -462,8 +462,9 @@ def report(run: Run, args: argparse.Namespace, direct_rate: float, discard_rate:
         print(
             "scanner CPU per message by stage, median (mean): "
             + ", ".join(
-                f"{name} {statistics.median(run.stage_ms[key] or [0.0]):.2f} ({stages[key]:.2f}) ms"
+                f"{name} {statistics.median(run.stage_ms[key]):.2f} ({stages[key]:.2f}) ms"
                 for key, name in STAGES.items()
+                if run.stage_ms[key]
             )
         )
     if run.mode != "pass-through":
