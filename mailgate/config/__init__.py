@@ -6,8 +6,10 @@ writes the documentation from the schema. Importers use the names re-exported he
 """
 
 from mailgate.config.loader import (
+    NotRegularFile,
     default_path,
     load,
+    open_regular,
     parse,
     reload,
     restart_needed,
@@ -36,6 +38,7 @@ __all__ = [
     "Group",
     "ListSource",
     "NextHop",
+    "NotRegularFile",
     "Option",
     "Route",
     "Zone",
@@ -44,6 +47,7 @@ __all__ = [
     "default_path",
     "in_networks",
     "load",
+    "open_regular",
     "parse",
     "parse_duration",
     "parse_networks",

@@ -20,7 +20,7 @@ import ssl
 import stat
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from dkim.crypto import UnparsableKeyError, parse_pem_private_key
 
@@ -247,21 +247,37 @@ def _check_templates(config: Config, lineno: int, problem: Callable[[int, str], 
             problem(lineno, f"Templates: {trouble} {str(folder / name)!r}")
 
 
+class NotRegularFile(OSError):
+    """A path names a FIFO, a device or a folder where a file is read."""
+
+
+def open_regular(path: Path | str) -> BinaryIO:
+    """``path`` open for reading if it is a regular file, else ``NotRegularFile``. Opened with
+    O_NONBLOCK and checked on the open file, not the name, so a FIFO (or a link to one) is
+    refused rather than waited on, and a swap between check and open cannot get past it."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotRegularFile(0, "not a regular file", str(path))
+        return open(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def file_problem(path: Path) -> str | None:
     """Why ``path`` is not a regular file this process can read (``no such file``, ``cannot
-    read (…):``, ``not a regular file``); None when it is. Opened without blocking, so a FIFO
-    named by mistake is refused rather than waited on; run as User by ``mailgate run``'s
+    read (…):``, ``not a regular file``); None when it is. Run as User by ``mailgate run``'s
     probe, it finds what root could read and the gateway's user cannot."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        open_regular(path).close()
     except FileNotFoundError:
         return "no such file"
+    except NotRegularFile:
+        return "not a regular file:"
     except OSError as exc:
         return f"cannot read ({exc.strerror}):"
-    try:
-        return None if stat.S_ISREG(os.fstat(fd).st_mode) else "not a regular file:"
-    finally:
-        os.close(fd)
+    return None
 
 
 def signing_key_problem(path: Path) -> str | None:

@@ -28,14 +28,13 @@ import hashlib
 import mailbox
 import os
 import sqlite3
-import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import filelock
 
-from mailgate.config import Config
+from mailgate.config import Config, open_regular
 from mailgate.runtime.cluster import LOCAL, Cluster
 from mailgate.scan import mime
 from mailgate.scan.spam import bayes, spamtest
@@ -85,7 +84,7 @@ def messages(path: Path, largest: int) -> Iterator[bytes | Unreadable]:
                     yield Unreadable(entry.path, _why(exc))
         return
     try:
-        with _open_regular(path) as f:
+        with open_regular(path) as f:
             first = f.read(5)
     except (OSError, NotMail) as exc:
         raise NotMail(_why(exc)) from None
@@ -125,21 +124,8 @@ def _is_dir(entry: os.DirEntry) -> bool:
         return False
 
 
-def _open_regular(path: Path | str):
-    """``path`` open for reading if it is a regular file; opened with O_NONBLOCK so that a
-    FIFO cannot hold the reader, and checked on the open file, not on the name."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise NotMail("not a regular file")
-        return open(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
-
-
 def _read_regular(path: str, largest: int) -> bytes:
-    with _open_regular(path) as f:
+    with open_regular(path) as f:
         data = f.read(largest + 1)
     if len(data) > largest:
         raise NotMail(f"larger than {largest} bytes")
