@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Generator
 from dataclasses import dataclass, field
 
 from mailgate.config import Config
@@ -74,28 +75,46 @@ class Inspector:
         not asked and every object it has not seen before is ``unscannable``. A large
         message is read from its file (``mime.split``), its long objects decoded into
         ``scratch()`` files: the caller closes ``Inspection.split`` when done."""
+        stages = self.stages(raw, last_try, envelope, engine_lost, scratch)
+        while True:
+            try:
+                next(stages)
+            except StopIteration as done:
+                return done.value
+
+    def stages(
+        self,
+        raw: bytes | MessageFile,
+        last_try: bool = True,
+        envelope: dict | None = None,
+        engine_lost: str = "",
+        scratch=None,
+    ) -> Generator[None, None, Inspection]:
+        """``inspect`` in three stages (parse, spam verdict, objects), for a scanner that
+        runs each stage for several messages in a row (``Worker.steps``); no side effects."""
         config = self.config
         started = time.process_time()
         split = mime.split(raw, config.max_depth, config.max_parts, scratch)
-        parsed = time.process_time()
+        cpu = {"mime": time.process_time() - started}
         try:
-            inspection = self._inspect(split, last_try, envelope, engine_lost)
+            yield
+            envelope = envelope or {"mail_from": "", "recipients": []}
+            spam = None
+            started = time.process_time()
+            if self.spamtest is not None and envelope.get("kind", "message") == "message":
+                spam = self.spamtest.check(split, envelope)
+            cpu["spam"] = time.process_time() - started
+            yield
+            started = time.process_time()
+            verdicts = self._objects(split, last_try, engine_lost)
+            cpu["av"] = time.process_time() - started
         except BaseException:
             split.close()
             raise
-        inspection.cpu["mime"] = parsed - started
-        return inspection
+        return Inspection(split, verdicts, policy.decide(verdicts), spam, cpu)
 
-    def _inspect(
-        self, split: mime.Split, last_try: bool, envelope: dict | None, engine_lost: str
-    ) -> Inspection:
+    def _objects(self, split: mime.Split, last_try: bool, engine_lost: str) -> list:
         config = self.config
-        envelope = envelope or {"mail_from": "", "recipients": []}
-        spam = None
-        started = time.process_time()
-        if self.spamtest is not None and envelope.get("kind", "message") == "message":
-            spam = self.spamtest.check(split, envelope)
-        checked = time.process_time()
         deadline = time.monotonic() + config.message_timeout
         verdicts = []
         if split.limit:
@@ -120,8 +139,7 @@ class Inspector:
                 engine_lost = f"engine:error ({exc})"
         for obj in split.objects:
             verdicts.append(self._object(obj, deadline, last_try, engine_lost))
-        cpu = {"spam": checked - started, "av": time.process_time() - checked}
-        return Inspection(split, verdicts, policy.decide(verdicts), spam, cpu)
+        return verdicts
 
     def _object(
         self, obj: mime.MimeObject, deadline: float, last_try: bool, engine_lost: str

@@ -1,4 +1,9 @@
-"""Scanner stage: incoming/ → ready/ (or quarantine/, or nowhere), one message at a time.
+"""Scanner stage: incoming/ → ready/ (or quarantine/, or nowhere).
+
+Up to ``CLAIMS_AT_ONCE`` claims go through three stages together (parse; spam verdict;
+objects, decision, hand-off), each stage finding its code and tables still in the CPU's
+caches (``docs/benchmarks.md``). Before the last, nothing changes but the removal of copies
+a dead scanner left staged, which every scan of a message does first.
 
 ``Inspector`` (``inspection``) gives a message its verdict; ``mailgate scan`` uses it alone,
 the ``Scanner`` worker then carries the decision out, in an
@@ -21,6 +26,7 @@ of this counts as a crash: ``crashes`` is for the scanner's own deaths.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from mailgate.config import Config
@@ -49,12 +55,14 @@ from mailgate.spool import envelope as envmod
 from mailgate.spool.journal import Journal
 
 ENGINE_RETRY = 1.0
+CLAIMS_AT_ONCE = 8
 HEADER_READ = 1 << 20
 
 
 class Scanner(Reporting, Worker):
     role = "scanner"
     source = "incoming"
+    claims_at_once = CLAIMS_AT_ONCE
 
     def __init__(self, config: Config, snapshot=None):
         super().__init__(config, snapshot)
@@ -125,7 +133,12 @@ class Scanner(Reporting, Worker):
             self.counters["clamd_ms"] = round(self.engine.scan_seconds * 1000)
 
     def process(self, entry: Entry) -> None:
-        """``headers`` collects what the sender prepends to the message as queued."""
+        for _stage in self.steps(entry):
+            pass
+
+    def steps(self, entry: Entry) -> Iterator[None]:
+        """Read and parse, spam verdict, anti-virus and the rest (``Worker.steps``).
+        ``headers`` collects what the sender prepends to the message as queued."""
         envelope = entry.read_envelope()
         if envelope.get("scanned") and envelope.get("split_into") is not None:
             self._finish_split(entry, envelope)
@@ -152,9 +165,11 @@ class Scanner(Reporting, Worker):
             )
             return
         with MessageFile(entry.message_path) as source:
-            self._scan(entry, envelope, source, headers)
+            yield from self._scan(entry, envelope, source, headers)
 
-    def _scan(self, entry: Entry, envelope: dict, source: MessageFile, headers: list[str]) -> None:
+    def _scan(
+        self, entry: Entry, envelope: dict, source: MessageFile, headers: list[str]
+    ) -> Iterator[None]:
         """A large message is never read whole: it is parsed from the file (``mime.split``),
         its objects are decoded into unnamed files in tmp/, and what goes on is spliced
         from ranges of the file (``Spliced``)."""
@@ -164,7 +179,7 @@ class Scanner(Reporting, Worker):
         scratch = self.spool.scratch_file
         message = raw if isinstance(raw, bytes) else source
         try:
-            inspection = self.inspector.inspect(
+            inspection = yield from self.inspector.stages(
                 message, failures + 1 >= self.config.scan_attempts, envelope, scratch=scratch
             )
         except EngineUnavailable as exc:

@@ -43,6 +43,7 @@ Invariants:
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import os
@@ -318,20 +319,27 @@ class Spool(Stores):
         """
         moved = []
         for claimed, queue in RETURNS.items():
-            for entry in list(self.entries(claimed)):
-                if not _abandoned(entry.owner, pid, alive):
-                    continue
+            dead = [e for e in self.entries(claimed) if _abandoned(e.owner, pid, alive)]
+            held = collections.Counter(e.owner for e in dead)
+            for entry in dead:
                 try:
-                    moved.append((entry.id, self.return_claim(entry, queue, max_attempts)))
+                    state = self.return_claim(entry, queue, max_attempts, held[entry.owner] > 1)
                 except FileNotFoundError:
                     continue  # someone else (an administrator's mv) took it first
+                moved.append((entry.id, state))
         self.clean_tmp(pid, alive if pid is not None or alive is not None else _nobody)
         return moved
 
-    def return_claim(self, entry: Entry, queue: str, max_attempts: int) -> str:
+    def return_claim(
+        self, entry: Entry, queue: str, max_attempts: int, one_of_several: bool = False
+    ) -> str:
         """Put a claim whose processing died back in ``queue``, or in corrupt/ at the limit.
 
-        Raises FileNotFoundError when the claim is no longer there (someone else took it)."""
+        A claim that was ``one_of_several`` a dead worker held (a scanner's batch) raises
+        ``batch_crashes`` instead: which of them killed it is not known, so none of them
+        comes nearer to corrupt/; the worker then processes such a message alone
+        (``Worker.batchable``), where a death counts. Raises FileNotFoundError when the claim
+        is no longer there (someone else took it)."""
         try:
             envelope = entry.read_envelope()
         except (OSError, ValueError) as exc:
@@ -339,6 +347,10 @@ class Spool(Stores):
                 raise FileNotFoundError(errno.ENOENT, "claim gone", entry.where) from None
             self.mark_corrupt(entry, f"unreadable envelope: {exc}")
             return "corrupt"
+        if one_of_several:
+            envelope["batch_crashes"] = envelope.get("batch_crashes", 0) + 1
+            self.release(entry, queue, envelope)
+            return queue
         envelope["crashes"] = envelope.get("crashes", 0) + 1
         if envelope["crashes"] >= max_attempts:
             self.write_envelope(entry, envelope)

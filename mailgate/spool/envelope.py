@@ -5,7 +5,8 @@ Fields (all written by the receiver unless noted):
   client {ip, port, helo, tls}, received_at (epoch seconds),
   recipients [{address, notify (list or None), orcpt, status, reply, remote, at}],
   headers (lines the scanner asks the sender to prepend), scanned (bool),
-  attempts (delivery rounds), crashes (worker deaths while claimed), next_attempt,
+  attempts (delivery rounds), crashes (worker deaths while it alone was claimed),
+  batch_crashes (a worker holding it among other claims died), next_attempt,
   last_error, warned (delay DSN sent), kind ("dsn" for our own reports),
   history [[state, epoch seconds, who]].
 

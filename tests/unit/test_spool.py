@@ -116,6 +116,22 @@ def test_recovery_of_one_pid_leaves_other_claims(spool):
     assert spool.find(mine).state == "scanning"
 
 
+def test_claims_held_together_by_a_dead_worker_do_not_count_towards_corrupt(spool):
+    """A scanner holds a batch: which message killed it is unknown, so with MaxAttempts=1
+    none of them goes to corrupt/; a claim held alone still counts as before."""
+    batch, alone = [_enqueue(spool) for _ in range(3)], _enqueue(spool)
+    other, lone = Spool(spool.root), Spool(spool.root)
+    other.pid, lone.pid = 999998, 999999
+    for qid in batch:
+        other.claim("incoming", qid)
+    lone.claim("incoming", alone)
+    moved = spool.recover(max_attempts=1, alive=lambda pid: False)
+    assert sorted(moved) == sorted([(q, "incoming") for q in batch] + [(alone, "corrupt")])
+    for qid in batch:
+        envelope = spool.find(qid).read_envelope()
+        assert envelope["batch_crashes"] == 1 and envelope["crashes"] == 0
+
+
 def test_unreadable_envelope_goes_to_corrupt(spool):
     qid = _enqueue(spool)
     entry = spool.claim("incoming", qid)
