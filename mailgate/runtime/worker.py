@@ -77,6 +77,7 @@ class Worker:
     role = "worker"
     source = "incoming"
     claims_at_once = 1
+    alone_above = 256 * 1024  # bytes: a larger message is processed alone (bounded memory)
 
     def __init__(self, config: configmod.Config, snapshot: Path | None = None):
         self.config = config
@@ -123,12 +124,16 @@ class Worker:
     def batchable(self, entry: Entry) -> bool:
         """May this claim be processed beside others? Not one that was held by a worker that
         died, nor one whose processing failed (``Spool.return_claim``): alone, a death is
-        its own and counts towards corrupt/."""
+        its own and counts towards corrupt/. Nor one larger than ``alone_above``, so that a
+        batch holds at most ``claims_at_once`` such sizes in memory (a large message gains
+        nothing from warm caches: its own bytes are most of its cost)."""
         try:
             envelope = entry.read_envelope()
         except (OSError, ValueError):
             return False
-        return not envelope.get("crashes") and not envelope.get("batch_crashes")
+        if envelope.get("crashes") or envelope.get("batch_crashes"):
+            return False
+        return envelope.get("size", 0) <= self.alone_above
 
     def wanted(self, queue_id: str) -> bool:
         """Should this pass claim ``queue_id``? (A scanner whose engine is down takes only

@@ -55,7 +55,7 @@ from mailgate.spool import envelope as envmod
 from mailgate.spool.journal import Journal
 
 ENGINE_RETRY = 1.0
-CLAIMS_AT_ONCE = 8
+CLAIMS_AT_ONCE = 16
 HEADER_READ = 1 << 20
 
 

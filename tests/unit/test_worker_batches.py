@@ -141,13 +141,18 @@ def test_claims_no_longer_wanted_inside_a_batch_go_back_uncounted(worker_for):
     assert (ids[2], 1) not in worker.trace and (ids[3], 1) not in worker.trace
 
 
-@pytest.mark.parametrize("field", ["crashes", "batch_crashes"])
-def test_a_message_whose_worker_died_or_failed_is_processed_alone(worker_for, field):
-    """So that, should it kill the worker again, the death is its own (``Spool.recover``)."""
+@pytest.mark.parametrize(
+    ("field", "value"), [("crashes", 1), ("batch_crashes", 1), ("size", 256 * 1024 + 1)]
+)
+def test_a_message_whose_worker_died_or_failed_or_a_large_one_is_processed_alone(
+    worker_for, field, value
+):
+    """So that, should it kill the worker again, the death is its own (``Spool.recover``);
+    and so that a batch's memory stays bounded."""
     worker, ids = worker_for(5)
     entry = worker.spool.find(ids[2])
     envelope = entry.read_envelope()
-    envelope[field] = 1
+    envelope[field] = value
     worker.spool.write_envelope(entry, envelope)
     worker.run_pass()
     expected = [(q, s) for s in range(STAGES) for q in ids[:2]]
