@@ -1,9 +1,8 @@
 """Scanner stage: incoming/ → ready/ (or quarantine/, or nowhere).
 
 Up to ``CLAIMS_AT_ONCE`` claims go through three stages together (parse; spam verdict;
-objects, decision, hand-off), each stage finding its code and tables still in the CPU's
-caches (``docs/benchmarks.md``). Before the last, nothing changes but the removal of copies
-a dead scanner left staged, which every scan of a message does first.
+objects, decision, hand-off) for the CPU's caches. Before the last, nothing changes but the
+removal of copies a dead scanner left staged, which every scan of a message does first.
 
 ``Inspector`` (``inspection``) gives a message its verdict; ``mailgate scan`` uses it alone,
 the ``Scanner`` worker then carries the decision out, in an
@@ -25,6 +24,7 @@ of this counts as a crash: ``crashes`` is for the scanner's own deaths.
 
 from __future__ import annotations
 
+import collections
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,7 +62,6 @@ HEADER_READ = 1 << 20
 class Scanner(Reporting, Worker):
     role = "scanner"
     source = "incoming"
-    claims_at_once = CLAIMS_AT_ONCE
 
     def __init__(self, config: Config, snapshot=None):
         super().__init__(config, snapshot)
@@ -73,6 +72,7 @@ class Scanner(Reporting, Worker):
         self.engine = engine_for(config, self.ichecker)
         self.spamtest = self._spam_filter(config)
         self.inspector = Inspector(config, self.engine, self._installed, spam=self.spamtest)
+        self.claims_at_once = CLAIMS_AT_ONCE if _scans(config) else 1
         self.engine_down = False
         self.engine_name = ""
         self.metrics = stats.metrics()
@@ -84,6 +84,7 @@ class Scanner(Reporting, Worker):
         self.engine = engine_for(config, self.ichecker)
         self.spamtest = self._spam_filter(config)
         self.inspector = Inspector(config, self.engine, self._installed, spam=self.spamtest)
+        self.claims_at_once = CLAIMS_AT_ONCE if _scans(config) else 1
 
     def _spam_filter(self, config: Config) -> Spamtest | None:
         """The spam filter of ``config``; a rule line that does not parse is logged as an
@@ -111,8 +112,7 @@ class Scanner(Reporting, Worker):
     def housekeeping(self) -> float:
         if self.spamtest is not None and learning.queued(self.spool):
             shipped = self.config.shipped("spam_database", "spamdb")
-            merged = learning.merge_if_free(self.spool, shipped, self.cluster)
-            if merged:
+            if merged := learning.merge_if_free(self.spool, shipped, self.cluster):
                 self.log.info("autolearn_merged", messages=merged)
         return ENGINE_RETRY if self.engine_down else RESCAN_INTERVAL
 
@@ -133,8 +133,7 @@ class Scanner(Reporting, Worker):
             self.counters["clamd_ms"] = round(self.engine.scan_seconds * 1000)
 
     def process(self, entry: Entry) -> None:
-        for _stage in self.steps(entry):
-            pass
+        collections.deque(self.steps(entry), maxlen=0)
 
     def steps(self, entry: Entry) -> Iterator[None]:
         """Read and parse, spam verdict, anti-virus and the rest (``Worker.steps``).
@@ -149,9 +148,7 @@ class Scanner(Reporting, Worker):
         if rbl:
             headers.append(f"X-Mailgate-RBL: listed in {rbl}")
         headers += authn.result_fields(self.config, envelope)
-        if not (
-            self.config.av_enabled or self.config.attachments_enabled or self.config.spam_enabled
-        ):
+        if not _scans(self.config):
             if trust.cleaned_up(envelope, self.config.is_trusted):  # else no need to read
                 with MessageFile(entry.message_path) as source:
                     names = field_names(source.head(HEADER_READ))
@@ -402,6 +399,11 @@ class Scanner(Reporting, Worker):
             self.spool.release(entry, "ready")
         else:
             self.spool.release(entry, "ready", envelope)
+
+
+def _scans(config: Config) -> bool:
+    """Does this scanner look inside messages? (Else a batch would gain nothing.)"""
+    return config.av_enabled or config.attachments_enabled or config.spam_enabled
 
 
 def _cpu_fields(inspection: Inspection) -> dict[str, float]:
