@@ -61,21 +61,10 @@ class Inspector:
         self.text_detail = types is True or attachments.rules_see_text(config)
         self.spamtest = spam
 
-    def inspect(
-        self,
-        raw: bytes | MessageFile,
-        last_try: bool = True,
-        envelope: dict | None = None,
-        engine_lost: str = "",
-        scratch=None,
-    ) -> Inspection:
-        """Raises EngineUnavailable; raises ObjectError unless ``last_try`` (then such
-        objects are ``unscannable``). ``envelope`` (sender, recipients, client) informs the
-        spam filter; an offline scan has none. With ``engine_lost`` (the reason) clamd is
-        not asked and every object it has not seen before is ``unscannable``. A large
-        message is read from its file (``mime.split``), its long objects decoded into
-        ``scratch()`` files: the caller closes ``Inspection.split`` when done."""
-        stages = self.stages(raw, last_try, envelope, engine_lost, scratch)
+    def inspect(self, *args, **kwargs) -> Inspection:
+        """``stages`` run to the end: one message's verdict (``mailgate scan``; a scanner's
+        scan without clamd)."""
+        stages = self.stages(*args, **kwargs)
         while True:
             try:
                 next(stages)
@@ -90,8 +79,14 @@ class Inspector:
         engine_lost: str = "",
         scratch=None,
     ) -> Generator[None, None, Inspection]:
-        """``inspect`` in three stages (parse, spam verdict, objects), for a scanner that
-        runs each stage for several messages in a row (``Worker.steps``); no side effects."""
+        """A message's verdict in three stages (parse, spam verdict, objects), for a scanner
+        that runs each stage for several messages in a row (``Worker.steps``); no side
+        effects. Raises EngineUnavailable; raises ObjectError unless ``last_try`` (then such
+        objects are ``unscannable``). ``envelope`` (sender, recipients, client) informs the
+        spam filter; an offline scan has none. With ``engine_lost`` (the reason) clamd is
+        not asked and every object it has not seen before is ``unscannable``. A large
+        message is read from its file (``mime.split``), its long objects decoded into
+        ``scratch()`` files: the caller closes ``Inspection.split`` when done."""
         config = self.config
         started = time.process_time()
         split = mime.split(raw, config.max_depth, config.max_parts, scratch)
