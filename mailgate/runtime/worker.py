@@ -92,6 +92,7 @@ class Worker:
         self.rest = 0.0
         self.rest_reason = ""
         self.unreturned: list[tuple[Entry, bool]] = []
+        self.read_ahead: dict[str, dict] = {}  # envelopes ``batchable`` read, for this pass
 
     # ------------------------------------------------------------ hooks
 
@@ -128,12 +129,16 @@ class Worker:
         batch holds at most ``claims_at_once`` such sizes in memory (a large message gains
         nothing from warm caches: its own bytes are most of its cost)."""
         try:
-            envelope = entry.read_envelope()
+            envelope = self.read_ahead[entry.name] = entry.read_envelope()
         except (OSError, ValueError):
             return False
         if envelope.get("crashes") or envelope.get("batch_crashes"):
             return False
         return envelope.get("size", 0) <= self.alone_above
+
+    def envelope_of(self, entry: Entry) -> dict:
+        """A claim's envelope, read once: ``batchable`` may have read it already."""
+        return self.read_ahead.pop(entry.name, None) or entry.read_envelope()
 
     def wanted(self, queue_id: str) -> bool:
         """Should this pass claim ``queue_id``? (A scanner whose engine is down takes only
@@ -199,6 +204,7 @@ class Worker:
         ``claims_at_once`` at a time. True if any was ours."""
         if self.unreturned:
             self.return_unreturned()
+        self.read_ahead.clear()
         if time.monotonic() < self.resting_until:
             return False
         worked = False

@@ -138,7 +138,7 @@ class Scanner(Reporting, Worker):
     def steps(self, entry: Entry) -> Iterator[None]:
         """Read and parse, spam verdict, anti-virus and the rest (``Worker.steps``).
         ``headers`` collects what the sender prepends to the message as queued."""
-        envelope = entry.read_envelope()
+        envelope = self.envelope_of(entry)
         if envelope.get("scanned") and envelope.get("split_into") is not None:
             self._finish_split(entry, envelope)
             return

@@ -34,6 +34,7 @@ class Recorder(Worker):
         return queue_id not in self.unwanted
 
     def steps(self, entry):
+        assert self.envelope_of(entry)["id"] == entry.id
         try:
             for stage in range(STAGES):
                 fault = self.faults.get((entry.id, stage))
@@ -85,6 +86,7 @@ def test_claims_run_stage_by_stage_in_batches_of_claims_at_once(worker_for):
     assert worker.trace == expected
     assert all(where(worker, q) == ("ready", 0) for q in ids)
     assert worker.counters["processed"] == 6
+    assert worker.read_ahead == {}  # each envelope read at the claim was taken by its steps
 
 
 def test_a_claim_that_fails_goes_back_counted_and_the_rest_of_its_batch_goes_on(worker_for):
