@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from mailgate.config import Config
-from mailgate.message.content import Content, MessageFile, blocks
+from mailgate.message.content import Content, MessageFile
 from mailgate.message.headers import field_names, header_field
 from mailgate.runtime import stats
 from mailgate.runtime.cluster import Cluster
@@ -50,6 +50,7 @@ from mailgate.scan.policy import Decision
 from mailgate.scan.reporting import Reporting
 from mailgate.scan.spam import learning, trust
 from mailgate.scan.spam.spamtest import Spamtest, SpamVerdict
+from mailgate.scan.splitting import Splitting
 from mailgate.spool import Entry, derived_id, id_time
 from mailgate.spool import envelope as envmod
 from mailgate.spool.journal import Journal
@@ -59,7 +60,7 @@ CLAIMS_AT_ONCE = 16
 HEADER_READ = 1 << 20
 
 
-class Scanner(Reporting, Worker):
+class Scanner(Reporting, Splitting, Worker):
     role = "scanner"
     source = "incoming"
 
@@ -316,63 +317,6 @@ class Scanner(Reporting, Worker):
         config = self.config
         added = trust.missing_fields(names, envelope, config.is_trusted, config.hostname)
         return [header_field(n, v).decode("ascii").removesuffix("\r\n") for n, v in added]
-
-    def _prefix(self, spam: SpamVerdict | None) -> str:
-        if spam is None:
-            return ""
-        if spam.status == "probable-spam":
-            return self.config.probable_prefix
-        return self.config.subject_prefix
-
-    def _stage_copy(
-        self,
-        entry: Entry,
-        envelope: dict,
-        message: Content,
-        headers: list[str],
-        outcome,
-        spam,
-        queue_id: str,
-    ) -> None:
-        """Stage a copy for the recipients of another group, with that group's treatment;
-        ``_to_ready`` hands it on once the original's envelope records the split."""
-        if outcome.mark:
-            message = edits.edit_headers(message, self._prefix(spam), ())
-        fields = [f"X-Mailgate-Queue-ID: {queue_id}", *headers[1:]]
-        copy = {
-            **envelope,
-            "id": queue_id,
-            "recipients": outcome.recipients,
-            "headers": authn.signed(
-                self.config,
-                {**envelope, "id": queue_id},
-                fields,
-                lambda: b"".join(blocks(message)),
-                len(message),
-                self.log,
-            ),
-            "scanned": True,
-            "split_from": envelope["id"],
-            "size": len(message),
-            "history": [],
-        }
-        envmod.record(copy, "ready", self.role)
-        self.spool.stage_copy(entry, message, copy)
-        self.counters["split"] += 1
-        self.log.info(
-            "split",
-            qid=envelope["id"],
-            part=queue_id,
-            rcpts=len(outcome.recipients),
-            spam_action=",".join(outcome.actions),
-        )
-
-    def _finish_split(self, entry: Entry, envelope: dict) -> None:
-        """A scanner died after recording a split: hand on what it had not, scan nothing."""
-        moved = self.spool.hand_on_copies(entry)
-        envmod.record(envelope, "ready", self.role)
-        self.spool.release(entry, "ready", envelope)
-        self.log.info("split_finished", qid=entry.id, parts=moved, to="ready")
 
     def _rename_forged(self, entry: Entry, envelope: dict) -> None:
         """Unscanned mail from outside loses Authentication-Results naming us, too."""
