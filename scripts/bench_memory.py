@@ -1,10 +1,11 @@
 """Peak memory of every gateway process under the inputs that used to blow it up.
 
-Three loads, one after the other, through ``mailgate run`` (anti-virus on, managed clamd,
+Four loads, one after the other, through ``mailgate run`` (anti-virus on, managed clamd,
 spam filter on) into smtp-sink, while a thread samples every process's RSS from /proc every
 20 ms:
 
 - one 200 MB DATA line without CRLF (refused with 500 at the end of DATA);
+- forty concurrent 250 KB messages, the largest a scanner takes into a batch of 16;
 - ten concurrent 24 MB messages (text and a base64 attachment);
 - one 50 MB message.
 
@@ -102,6 +103,17 @@ def endless_line(port: int, size: int) -> str:
         return f.readline().decode().strip()
 
 
+def concurrently(port: int, messages: list[bytes]) -> list[str]:
+    """Send ``messages`` each in its own session, all at once; their replies."""
+    replies: list[str] = []
+    threads = [threading.Thread(target=lambda m=m: replies.append(send(port, m))) for m in messages]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return replies
+
+
 def drained(spool: Path, timeout: float = 600.0) -> None:
     """Wait until no message is left in the queues that lead to delivery."""
     deadline = time.monotonic() + timeout
@@ -121,7 +133,7 @@ def main() -> int:
         f"[smtpgw.network]\nListenOn=127.0.0.1:{port}\nProtectedDomains=company.com\n"
         f"[smtpgw.forward]\nForwardRoute=* [127.0.0.1:{sink_port}]\n"
         "[smtpgw.path]\nSpoolDir=spool\n[smtpgw.admin]\nListen=\nMetricsListen=\n"
-        "[smtpgw.limits]\nMaxMessageSize=60M\nMinFreeDisk=64M\n"
+        "[smtpgw.limits]\nMaxMessageSize=60M\nMinFreeDisk=64M\nMaxSessionsPerClient=0\n"
         "[smtpgw.antivirus]\nMaxObjectSize=60M\n"
         "[smtpgw.spamtest]\nNetwork=no\n"
     )
@@ -136,18 +148,13 @@ def main() -> int:
         results = [("idle", "-", sampler.take())]
         outcome = endless_line(port, 200 << 20)
         results.append(("one 200 MB line without CRLF", outcome, sampler.take()))
-        messages = [message(24 << 20, n) for n in range(10)]
-        replies: list[str] = []
-        threads = [
-            threading.Thread(target=lambda m=m: replies.append(send(port, m))) for m in messages
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        del messages
-        drained(work / "spool")  # the scanners and senders work through them meanwhile
-        results.append(("ten concurrent 24 MB messages", ",".join(sorted(replies)), sampler.take()))
+        for name, size, count in (
+            ("forty concurrent 250 KB messages", 250_000, 40),
+            ("ten concurrent 24 MB messages", 24 << 20, 10),
+        ):
+            replies = concurrently(port, [message(size, n) for n in range(count)])
+            drained(work / "spool")  # the scanners and senders work through them meanwhile
+            results.append((name, ",".join(sorted(set(replies))), sampler.take()))
         outcome = send(port, message(50 << 20, 99))
         drained(work / "spool")
         results.append(("one 50 MB message", outcome, sampler.take()))
