@@ -270,7 +270,7 @@ class Worker:
                     self.crashed(entry, exc)
                 else:
                     still.append((entry, steps, started))
-                if self.stopping or self.resting_until != resting:
+                if self.stopping or self.resting_until > resting:  # a new rest began
                     self._abandon(still + running[index + 1 :])
                     return True
             running = still

@@ -162,3 +162,13 @@ def test_a_message_whose_worker_died_or_failed_or_a_large_one_is_processed_alone
     expected += [(q, s) for s in range(STAGES) for q in ids[3:]]
     assert worker.trace == expected
     assert all(where(worker, q)[0] == "ready" for q in ids)
+
+
+def test_a_batch_after_a_rest_goes_through_whole_and_ends_the_rest(worker_for):
+    """The first message through ends the rest (``resumed``); that is no reason to stop."""
+    worker, ids = worker_for(4)
+    worker.take_rest("clamd error")
+    worker.resting_until = 0.5  # over, long ago
+    worker.run_pass()
+    assert [where(worker, q) for q in ids] == [("ready", 0)] * 4
+    assert worker.rest == 0.0 and worker.closed == []
