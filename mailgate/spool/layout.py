@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,11 @@ class Entry:
     def owner(self) -> int | None:
         m = CLAIM_RE.match(self.name)
         return int(m.group(2)) if m else None
+
+    def changed_at(self) -> float:
+        """When the entry last changed: its claim (a rename sets the directory's ctime) or
+        the last write in it."""
+        return os.stat(self.where).st_ctime
 
     def read_message(self) -> bytes:
         with open(f"{self.where}/{MESSAGE}", "rb") as f:

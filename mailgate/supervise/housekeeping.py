@@ -2,7 +2,8 @@
 
 Every sweep: claims whose owner is gone but was never our child to reap (a worker of an
 earlier supervisor, still finishing its message when this one started, then killed), or whose
-hand-back failed when the worker died (a full disk), go back to their queue; what was left in
+hand-back failed when the worker died (a full disk), go back to their queue; a child holding
+a claim for longer than ``MaxClaimTime`` is killed as stuck; what was left in
 tmp/ by a dead writer, or untouched there for ``TMP_MAX_AGE``, goes; archived days and journal
 days past their retention go; the traffic thresholds are checked, and what arrived in
 corrupt/ is reported, as is a node working alone while Redis fails (``alerts``). Each chore
@@ -12,10 +13,14 @@ and tried again at the next sweep; none can stop the supervisor, which keeps the
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import time
 from pathlib import Path
 
 from mailgate.config import Config
-from mailgate.spool import Spool, journal
+from mailgate.spool import RETURNS, Spool, journal
 from mailgate.supervise import alerts
 
 TMP_MAX_AGE = 3600.0  # no write in tmp/ takes an hour: a receiver stores a message in one go
@@ -35,7 +40,7 @@ class Housekeeping:
         self.sweep(config, set(), (self._claims, self._tmp))
 
     def sweep(self, config: Config, children: set[int], chores=None) -> None:
-        for chore in chores or (self._claims, self._tmp, self._expiry, self._alerts):
+        for chore in chores or (self._claims, self._stuck, self._tmp, self._expiry, self._alerts):
             try:
                 chore(config, children)
             except Exception as exc:  # a chore's failure waits for the next sweep, the mail not
@@ -47,6 +52,35 @@ class Housekeeping:
         )
         for queue_id, state in moved:
             self.log.warning("claim_recovered", qid=queue_id, to=state, child="not ours")
+
+    def _stuck(self, config: Config, children: set[int]) -> None:
+        """A child that has held a claim for ``MaxClaimTime`` is stuck (a loop, a call that
+        never returns), and the other claims of its batch with it: killed, it is reaped as
+        any dead worker is, its claims go back and the death counts against the message it
+        held alone, which ends in corrupt/ if it always hangs."""
+        if not config.max_claim_time:
+            return
+        since = time.time() - config.max_claim_time
+        stuck: dict[int, list[str]] = {}
+        for state in RETURNS:
+            for entry in self.spool.entries(state):
+                if entry.owner not in children:
+                    continue
+                try:
+                    if entry.changed_at() < since:
+                        stuck.setdefault(entry.owner, []).append(entry.id)
+                except FileNotFoundError:
+                    continue  # handed on meanwhile
+        for pid, queue_ids in stuck.items():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            self.log.error(
+                "worker_stuck",
+                child=pid,
+                qids=",".join(queue_ids),
+                held_longer_than=f"{config.max_claim_time:g}s",
+                note="killed; its claims go back",
+            )
 
     def _tmp(self, config: Config, children: set[int]) -> None:
         for name in self.spool.clean_tmp(older_than=TMP_MAX_AGE):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -54,6 +55,28 @@ def test_sigkilled_worker_is_restarted_and_its_claim_recovered(make_gateway, sin
     wait_for(lambda: gw.pids("sender") and gw.pids("sender") != [sender], what="a new sender")
     assert f"event='claim_recovered' qid='{qid}' to='ready'" in gw.log()
     assert f"event='worker_exited' worker='sender-0' child={sender} code=-9" in gw.log()
+
+
+def test_a_worker_stuck_holding_a_claim_is_killed_and_the_message_goes_on(make_gateway, sink):
+    """``MaxClaimTime``: a worker that makes no progress (frozen here, as one caught in a
+    loop would be) holds its claims no longer than that; the supervisor kills it, the claim
+    goes back counted, and the message is scanned and delivered by the next scanner."""
+    gw = make_gateway("[smtpgw.limits]\nMaxClaimTime=2s\nRestartDelay=0.2s").start()
+    (scanner,) = gw.pids("scanner")
+    os.kill(scanner, signal.SIGSTOP)
+    try:
+        qid = gw.send(make_message("stuck@test"))
+        os.rename(gw.spool / "incoming" / qid, gw.spool / "scanning" / f"{qid}@{scanner}")
+        got = sink.wait_count(1)[0]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(scanner, signal.SIGKILL)
+    assert got.message_id == "<stuck@test>"
+    log = gw.log()
+    assert f"event='worker_stuck' child={scanner} qids='{qid}' held_longer_than='2s'" in log
+    assert f"event='worker_exited' worker='scanner-0' child={scanner} code=-9" in log
+    assert f"event='claim_recovered' qid='{qid}' to='incoming'" in log
+    assert "worker_stuck" not in log.split(f"child={scanner} code=-9", 1)[1]
 
 
 def test_manual_mv_is_picked_up(make_gateway, sink):
