@@ -97,6 +97,7 @@ class Worker:
     # ------------------------------------------------------------ hooks
 
     def process(self, entry: Entry) -> None:
+        """One claimed message, start to end. A worker overrides this, or ``steps``."""
         raise NotImplementedError
 
     def steps(self, entry: Entry) -> Iterator[None]:

@@ -24,7 +24,6 @@ of this counts as a crash: ``crashes`` is for the scanner's own deaths.
 
 from __future__ import annotations
 
-import collections
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -132,9 +131,6 @@ class Scanner(Reporting, Splitting, Worker):
         if self.engine is not None:
             self.counters["clamd_objects"] = self.engine.scanned
             self.counters["clamd_ms"] = round(self.engine.scan_seconds * 1000)
-
-    def process(self, entry: Entry) -> None:
-        collections.deque(self.steps(entry), maxlen=0)
 
     def steps(self, entry: Entry) -> Iterator[None]:
         """Read and parse, spam verdict, anti-virus and the rest (``Worker.steps``).
