@@ -72,7 +72,6 @@ class Scanner(Reporting, Splitting, Worker):
         self.engine = engine_for(config, self.ichecker)
         self.spamtest = self._spam_filter(config)
         self.inspector = Inspector(config, self.engine, self._installed, spam=self.spamtest)
-        self.claims_at_once = CLAIMS_AT_ONCE if _scans(config) else 1
         self.engine_down = False
         self.engine_name = ""
         self.metrics = stats.metrics()
@@ -84,7 +83,11 @@ class Scanner(Reporting, Splitting, Worker):
         self.engine = engine_for(config, self.ichecker)
         self.spamtest = self._spam_filter(config)
         self.inspector = Inspector(config, self.engine, self._installed, spam=self.spamtest)
-        self.claims_at_once = CLAIMS_AT_ONCE if _scans(config) else 1
+
+    @property
+    def claims_at_once(self) -> int:
+        """A batch only when the scanner looks inside messages: else it would gain nothing."""
+        return CLAIMS_AT_ONCE if _scans(self.config) else 1
 
     def _spam_filter(self, config: Config) -> Spamtest | None:
         """The spam filter of ``config``; a rule line that does not parse is logged as an
@@ -342,7 +345,7 @@ class Scanner(Reporting, Splitting, Worker):
 
 
 def _scans(config: Config) -> bool:
-    """Does this scanner look inside messages? (Else a batch would gain nothing.)"""
+    """Does this scanner look inside messages?"""
     return config.av_enabled or config.attachments_enabled or config.spam_enabled
 
 
