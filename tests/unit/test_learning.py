@@ -10,10 +10,13 @@ import os
 from email.message import EmailMessage
 
 import pytest
-from support import mailgate
+from support import mailgate, spam_envelope
 
 from mailgate import config as configmod
 from mailgate.runtime import privileges
+from mailgate.runtime.auth import spfcheck
+from mailgate.runtime.auth.verdict import Verdict
+from mailgate.scan import mime
 from mailgate.scan.spam import bayes, learning, spamtest
 from mailgate.spool import Spool
 
@@ -192,3 +195,55 @@ def test_a_reader_streams_every_item_back_and_reports_its_failure(tmp_path):
         for item in privileges.read_as_owner(tmp_path, produce):
             got.append(item)
     assert got == [[str(tmp_path), n, "x" * 20] for n in range(20_000)]
+
+
+def newsletter(n: int, sender: str = "news@shop.example", to: str = "user@company.com") -> bytes:
+    msg = EmailMessage()
+    msg["From"] = f"Shop News <{sender}>"
+    msg["To"] = to
+    msg["Subject"] = f"FREE shipping, {n}0% off!!"
+    msg["Date"] = "Thu, 03 Dec 2026 10:00:00 +0000"
+    msg["Message-ID"] = f"<issue{n}@shop.example>"
+    msg.set_content(
+        f"Limited time offer number {n}! Click here to order now, 100% satisfaction guaranteed."
+        "\nAct now: this special promotion ends soon. To unsubscribe reply with remove.\n"
+    )
+    return bytes(msg)
+
+
+def test_a_sender_learned_as_ham_keeps_its_next_issue_out_of_the_spam_folder(tmp_path):
+    """``mailgate learn --ham`` of a newsletter's issues (a user's Not-junk) is remembered for
+    its address, not for its domain, nor when its From forges the recipient's own domain or
+    fails authentication, and one spam learned from it ends the credit."""
+    conf, _ = setup(tmp_path)
+    config = configmod.load(conf)
+    spool = Spool(config.spool_path)
+
+    def judged(raw: bytes, auth: dict | None = None):
+        env = spam_envelope(ip="192.0.2.10")
+        return spamtest.Spamtest(config, spool).check(mime.split(raw), {**env, **(auth or {})})
+
+    before = judged(newsletter(9))
+    assert before.status != "clean" and "KNOWN_HAM_SENDER" not in before.rules
+    for n in (1, 2):
+        (tmp_path / f"issue{n}.eml").write_bytes(newsletter(n))
+        (tmp_path / f"owner{n}.eml").write_bytes(newsletter(n, "user@company.com"))
+    once = mailgate("learn", "-c", conf, "--ham", tmp_path / "issue1.eml")
+    assert once.returncode == 0, once.stderr
+    assert "KNOWN_HAM_SENDER" not in judged(newsletter(9)).rules  # one issue is not a history
+    learned = mailgate("learn", "-c", conf, "--ham", tmp_path / "issue2.eml")
+    owner = mailgate("learn", "-c", conf, "--ham", tmp_path / "owner1.eml", tmp_path / "owner2.eml")
+    assert (learned.returncode, owner.returncode) == (0, 0), learned.stderr + owner.stderr
+
+    after = judged(newsletter(9))
+    weight = after.rules["KNOWN_HAM_SENDER"]
+    assert weight < 0 and (before.status, after.status) == ("spam", "probable-spam")
+    assert after.score - weight >= after.required  # the sender's history made the difference
+    assert "KNOWN_HAM_SENDER" not in judged(newsletter(9, "deals@shop.example")).rules
+    assert "KNOWN_HAM_SENDER" not in judged(newsletter(9, "user@company.com")).rules  # forged
+    failed = Verdict(spfcheck.SPFResult("fail", "mailfrom", "shop.example"), [])
+    assert "KNOWN_HAM_SENDER" not in judged(newsletter(9), {"auth": failed.public()}).rules
+
+    (tmp_path / "bad.eml").write_bytes(newsletter(7).replace(b"Limited", b"Cheap pills"))
+    assert mailgate("learn", "-c", conf, "--spam", tmp_path / "bad.eml").returncode == 0
+    assert "KNOWN_HAM_SENDER" not in judged(newsletter(9)).rules

@@ -459,6 +459,29 @@ def test_tuning_folds_keep_each_sender_domain_together():
     assert tune.assign_folds(data, 5, "random") == [i % 5 for i in range(200)]
 
 
+def test_tuning_judges_a_senders_history_with_the_message_left_out():
+    """KNOWN_HAM_SENDER's weight is chosen on each training message as if it were new: its
+    own count is taken out, so a message does not make its own sender known."""
+    spec = importlib.util.spec_from_file_location("tune_spam", ROOT / "scripts" / "tune_spam.py")
+    tune = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tune)
+    whole, messages = bayes.Model(), []
+    for sender, is_spam in [("a@news.example", False)] * 3 + [("b@news.example", False)] * 2:
+        raw = f"From: {sender}\r\nTo: u@company.com\r\nSubject: s\r\n\r\nbody\r\n".encode()
+        split = mime.split(raw)
+        toks = bayes.tokens(split.message)
+        whole.learn(toks, is_spam)
+        messages.append((split, toks, is_spam))
+    known = [tune.known_sender(whole, split, toks, s) for split, toks, s in messages]
+    assert known == [True] * 3 + [False] * 2  # two others for a@, one for b@
+    split, toks, _s = messages[0]
+    whole.learn(toks, True)  # then a spam from a@
+    assert tune.known_sender(whole, split, toks, True)  # it alone sees 3 ham and no spam
+    assert not any(tune.known_sender(whole, sp, t, s) for sp, t, s in messages[:3])
+    margins = [(1.0, False, True), (0.1, False, False), (0.5, True, False), (0.2, True, True)]
+    assert tune.history_weight(margins, 1.0, 0.9, 4.0) == -0.5  # the smallest that clears it
+
+
 def test_only_the_start_of_a_huge_text_part_is_read():
     """As SpamAssassin's body_part_scan_size: a 20 MB text body costs what its first
     TEXT_LIMIT bytes cost; words after that are not tokens."""

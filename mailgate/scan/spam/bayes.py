@@ -38,6 +38,11 @@ MIN_STRENGTH = 0.1
 MAX_DISCRIMINATORS = 150
 MIN_WORD, MAX_WORD = 3, 12
 MODEL_FILE = "tokens.tsv.gz"
+# A From address's messages are counted (``from:address:``) for the sender's history
+# (``checks.known_ham``), not scored: a newsletter's address says who sent it, not whether
+# the content is spam, and it would count twice beside its user and domain tokens.
+HISTORY = "from:address:"
+MAX_ADDRESS = 100
 MIN_SAVED = 2  # tokens seen fewer times are not written: half the file, little evidence
 _UNSEEN = object()
 
@@ -159,6 +164,11 @@ def _decoded_text(part: Message) -> str:
         return payload.decode("latin-1", "replace")
 
 
+def sender_token(address: str) -> str:
+    """The token that counts a From address's messages (``HISTORY``)."""
+    return f"{HISTORY}{address.lower()[:MAX_ADDRESS]}"
+
+
 def tokens(message: Message, header_text=None) -> set[str]:
     """The distinct tokens of a parsed message (``email`` compat32)."""
     out: set[str] = set()
@@ -174,6 +184,8 @@ def tokens(message: Message, header_text=None) -> set[str]:
             user, _, domain = addr.partition("@")
             out.add(f"{name}:user:{user[:MAX_WORD]}")
             out.add(f"{name}:domain:{domain}")
+            if name == "from":
+                out.add(sender_token(addr))
         if not value:
             out.add(f"{name}:none")
     for name in _HEADER_WHOLE:
@@ -239,7 +251,7 @@ class Model:
 
     def probability(self, tok: str) -> float | None:
         pair = self.counts.get(tok)
-        if pair is None or not self.nspam or not self.nham:
+        if pair is None or not self.nspam or not self.nham or tok.startswith(HISTORY):
             return None
         spam, ham = pair
         spam_ratio = spam / self.nspam

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from email.message import Message
 from functools import cached_property
 
+KNOWN_SENDER_HAM = 2
 GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 
 
@@ -39,6 +40,9 @@ class Facts:
     our_names: set[str] = field(default_factory=set)
     bayes: float | None = None  # None: the token model found no clue either way
     grams: float | None = None  # the character model's spam probability; None: no model
+    # (spam, ham) messages of the From address in the token table (``spamtest.sender_history``);
+    # (0, 0) when unknown or when the message failed sender authentication
+    sender_counts: tuple[int, int] = (0, 0)
 
     @cached_property
     def folded_text(self) -> str:
@@ -200,6 +204,16 @@ def _subject_encoded_unneeded(f: Facts) -> bool:
     return "=?" in raw and f.headers.get("subject", "").isascii()
 
 
+def known_ham(spam: int, ham: int) -> bool:
+    """A From address with these counts in the token table (spam, ham messages) has sent at
+    least ``KNOWN_SENDER_HAM`` messages learned as ham and none learned as spam: the same
+    sender's earlier mail, as SpamAssassin's TxRep remembers it. It tells a subscribed
+    newsletter from spam written alike. The address, not the domain: spam from a mail
+    provider's other users, or with the recipient's own domain forged, must not inherit it;
+    one spam learned from that address or domain ends it."""
+    return ham >= KNOWN_SENDER_HAM and spam == 0
+
+
 def _gtube(f: Facts) -> bool:
     return GTUBE in f.raw_text
 
@@ -219,5 +233,6 @@ CHECKS: dict[str, Callable[[Facts], bool]] = {
     "hidden_text": _hidden_text,
     "obfuscated_letters": lambda f: f.obfuscated,
     "subject_encoded_unneeded": _subject_encoded_unneeded,
+    "known_ham_sender": lambda f: known_ham(*f.sender_counts),
     "gtube": _gtube,
 }

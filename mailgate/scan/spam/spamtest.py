@@ -16,6 +16,7 @@ re-reads it when its mtime changes.
 
 from __future__ import annotations
 
+import email.utils
 import gc
 import gzip
 import hashlib
@@ -172,6 +173,22 @@ def _facts(split: Split, envelope: dict, config: Config) -> Facts:
     )
 
 
+def sender_history(counts: dict, tokens: set, address: str, headers: dict, envelope: dict) -> tuple:
+    """(spam, ham) messages of the From address in the token table; (0, 0) when ``tokens``
+    lacks its token (a parse that differs from the tokens' gives nothing) or when the From
+    domain is a recipient's (envelope, To or Cc): spam that forges the recipient's own
+    address must not inherit the history of his own mail."""
+    domain = address.rpartition("@")[2].lower()
+    fields = [headers.get("to", ""), headers.get("cc", "")]
+    addresses = [r["address"] for r in envelope.get("recipients", [])]
+    addresses += [a for _n, a in email.utils.getaddresses(fields)]
+    token = bayes.sender_token(address)
+    if token not in tokens or any(a.rpartition("@")[2].lower() == domain for a in addresses):
+        return 0, 0
+    spam, ham = counts.get(token, (0, 0))
+    return spam, ham
+
+
 def _domains(urls: list[str]) -> list[str]:
     """The registered domains of the URLs' hosts, first seen first: URI block lists list
     the domain a registrant bought, not the sites a provider's customers make under it."""
@@ -287,6 +304,11 @@ class Spamtest:
         if self.grams is not None:
             found = grams.features(facts.headers, facts.text)
             facts.grams = grams.probability(self.grams.margin(found))
+        authentication = auth_rules(envelope)
+        if not any(w > 0 for w in authentication.values()):
+            facts.sender_counts = sender_history(
+                self.model.counts, tokens, facts.from_address, facts.headers, envelope
+            )
         rules: dict[str, float] = {}
         for rule in self.rules:
             try:
@@ -296,7 +318,7 @@ class Spamtest:
                 continue
         for rule in self.phrases.hits(facts.text, facts.folded_text):
             rules[rule.name] = rule.weight
-        rules.update(auth_rules(envelope))
+        rules.update(authentication)
         if self.network and (config.rbl_zones or config.uribl_zones):
             for name, (weight, _why) in self.dns.check(
                 facts.client_ip, _domains(facts.urls), config.rbl_zones, config.uribl_zones
