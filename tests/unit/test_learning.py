@@ -244,6 +244,10 @@ def test_a_sender_learned_as_ham_keeps_its_next_issue_out_of_the_spam_folder(tmp
     failed = Verdict(spfcheck.SPFResult("fail", "mailfrom", "shop.example"), [])
     assert "KNOWN_HAM_SENDER" not in judged(newsletter(9), {"auth": failed.public()}).rules
 
+    toks = learning.tokens_of(newsletter(1))  # learned before addresses were counted: known
+    address = {t for t in toks if t.startswith(bayes.HISTORY)}
+    assert address and learning.digest(toks) == learning.digest(toks - address)
+
     (tmp_path / "bad.eml").write_bytes(newsletter(7).replace(b"Limited", b"Cheap pills"))
     assert mailgate("learn", "-c", conf, "--spam", tmp_path / "bad.eml").returncode == 0
     assert "KNOWN_HAM_SENDER" not in judged(newsletter(9)).rules

@@ -209,8 +209,7 @@ def known_ham(spam: int, ham: int) -> bool:
     least ``KNOWN_SENDER_HAM`` messages learned as ham and none learned as spam: the same
     sender's earlier mail, as SpamAssassin's TxRep remembers it. It tells a subscribed
     newsletter from spam written alike. The address, not the domain: spam from a mail
-    provider's other users, or with the recipient's own domain forged, must not inherit it;
-    one spam learned from that address or domain ends it."""
+    provider's other users must not inherit it; one spam learned from the address ends it."""
     return ham >= KNOWN_SENDER_HAM and spam == 0
 
 

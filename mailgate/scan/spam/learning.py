@@ -145,7 +145,11 @@ def tokens_of(raw: bytes) -> set[str]:
 
 
 def digest(tokens: Iterable[str]) -> str:
-    return hashlib.sha256("\n".join(sorted(tokens)).encode("utf-8", "replace")).hexdigest()
+    """What a message is remembered by. The From address's token (``bayes.HISTORY``) is left
+    out, so a message learned before the table counted addresses is still recognised (its
+    user and domain tokens name the address anyway)."""
+    kept = sorted(t for t in tokens if not t.startswith(bayes.HISTORY))
+    return hashlib.sha256("\n".join(kept).encode("utf-8", "replace")).hexdigest()
 
 
 class Learner:
