@@ -178,14 +178,17 @@ def sender_history(counts: dict, tokens: set, address: str, headers: dict, envel
     lacks its token (a parse that differs from the tokens' gives nothing) or when the From
     domain is a recipient's (envelope, To or Cc): spam that forges the recipient's own
     address must not inherit the history of his own mail."""
+    token = bayes.sender_token(address)
+    known = counts.get(token) if token in tokens else None
+    if known is None:  # most mail: the recipients are not parsed
+        return 0, 0
     domain = address.rpartition("@")[2].lower()
     fields = [headers.get("to", ""), headers.get("cc", "")]
     addresses = [r["address"] for r in envelope.get("recipients", [])]
     addresses += [a for _n, a in email.utils.getaddresses(fields)]
-    token = bayes.sender_token(address)
-    if token not in tokens or any(a.rpartition("@")[2].lower() == domain for a in addresses):
+    if any(a.rpartition("@")[2].lower() == domain for a in addresses):
         return 0, 0
-    spam, ham = counts.get(token, (0, 0))
+    spam, ham = known
     return spam, ham
 
 
