@@ -120,7 +120,8 @@ def features(
 
 def known_sender(whole: bayes.Model, split: mime.Split, toks: set[str], is_spam: bool) -> bool:
     """Would KNOWN_HAM_SENDER fire, the table holding every other training message?"""
-    headers = {n: decode_words(str(split.message.get(n) or "")) for n in ("from", "to", "cc")}
+    names = ("from", "to", "cc", "reply-to")
+    headers = {n: decode_words(str(split.message.get(n) or "")) for n in names}
     address = email.utils.parseaddr(headers["from"])[1]
     token = bayes.sender_token(address)
     spam, ham = whole.counts.get(token, (0, 0))

@@ -213,8 +213,8 @@ def newsletter(n: int, sender: str = "news@shop.example", to: str = "user@compan
 
 def test_a_sender_learned_as_ham_keeps_its_next_issue_out_of_the_spam_folder(tmp_path):
     """``mailgate learn --ham`` of a newsletter's issues (a user's Not-junk) is remembered for
-    its address, not for its domain, nor when its From forges the recipient's own domain or
-    fails authentication, and one spam learned from it ends the credit."""
+    its address, not for its domain, nor when its From forges the recipient's own domain,
+    Reply-To sends answers elsewhere or authentication fails; one spam learned ends it."""
     conf, _ = setup(tmp_path)
     config = configmod.load(conf)
     spool = Spool(config.spool_path)
@@ -241,6 +241,10 @@ def test_a_sender_learned_as_ham_keeps_its_next_issue_out_of_the_spam_folder(tmp
     assert after.score - weight >= after.required  # the sender's history made the difference
     assert "KNOWN_HAM_SENDER" not in judged(newsletter(9, "deals@shop.example")).rules
     assert "KNOWN_HAM_SENDER" not in judged(newsletter(9, "user@company.com")).rules  # forged
+    borrowed = newsletter(9).replace(b"To:", b"Reply-To: claims@refund.example\nTo:")
+    assert "KNOWN_HAM_SENDER" not in judged(borrowed).rules  # answers would go elsewhere
+    same = newsletter(9).replace(b"To:", b"Reply-To: help@support.shop.example\nTo:")
+    assert "KNOWN_HAM_SENDER" in judged(same).rules
     failed = Verdict(spfcheck.SPFResult("fail", "mailfrom", "shop.example"), [])
     assert "KNOWN_HAM_SENDER" not in judged(newsletter(9), {"auth": failed.public()}).rules
 

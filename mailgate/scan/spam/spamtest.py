@@ -177,7 +177,8 @@ def sender_history(counts: dict, tokens: set, address: str, headers: dict, envel
     """(spam, ham) messages of the From address in the token table; (0, 0) when ``tokens``
     lacks its token (a parse that differs from the tokens' gives nothing) or when the From
     domain is a recipient's (envelope, To or Cc): spam that forges the recipient's own
-    address must not inherit the history of his own mail."""
+    address must not inherit the history of his own mail; nor when Reply-To is in another
+    registered domain."""
     token = bayes.sender_token(address)
     known = counts.get(token) if token in tokens else None
     if known is None:  # most mail: the recipients are not parsed
@@ -188,6 +189,9 @@ def sender_history(counts: dict, tokens: set, address: str, headers: dict, envel
     addresses += [a for _n, a in email.utils.getaddresses(fields)]
     if any(a.rpartition("@")[2].lower() == domain for a in addresses):
         return 0, 0
+    reply_to = email.utils.parseaddr(headers.get("reply-to", ""))[1].rpartition("@")[2]
+    if reply_to and registered_domain(reply_to.lower()) != registered_domain(domain):
+        return 0, 0  # answers would go elsewhere: how a borrowed address is turned to use
     spam, ham = known
     return spam, ham
 
