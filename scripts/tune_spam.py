@@ -126,7 +126,7 @@ def known_sender(whole: bayes.Model, split: mime.Split, toks: set[str], is_spam:
     token = bayes.sender_token(address)
     spam, ham = whole.counts.get(token, (0, 0))
     others = {token: (spam - is_spam, ham - (not is_spam))}
-    history = spamtest.sender_history(others, toks, address, headers, {})
+    history = bayes.sender_history(others, toks, address, headers, {})
     return checks.known_ham(*history)
 
 

@@ -19,6 +19,7 @@ a gzip'd TSV file: small, diffable, loaded in a fraction of a second.
 
 from __future__ import annotations
 
+import email.utils
 import gzip
 import html
 import math
@@ -167,6 +168,29 @@ def _decoded_text(part: Message) -> str:
 def sender_token(address: str) -> str:
     """The token that counts a From address's messages (``HISTORY``)."""
     return f"{HISTORY}{address.lower()[:MAX_ADDRESS]}"
+
+
+def sender_history(counts: dict, tokens: set, address: str, headers: dict, envelope: dict) -> tuple:
+    """(spam, ham) messages of the From address in the token table; (0, 0) when ``tokens``
+    lacks its token (a parse that differs from the tokens' gives nothing) or when the From
+    domain is a recipient's (envelope, To or Cc): spam that forges the recipient's own
+    address must not inherit the history of his own mail; nor when Reply-To is in another
+    registered domain."""
+    token = sender_token(address)
+    known = counts.get(token) if token in tokens else None
+    if known is None:  # most mail: the recipients are not parsed
+        return 0, 0
+    domain = address.rpartition("@")[2].lower()
+    fields = [headers.get("to", ""), headers.get("cc", "")]
+    addresses = [r["address"] for r in envelope.get("recipients", [])]
+    addresses += [a for _n, a in email.utils.getaddresses(fields)]
+    if any(a.rpartition("@")[2].lower() == domain for a in addresses):
+        return 0, 0
+    reply_to = email.utils.parseaddr(headers.get("reply-to", ""))[1].rpartition("@")[2]
+    if reply_to and registered_domain(reply_to.lower()) != registered_domain(domain):
+        return 0, 0  # answers would go elsewhere: how a borrowed address is turned to use
+    spam, ham = known
+    return spam, ham
 
 
 def tokens(message: Message, header_text=None) -> set[str]:

@@ -40,7 +40,7 @@ class Facts:
     our_names: set[str] = field(default_factory=set)
     bayes: float | None = None  # None: the token model found no clue either way
     grams: float | None = None  # the character model's spam probability; None: no model
-    # (spam, ham) messages of the From address in the token table (``spamtest.sender_history``);
+    # (spam, ham) messages of the From address in the token table (``bayes.sender_history``);
     # (0, 0) when unknown or when the message failed sender authentication
     sender_counts: tuple[int, int] = (0, 0)
 

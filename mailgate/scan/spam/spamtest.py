@@ -16,7 +16,6 @@ re-reads it when its mtime changes.
 
 from __future__ import annotations
 
-import email.utils
 import gc
 import gzip
 import hashlib
@@ -173,29 +172,6 @@ def _facts(split: Split, envelope: dict, config: Config) -> Facts:
     )
 
 
-def sender_history(counts: dict, tokens: set, address: str, headers: dict, envelope: dict) -> tuple:
-    """(spam, ham) messages of the From address in the token table; (0, 0) when ``tokens``
-    lacks its token (a parse that differs from the tokens' gives nothing) or when the From
-    domain is a recipient's (envelope, To or Cc): spam that forges the recipient's own
-    address must not inherit the history of his own mail; nor when Reply-To is in another
-    registered domain."""
-    token = bayes.sender_token(address)
-    known = counts.get(token) if token in tokens else None
-    if known is None:  # most mail: the recipients are not parsed
-        return 0, 0
-    domain = address.rpartition("@")[2].lower()
-    fields = [headers.get("to", ""), headers.get("cc", "")]
-    addresses = [r["address"] for r in envelope.get("recipients", [])]
-    addresses += [a for _n, a in email.utils.getaddresses(fields)]
-    if any(a.rpartition("@")[2].lower() == domain for a in addresses):
-        return 0, 0
-    reply_to = email.utils.parseaddr(headers.get("reply-to", ""))[1].rpartition("@")[2]
-    if reply_to and registered_domain(reply_to.lower()) != registered_domain(domain):
-        return 0, 0  # answers would go elsewhere: how a borrowed address is turned to use
-    spam, ham = known
-    return spam, ham
-
-
 def _domains(urls: list[str]) -> list[str]:
     """The registered domains of the URLs' hosts, first seen first: URI block lists list
     the domain a registrant bought, not the sites a provider's customers make under it."""
@@ -313,7 +289,7 @@ class Spamtest:
             facts.grams = grams.probability(self.grams.margin(found))
         authentication = auth_rules(envelope)
         if not any(w > 0 for w in authentication.values()):
-            facts.sender_counts = sender_history(
+            facts.sender_counts = bayes.sender_history(
                 self.model.counts, tokens, facts.from_address, facts.headers, envelope
             )
         rules: dict[str, float] = {}
